@@ -1,0 +1,2 @@
+//! wxgate: a reverse-proxy authentication gateway for WeChat web authorization.
+#![forbid(unsafe_code)]
