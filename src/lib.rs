@@ -1,2 +1,15 @@
-//! wxgate: a reverse-proxy authentication gateway for WeChat web authorization.
+//! wxgate: a reverse-proxy authentication gateway for WeChat web authorization (网页授权).
+//!
+//! A request's whole life is in `gate`; every other module owns one concept of the domain.
 #![forbid(unsafe_code)]
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod gate;
+pub mod metrics;
+pub mod pages;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,415 @@
+//! The configuration contract of `design.md`: one typed tree, loaded from a TOML file and
+//! `WXGATE_` environment variables, validated with every problem named by its key.
+//! Nothing here touches the network; `load` and `validate` are what `wxgate check` runs.
+
+mod load;
+mod secret;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, Problem, load};
+pub use secret::Secret;
+pub use validate::validate;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The main listener the browsers talk to.
+    pub server: ServerConfig,
+    /// The admin listener: health, readiness and metrics.
+    pub admin: AdminConfig,
+    /// The WeChat Official Account (the default app).
+    pub wechat: WeChatConfig,
+    /// Where sessions live and how their cookie looks.
+    pub session: SessionConfig,
+    /// The signed identity sent upstream.
+    pub identity: IdentityConfig,
+    /// Defaults for every upstream connection; routes may override the timeout.
+    pub upstream: UpstreamConfig,
+    /// Log output.
+    pub log: LogConfig,
+    /// The route table; the most specific match wins, not the first in the file.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// The origin the browser sees (`https://m.example.com`); builds the redirect_uri
+    /// given to WeChat. Never derived from the Host header.
+    pub public_url: Option<url::Url>,
+    /// Present: the listener speaks HTTPS (ALPN h2 and http/1.1).
+    pub tls: Option<TlsConfig>,
+    /// Peers whose `X-Forwarded-*` headers are believed; everyone else's are replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Request size and time limits.
+    pub limits: LimitsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            public_url: None,
+            tls: None,
+            trusted_proxies: Vec::new(),
+            drain_timeout: Duration::from_secs(30),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Limits against oversized and slow requests; the defaults follow nginx and Envoy's edge advice.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Total bytes of all request header lines (names and values); over it: 431.
+    pub max_header_bytes: usize,
+    /// Number of request header fields; over it: 431.
+    pub max_headers: usize,
+    /// Bytes of the request target (path and query); over it: 414.
+    pub max_uri_bytes: usize,
+    /// Bytes of a request body; over it: 413.
+    pub max_body_bytes: u64,
+    /// Time a client may take to send a request head (slowloris); it also bounds how long an
+    /// HTTP/1.1 connection may sit idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a connection may stay without any traffic before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open client connections at once; further clients wait in the accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`; keep it off the internet.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeChatConfig {
+    /// The Official Account's AppID.
+    pub appid: String,
+    /// The AppSecret; better given as `WXGATE_WECHAT__SECRET`.
+    pub secret: Secret,
+    /// WeChat's authorize page.
+    pub authorize_url: url::Url,
+    /// Base URL of WeChat's JSON API.
+    pub api_base: url::Url,
+    /// Language of the profile fields (`zh_CN`, `zh_TW`, `en`).
+    pub lang: String,
+    /// Time limit of every WeChat API call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for WeChatConfig {
+    fn default() -> Self {
+        Self {
+            appid: String::new(),
+            secret: Secret::default(),
+            authorize_url: fixed_url("https://open.weixin.qq.com/connect/oauth2/authorize"),
+            api_base: fixed_url("https://api.weixin.qq.com"),
+            lang: "zh_CN".to_owned(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Parses a URL written in this file; a typo here fails every test at once.
+fn fixed_url(s: &str) -> url::Url {
+    match url::Url::parse(s) {
+        Ok(url) => url,
+        Err(e) => unreachable!("built-in URL {s} is invalid: {e}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Memory,
+    Redb,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// `memory`, `redb` (embedded file, the default) or `redis`.
+    pub store: StoreKind,
+    /// The redb file.
+    pub path: PathBuf,
+    /// The Redis server shared by several gateways.
+    pub redis_url: Secret,
+    /// Name of the session cookie.
+    pub cookie_name: String,
+    /// Mark cookies `Secure` (HTTPS only).
+    pub cookie_secure: bool,
+    /// Sliding lifetime of an idle session.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Keys the state and session cookies; at least 32 bytes.
+    pub secret: Secret,
+    /// Re-fetch the WeChat profile (through the refresh_token) when older than this.
+    #[serde(with = "humantime_serde")]
+    pub profile_refresh: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::Redb,
+            path: PathBuf::from("data/sessions.redb"),
+            redis_url: Secret::new("redis://127.0.0.1:6379/0"),
+            cookie_name: "wxgate_session".to_owned(),
+            cookie_secure: true,
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            secret: Secret::default(),
+            profile_refresh: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Signature algorithms of the identity JWT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Algorithm {
+    HS256,
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Request header carrying the signed JWT upstream.
+    pub header: String,
+    /// `HS256`, `RS256`, `ES256` or `EdDSA`.
+    pub algorithm: Algorithm,
+    /// PEM private key for the asymmetric algorithms (`wxgate keygen` writes one).
+    pub key_file: Option<PathBuf>,
+    /// Shared secret for HS256; at least 32 bytes.
+    pub secret: Secret,
+    /// `iss` claim.
+    pub issuer: String,
+    /// `aud` claim.
+    pub audience: String,
+    /// Lifetime of one token; the gateway re-signs before it runs out.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Also send `X-WeChat-OpenID`, `-UnionID`, `-Nickname`, `-Scope` in plain text.
+    pub plain_headers: bool,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            header: "X-WeChat-Identity".to_owned(),
+            algorithm: Algorithm::ES256,
+            key_file: Some(PathBuf::from("config/identity.pem")),
+            secret: Secret::default(),
+            issuer: "wxgate".to_owned(),
+            audience: "wxgate-upstream".to_owned(),
+            ttl: Duration::from_secs(300),
+            plain_headers: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Time to open a TCP (and TLS) connection to an upstream; past it: 502.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time an upstream may take to answer with a response head; past it: 504.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long an unused pooled upstream connection is kept.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream.
+    pub pool_max_idle: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`; the level comes from `RUST_LOG` (default `info`).
+    pub format: LogFormat,
+    /// One line per request (target `wxgate::access`).
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
+/// The access policy of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Forwarded without login.
+    Public,
+    /// Login with `snsapi_base`: openid (and unionid where WeChat gives it), no consent page.
+    SnsapiBase,
+    /// Login with `snsapi_userinfo`: the profile too, after the consent page.
+    SnsapiUserinfo,
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "public" => Ok(Scope::Public),
+            "snsapi_base" => Ok(Scope::SnsapiBase),
+            "snsapi_userinfo" => Ok(Scope::SnsapiUserinfo),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown scope \"{other}\", expected public | snsapi_base | snsapi_userinfo"
+            ))),
+        }
+    }
+}
+
+/// What a protected route does with a browser that is not WeChat's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonWeChat {
+    /// A page with a QR code of the URL, asking to open it in WeChat.
+    Qrcode,
+    /// A 403 page.
+    Deny,
+    /// Forwarded without identity.
+    Anonymous,
+}
+
+impl<'de> Deserialize<'de> for NonWeChat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "qrcode" => Ok(NonWeChat::Qrcode),
+            "deny" => Ok(NonWeChat::Deny),
+            "anonymous" => Ok(NonWeChat::Anonymous),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown non_wechat \"{other}\", expected qrcode | deny | anonymous"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Only requests for this host (case-insensitive, port ignored); absent: any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Path prefix, matched segment by segment (`/activity` matches `/activity/x`, not `/activityx`).
+    pub path: String,
+    /// `http://` or `https://` origin the requests go to, path and query unchanged.
+    pub upstream: url::Url,
+    /// `public`, `snsapi_base` or `snsapi_userinfo`.
+    #[serde(default = "default_scope")]
+    pub scope: Scope,
+    /// `qrcode`, `deny` or `anonymous`.
+    #[serde(default = "default_non_wechat")]
+    pub non_wechat: NonWeChat,
+    /// Let 快照页 (snapshot page) virtual accounts in.
+    #[serde(default = "default_true")]
+    pub allow_snapshot: bool,
+    /// Overrides `upstream.timeout` for this route.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+fn default_scope() -> Scope {
+    Scope::Public
+}
+
+fn default_non_wechat() -> NonWeChat {
+    NonWeChat::Qrcode
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// True when some route needs a WeChat login, so the WeChat and session keys must be set.
+    pub fn has_protected_routes(&self) -> bool {
+        self.routes.iter().any(|r| r.scope != Scope::Public)
+    }
+}

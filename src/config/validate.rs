@@ -1,0 +1,258 @@
+//! Checks that a well-typed configuration also makes sense: URLs of the right shape, secrets
+//! long enough, route paths already normalised, no duplicate routes.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::{Algorithm, Config, Problem, Scope, StoreKind};
+use crate::route::path;
+
+/// Every problem of `config`, in file order; empty when it is usable.
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    server(config, &mut p);
+    let protected = config.has_protected_routes();
+    if protected {
+        wechat(config, &mut p);
+        session(config, &mut p);
+        identity(config, &mut p);
+    }
+    routes(config, &mut p);
+    p
+}
+
+fn server(c: &Config, p: &mut Vec<Problem>) {
+    match &c.server.public_url {
+        Some(url) => {
+            if let Err(m) = origin_only(url) {
+                p.push(Problem::new("server.public_url", m));
+            }
+        }
+        None if c.has_protected_routes() => p.push(Problem::new(
+            "server.public_url",
+            "required when a route has scope snsapi_base or snsapi_userinfo (it builds WeChat's redirect_uri)",
+        )),
+        None => {}
+    }
+    if let Some(tls) = &c.server.tls {
+        readable(&tls.cert, "server.tls.cert", p);
+        readable(&tls.key, "server.tls.key", p);
+    }
+    let l = &c.server.limits;
+    positive(
+        l.max_header_bytes as u64,
+        "server.limits.max_header_bytes",
+        p,
+    );
+    positive(l.max_headers as u64, "server.limits.max_headers", p);
+    positive(l.max_uri_bytes as u64, "server.limits.max_uri_bytes", p);
+    positive(l.max_connections as u64, "server.limits.max_connections", p);
+    nonzero(
+        l.header_read_timeout,
+        "server.limits.header_read_timeout",
+        p,
+    );
+    nonzero(l.idle_timeout, "server.limits.idle_timeout", p);
+    nonzero(c.upstream.connect_timeout, "upstream.connect_timeout", p);
+    nonzero(c.upstream.timeout, "upstream.timeout", p);
+}
+
+fn wechat(c: &Config, p: &mut Vec<Problem>) {
+    let w = &c.wechat;
+    if w.appid.is_empty() {
+        p.push(Problem::new(
+            "wechat.appid",
+            "required when a route needs a WeChat login",
+        ));
+    }
+    if w.secret.is_empty() {
+        p.push(Problem::new(
+            "wechat.secret",
+            "required when a route needs a WeChat login (set WXGATE_WECHAT__SECRET)",
+        ));
+    }
+    for (key, url) in [
+        ("wechat.authorize_url", &w.authorize_url),
+        ("wechat.api_base", &w.api_base),
+    ] {
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            p.push(Problem::new(
+                key,
+                format!("\"{url}\" is not an http(s) URL"),
+            ));
+        }
+    }
+    if !matches!(w.lang.as_str(), "zh_CN" | "zh_TW" | "en") {
+        p.push(Problem::new(
+            "wechat.lang",
+            format!(
+                "unknown language \"{}\", expected zh_CN | zh_TW | en",
+                w.lang
+            ),
+        ));
+    }
+    nonzero(w.timeout, "wechat.timeout", p);
+}
+
+fn session(c: &Config, p: &mut Vec<Problem>) {
+    let s = &c.session;
+    if s.secret.expose().len() < 32 {
+        p.push(Problem::new(
+            "session.secret",
+            "must be at least 32 bytes (set WXGATE_SESSION__SECRET, e.g. `openssl rand -base64 48`)",
+        ));
+    }
+    if s.cookie_name.is_empty() || !s.cookie_name.bytes().all(is_token_byte) {
+        p.push(Problem::new(
+            "session.cookie_name",
+            format!("\"{}\" is not a valid cookie name", s.cookie_name),
+        ));
+    }
+    if s.store == StoreKind::Redis {
+        let url = s.redis_url.expose();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            p.push(Problem::new(
+                "session.redis_url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+    }
+    nonzero(s.ttl, "session.ttl", p);
+}
+
+fn identity(c: &Config, p: &mut Vec<Problem>) {
+    let i = &c.identity;
+    if http::HeaderName::from_bytes(i.header.as_bytes()).is_err() {
+        p.push(Problem::new(
+            "identity.header",
+            format!("\"{}\" is not a valid header name", i.header),
+        ));
+    }
+    match i.algorithm {
+        Algorithm::HS256 if i.secret.expose().len() < 32 => p.push(Problem::new(
+            "identity.secret",
+            "HS256 needs a secret of at least 32 bytes (set WXGATE_IDENTITY__SECRET)",
+        )),
+        Algorithm::HS256 => {}
+        _ => match &i.key_file {
+            Some(file) => readable(file, "identity.key_file", p),
+            None => p.push(Problem::new(
+                "identity.key_file",
+                format!(
+                    "{:?} needs a private key file (`wxgate keygen` writes one)",
+                    i.algorithm
+                ),
+            )),
+        },
+    }
+    if i.ttl < Duration::from_secs(10) {
+        p.push(Problem::new("identity.ttl", "must be at least 10s"));
+    }
+}
+
+fn routes(c: &Config, p: &mut Vec<Problem>) {
+    if c.routes.is_empty() {
+        p.push(Problem::new(
+            "routes",
+            "at least one [[routes]] entry is required",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (n, r) in c.routes.iter().enumerate() {
+        let key = |field: &str| format!("routes[{n}].{field}");
+        match path::normalize(&r.path) {
+            Ok(norm) if norm != r.path => p.push(Problem::new(
+                key("path"),
+                format!("\"{}\" is not in normal form, write \"{norm}\"", r.path),
+            )),
+            Ok(_) => {}
+            Err(e) => p.push(Problem::new(key("path"), format!("\"{}\": {e}", r.path))),
+        }
+        if r.path.starts_with("/_wxgate") {
+            p.push(Problem::new(
+                key("path"),
+                "/_wxgate/ is reserved for the gateway's own endpoints",
+            ));
+        }
+        if let Some(host) = &r.host {
+            if !valid_host(host) {
+                p.push(Problem::new(
+                    key("host"),
+                    format!("\"{host}\" is not a host name (lower case, no port, no scheme)"),
+                ));
+            }
+        }
+        if let Err(m) = origin_only(&r.upstream) {
+            p.push(Problem::new(key("upstream"), m));
+        }
+        if r.scope == Scope::Public && !r.allow_snapshot {
+            // Harmless, but a sign the operator meant a protected route.
+            tracing::debug!(route = n, "allow_snapshot has no effect on a public route");
+        }
+        if !seen.insert((r.host.clone(), r.path.clone())) {
+            p.push(Problem::new(
+                key("path"),
+                format!(
+                    "another route already has host {:?} and path \"{}\"",
+                    r.host, r.path
+                ),
+            ));
+        }
+    }
+}
+
+/// An origin: http(s), a host, no path beyond `/`, no query, fragment or userinfo.
+fn origin_only(url: &url::Url) -> Result<(), String> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("\"{url}\" must be an http:// or https:// URL"));
+    }
+    if url.host_str().is_none() {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "\"{url}\" must be an origin only, without path or query"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "\"{}\" must not carry credentials",
+            url.origin().ascii_serialization()
+        ));
+    }
+    Ok(())
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !h.starts_with('.')
+        && !h.ends_with('.')
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn readable(file: &std::path::Path, key: &str, p: &mut Vec<Problem>) {
+    if let Err(e) = std::fs::File::open(file) {
+        p.push(Problem::new(
+            key,
+            format!("cannot read {}: {e}", file.display()),
+        ));
+    }
+}
+
+fn positive(v: u64, key: &str, p: &mut Vec<Problem>) {
+    if v == 0 {
+        p.push(Problem::new(key, "must be greater than 0"));
+    }
+}
+
+fn nonzero(d: Duration, key: &str, p: &mut Vec<Problem>) {
+    if d.is_zero() {
+        p.push(Problem::new(key, "must be longer than 0s"));
+    }
+}

@@ -1,0 +1,275 @@
+//! What a visitor sees when the gateway answers itself: every failure a user can meet is a
+//! `Failure`, and `respond` turns it into a small HTML page for browsers or JSON for
+//! XHR/fetch and API clients. Pages never carry a secret, code, token or session id.
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::body::{Body, full};
+
+/// A failure the gateway answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The request is malformed (bad path, bad framing…); the reason is safe to show.
+    BadRequest(&'static str),
+    UriTooLong,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    NoRoute,
+    /// The upstream refused the connection or could not be reached in time.
+    UpstreamUnreachable,
+    /// The upstream took longer than the route's timeout to answer.
+    UpstreamTimeout,
+    /// The upstream broke the exchange (reset, malformed answer).
+    UpstreamFailed,
+    /// The gateway is shutting down or saturated.
+    Unavailable,
+}
+
+struct Text {
+    code: &'static str,
+    title_zh: &'static str,
+    title_en: &'static str,
+    detail: &'static str,
+}
+
+impl Failure {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::UriTooLong => StatusCode::URI_TOO_LONG,
+            Failure::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Failure::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::UpstreamUnreachable | Failure::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn text(&self) -> Text {
+        let t = |code, title_zh, title_en, detail| Text {
+            code,
+            title_zh,
+            title_en,
+            detail,
+        };
+        match self {
+            Failure::BadRequest(reason) => t("bad_request", "请求无效", "Bad request", reason),
+            Failure::UriTooLong => t(
+                "uri_too_long",
+                "链接过长",
+                "URL too long",
+                "The address of this request is longer than the gateway accepts.",
+            ),
+            Failure::HeadersTooLarge => t(
+                "headers_too_large",
+                "请求头过大",
+                "Request headers too large",
+                "The request carries more or larger headers than the gateway accepts.",
+            ),
+            Failure::PayloadTooLarge => t(
+                "payload_too_large",
+                "内容过大",
+                "Payload too large",
+                "The request body is larger than the gateway accepts.",
+            ),
+            Failure::NoRoute => t(
+                "not_found",
+                "页面不存在",
+                "Not found",
+                "No page is configured at this address.",
+            ),
+            Failure::UpstreamUnreachable => t(
+                "upstream_unreachable",
+                "服务暂时不可用",
+                "Service unreachable",
+                "The application behind the gateway cannot be reached. Please try again shortly.",
+            ),
+            Failure::UpstreamTimeout => t(
+                "upstream_timeout",
+                "服务响应超时",
+                "Service timed out",
+                "The application behind the gateway did not answer in time. Please try again.",
+            ),
+            Failure::UpstreamFailed => t(
+                "upstream_failed",
+                "服务出错",
+                "Bad gateway",
+                "The application behind the gateway broke off its answer. Please try again.",
+            ),
+            Failure::Unavailable => t(
+                "unavailable",
+                "服务繁忙",
+                "Service unavailable",
+                "The gateway cannot take this request now. Please try again shortly.",
+            ),
+        }
+    }
+}
+
+/// Answers `failure` as JSON when the client asked for JSON, as a page otherwise.
+pub fn respond(failure: &Failure, request_headers: &HeaderMap) -> Response<Body> {
+    if wants_json(request_headers) {
+        json(failure)
+    } else {
+        html(failure)
+    }
+}
+
+/// True for XHR/fetch and API clients: `X-Requested-With`, or an `Accept` naming JSON and
+/// not HTML.
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    if headers.contains_key("x-requested-with") {
+        return true;
+    }
+    let accept = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    accept.contains("application/json") && !accept.contains("text/html")
+}
+
+fn json(failure: &Failure) -> Response<Body> {
+    let text = failure.text();
+    let body = serde_json::json!({
+        "error": text.code,
+        "message": text.detail,
+        "status": failure.status().as_u16(),
+    });
+    build(
+        failure.status(),
+        "application/json",
+        Bytes::from(body.to_string()),
+    )
+}
+
+fn html(failure: &Failure) -> Response<Body> {
+    let text = failure.text();
+    let status = failure.status();
+    let body = page(
+        &format!("{} · {}", text.title_zh, text.title_en),
+        &format!(
+            "<p class=\"code\">{status}</p><h1>{zh}</h1><h2>{en}</h2><p>{detail}</p>",
+            status = status.as_u16(),
+            zh = escape(text.title_zh),
+            en = escape(text.title_en),
+            detail = escape(text.detail),
+        ),
+    );
+    build(status, "text/html; charset=utf-8", Bytes::from(body))
+}
+
+fn build(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// The shell of every page: mobile first, no external assets.
+pub fn page(title: &str, inner_html: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<title>{title}</title><style>{STYLE}</style></head><body><main>{inner_html}</main></body></html>",
+        title = escape(title),
+    )
+}
+
+const STYLE: &str = "body{margin:0;font-family:-apple-system,BlinkMacSystemFont,'PingFang SC','Noto Sans CJK SC',\
+'Microsoft YaHei',sans-serif;background:#ededed;color:#191919}main{max-width:480px;margin:0 auto;\
+padding:56px 24px;text-align:center}h1{font-size:22px;font-weight:500;margin:8px 0}h2{font-size:15px;\
+font-weight:400;color:#7f7f7f;margin:0 0 16px}p{font-size:15px;line-height:1.6;color:#4c4c4c}\
+.code{font-size:44px;color:#b2b2b2;margin:0}a.btn{display:inline-block;margin-top:24px;padding:10px 32px;\
+border-radius:6px;background:#07c160;color:#fff;text-decoration:none;font-size:17px}";
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn json_for_api_clients_html_for_browsers() {
+        let table = [
+            (vec![("accept", "application/json")], true),
+            (vec![("accept", "application/json, text/plain, */*")], true),
+            (vec![("x-requested-with", "XMLHttpRequest")], true),
+            (
+                vec![(
+                    "accept",
+                    "text/html,application/xhtml+xml,application/json;q=0.9",
+                )],
+                false,
+            ),
+            (vec![("accept", "*/*")], false),
+            (vec![], false),
+        ];
+        for (pairs, want) in table {
+            assert_eq!(wants_json(&headers(&pairs)), want, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn every_failure_has_its_status() {
+        let table = [
+            (Failure::BadRequest("x"), 400),
+            (Failure::UriTooLong, 414),
+            (Failure::HeadersTooLarge, 431),
+            (Failure::PayloadTooLarge, 413),
+            (Failure::NoRoute, 404),
+            (Failure::UpstreamUnreachable, 502),
+            (Failure::UpstreamFailed, 502),
+            (Failure::UpstreamTimeout, 504),
+            (Failure::Unavailable, 503),
+        ];
+        for (failure, status) in table {
+            assert_eq!(
+                respond(&failure, &HeaderMap::new()).status().as_u16(),
+                status
+            );
+            let json = respond(&failure, &headers(&[("accept", "application/json")]));
+            assert_eq!(json.headers()[CONTENT_TYPE], "application/json");
+        }
+    }
+
+    #[test]
+    fn escape_neutralises_markup() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

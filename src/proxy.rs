@@ -1,0 +1,376 @@
+//! Forwarding to upstreams: one pooled client, bodies streamed both ways, hop-by-hop headers
+//! removed, `X-Forwarded-*` set, and `Upgrade` requests (WebSocket) tunnelled once the
+//! upstream has said 101.
+
+use std::error::Error as StdError;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::body::Body;
+use crate::config::UpstreamConfig;
+use crate::pages::Failure;
+use crate::route::Route;
+
+/// The body sent upstream: the client's, cut off at `server.limits.max_body_bytes`.
+pub type UpstreamBody = Limited<Incoming>;
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
+/// `Trailer` is not among them: hyper only sends trailer fields that `Trailer` declares.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// How the client reached the gateway, for the forwarded headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// The direct peer is a trusted proxy: its `X-Forwarded-*` are kept and extended.
+    pub trusted: bool,
+    pub tls: bool,
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+}
+
+impl Proxy {
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+        Self { client }
+    }
+
+    /// Sends `request` to the route's upstream and returns its response, or the failure to show.
+    pub async fn forward(
+        &self,
+        mut request: Request<UpstreamBody>,
+        route: &Route,
+        path: &str,
+        peer: Peer,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<Body>, Failure> {
+        *request.uri_mut() = upstream_uri(route, path, request.uri())?;
+        let upgrade = client_upgrade.is_some();
+        prepare_request_headers(request.headers_mut(), peer, upgrade);
+        let sent = tokio::time::timeout(route.timeout, self.client.request(request)).await;
+        let mut response = match sent {
+            Err(_elapsed) => return Err(Failure::UpstreamTimeout),
+            Ok(Err(e)) => return Err(classify(&e)),
+            Ok(Ok(response)) => response,
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            match client_upgrade {
+                Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut response)),
+                // A 101 to a request that asked for no upgrade breaks HTTP framing.
+                None => return Err(Failure::UpstreamFailed),
+            }
+        }
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(response.headers_mut(), switching);
+        Ok(response.map(Either::Left))
+    }
+}
+
+/// `scheme://upstream` + the normalised path + the query exactly as the client sent it.
+fn upstream_uri(route: &Route, path: &str, original: &Uri) -> Result<Uri, Failure> {
+    let path_and_query = match original.query() {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+        None => PathAndQuery::try_from(path),
+    }
+    .map_err(|_| Failure::BadRequest("The request target cannot be forwarded."))?;
+    Uri::builder()
+        .scheme(route.upstream.scheme.clone())
+        .authority(route.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Failure::BadRequest("The request target cannot be forwarded."))
+}
+
+/// Strips what belongs to the client's connection, then writes the gateway's own headers,
+/// in that order, so a `Connection: x-forwarded-for` cannot delete what the gateway adds.
+fn prepare_request_headers(headers: &mut HeaderMap, peer: Peer, upgrade: bool) {
+    let wants_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.to_ascii_lowercase().contains("trailers"))
+    });
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(headers, false);
+    headers.remove(header::TE);
+    if wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let (true, Some(value)) = (upgrade, upgrade_value) {
+        headers.insert(header::UPGRADE, value);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    set_forwarded(headers, peer);
+}
+
+fn set_forwarded(headers: &mut HeaderMap, peer: Peer) {
+    let ip = peer.ip.to_string();
+    let xff = match (peer.trusted, joined(headers, &X_FORWARDED_FOR)) {
+        (true, Some(previous)) => format!("{previous}, {ip}"),
+        _ => ip,
+    };
+    let proto = if peer.tls { "https" } else { "http" };
+    let host = headers.get(header::HOST).cloned();
+    if !peer.trusted {
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(header::FORWARDED);
+    }
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+/// All values of a header joined with ", ", as a list header is meant to be read.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// Removes the hop-by-hop headers and every header the `Connection` header names.
+/// A 101 keeps `Upgrade` and `Connection`, which the client needs to switch protocols.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(switching && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        if !(switching && (name == header::UPGRADE || name == header::CONNECTION)) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Copies bytes both ways between the two upgraded connections until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "tunnel closed with an error");
+        }
+    });
+}
+
+/// Maps a client error to what the visitor sees; an over-long body is the client's fault.
+fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
+    if error.is_connect() {
+        return Failure::UpstreamUnreachable;
+    }
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return Failure::PayloadTooLarge;
+        }
+        source = e.source();
+    }
+    Failure::UpstreamFailed
+}
+
+/// True when the client asks to switch protocols on this HTTP/1.1 request.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+        ]);
+        let peer = Peer {
+            ip: [10, 0, 0, 1].into(),
+            trusted: false,
+            tls: false,
+        };
+        prepare_request_headers(&mut h, peer, false);
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret-hop",
+            "proxy-authorization",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be removed");
+        }
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn connection_cannot_delete_the_gateways_own_headers() {
+        let mut h = map(&[
+            ("connection", "x-forwarded-for, x-forwarded-proto"),
+            ("host", "m.example.com"),
+        ]);
+        let peer = Peer {
+            ip: [10, 0, 0, 1].into(),
+            trusted: false,
+            tls: true,
+        };
+        prepare_request_headers(&mut h, peer, false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "m.example.com");
+    }
+
+    #[test]
+    fn forwarded_headers_of_untrusted_peers_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=6.6.6.6"),
+            ("host", "m.example.com"),
+        ]);
+        prepare_request_headers(
+            &mut h,
+            Peer {
+                ip: [10, 0, 0, 1].into(),
+                trusted: false,
+                tls: false,
+            },
+            false,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "m.example.com");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn forwarded_for_of_trusted_peers_is_extended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("host", "m.example.com"),
+        ]);
+        prepare_request_headers(
+            &mut h,
+            Peer {
+                ip: [10, 0, 0, 1].into(),
+                trusted: true,
+                tls: false,
+            },
+            false,
+        );
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn te_trailers_survives_and_upgrade_is_kept_when_tunnelling() {
+        let mut h = map(&[
+            ("te", "trailers, deflate"),
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+        ]);
+        prepare_request_headers(
+            &mut h,
+            Peer {
+                ip: [127, 0, 0, 1].into(),
+                trusted: false,
+                tls: false,
+            },
+            true,
+        );
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn upgrade_requests_are_recognised() {
+        assert!(is_upgrade(&map(&[
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade")
+        ])));
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&map(&[("connection", "upgrade")])));
+    }
+}

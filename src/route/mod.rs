@@ -1,0 +1,255 @@
+//! The route table: which upstream and which access policy a request gets, decided by its
+//! host and the longest matching path prefix of its normalised path.
+//!
+//! A route with a host wins over host-less routes (like nginx server blocks); among the
+//! routes of one host the longest prefix wins, whatever the order in the file. Prefixes match
+//! whole segments: `/activity` and `/activity/` both cover `/activity/x`, neither covers
+//! `/activityx`. Lookup costs one hash probe per path segment, not a scan of the table.
+
+pub mod path;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+
+use crate::config::{Config, NonWeChat, RouteConfig, Scope};
+
+/// Where a route's requests go.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+/// One entry of the table, as the request path sees it.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the file, for messages.
+    pub index: usize,
+    /// `host/path` or `path`: the label in logs and metrics.
+    pub label: String,
+    pub host: Option<String>,
+    pub prefix: String,
+    pub upstream: Upstream,
+    pub scope: Scope,
+    pub non_wechat: NonWeChat,
+    pub allow_snapshot: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("routes[{index}].upstream: {reason}")]
+pub struct RouteError {
+    index: usize,
+    reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_host: HashMap<String, HashMap<String, Arc<Route>>>,
+    any_host: HashMap<String, Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn from_config(config: &Config) -> Result<Self, RouteError> {
+        let mut table = RouteTable::default();
+        for (index, rc) in config.routes.iter().enumerate() {
+            let route = Arc::new(build_route(index, rc, config.upstream.timeout)?);
+            let prefixes = match &route.host {
+                Some(h) => table.by_host.entry(h.clone()).or_default(),
+                None => &mut table.any_host,
+            };
+            prefixes.insert(route.prefix.clone(), route);
+        }
+        Ok(table)
+    }
+
+    /// The route for `host` (already lower-cased, without port) and a normalised `path`.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        host.and_then(|h| self.by_host.get(h))
+            .and_then(|prefixes| longest_prefix(prefixes, path))
+            .or_else(|| longest_prefix(&self.any_host, path))
+    }
+
+    /// Route labels by their position in the configuration.
+    pub fn labels_in_order(&self) -> Vec<&str> {
+        let mut routes: Vec<&Arc<Route>> = self
+            .any_host
+            .values()
+            .chain(self.by_host.values().flat_map(HashMap::values))
+            .collect();
+        routes.sort_by_key(|r| r.index);
+        routes.into_iter().map(|r| r.label.as_str()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.any_host.len() + self.by_host.values().map(HashMap::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn build_route(
+    index: usize,
+    rc: &RouteConfig,
+    default_timeout: Duration,
+) -> Result<Route, RouteError> {
+    let fail = |reason: String| RouteError { index, reason };
+    let scheme = Scheme::try_from(rc.upstream.scheme()).map_err(|e| fail(e.to_string()))?;
+    let host = rc
+        .upstream
+        .host_str()
+        .ok_or_else(|| fail("no host".into()))?;
+    let authority = match rc.upstream.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    let authority = Authority::try_from(authority).map_err(|e| fail(e.to_string()))?;
+    let label = match &rc.host {
+        Some(h) => format!("{h}{}", rc.path),
+        None => rc.path.clone(),
+    };
+    Ok(Route {
+        index,
+        label,
+        host: rc.host.clone(),
+        prefix: rc.path.clone(),
+        upstream: Upstream { scheme, authority },
+        scope: rc.scope,
+        non_wechat: rc.non_wechat,
+        allow_snapshot: rc.allow_snapshot,
+        timeout: rc.timeout.unwrap_or(default_timeout),
+    })
+}
+
+/// Probes the path and each of its segment boundaries, longest first.
+fn longest_prefix<'a>(
+    prefixes: &'a HashMap<String, Arc<Route>>,
+    path: &str,
+) -> Option<&'a Arc<Route>> {
+    if prefixes.is_empty() {
+        return None;
+    }
+    if let Some(route) = prefixes.get(path) {
+        return Some(route);
+    }
+    let bytes = path.as_bytes();
+    for i in (0..bytes.len()).rev().filter(|&i| bytes[i] == b'/') {
+        if let Some(route) = prefixes.get(&path[..=i]) {
+            return Some(route);
+        }
+        if i > 0 {
+            if let Some(route) = prefixes.get(&path[..i]) {
+                return Some(route);
+            }
+        }
+    }
+    None
+}
+
+/// Lower-cases a Host value and drops its port and a trailing dot, so that
+/// `M.Example.COM:443` and `m.example.com.` find the routes of `m.example.com`.
+pub fn normalize_host(host: &str) -> String {
+    let without_port = match host.rsplit_once(':') {
+        // An IPv6 literal keeps its colons inside brackets.
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(routes: &[(Option<&str>, &str)]) -> RouteTable {
+        let mut config = Config::default();
+        for (host, path) in routes {
+            config.routes.push(RouteConfig {
+                host: host.map(str::to_owned),
+                path: (*path).to_owned(),
+                upstream: url::Url::parse("http://127.0.0.1:9000").unwrap(),
+                scope: Scope::Public,
+                non_wechat: NonWeChat::Qrcode,
+                allow_snapshot: true,
+                timeout: None,
+            });
+        }
+        RouteTable::from_config(&config).unwrap()
+    }
+
+    #[test]
+    fn most_specific_route_wins_whatever_the_order() {
+        let t = table(&[
+            (None, "/"),
+            (None, "/activity"),
+            (None, "/activity/2019/"),
+            (Some("m.example.com"), "/"),
+            (Some("m.example.com"), "/api/"),
+        ]);
+        let cases = [
+            (None, "/", Some("/")),
+            (None, "/x", Some("/")),
+            (None, "/activity", Some("/activity")),
+            (None, "/activity/", Some("/activity")),
+            (None, "/activity/a.html", Some("/activity")),
+            (None, "/activityx", Some("/")),
+            (None, "/activity/2019", Some("/activity")),
+            (None, "/activity/2019/", Some("/activity/2019/")),
+            (None, "/activity/2019/a/b.html", Some("/activity/2019/")),
+            (Some("m.example.com"), "/activity/x", Some("m.example.com/")),
+            (Some("m.example.com"), "/api/v1", Some("m.example.com/api/")),
+            (Some("m.example.com"), "/api", Some("m.example.com/")),
+            (Some("other.example.com"), "/api/v1", Some("/")),
+        ];
+        for (host, path, want) in cases {
+            let got = t.find(host, path).map(|r| r.label.as_str());
+            assert_eq!(got, want, "host {host:?} path {path}");
+        }
+    }
+
+    #[test]
+    fn no_route_without_a_catch_all() {
+        let t = table(&[(None, "/public/"), (Some("a.example"), "/admin/")]);
+        assert!(t.find(None, "/publicity").is_none());
+        assert!(t.find(None, "/admin/x").is_none());
+        assert!(t.find(Some("b.example"), "/admin/x").is_none());
+        assert!(t.find(Some("a.example"), "/admin/x").is_some());
+    }
+
+    #[test]
+    fn thousand_routes_each_found() {
+        let routes: Vec<(Option<&str>, String)> = (0..1000)
+            .map(|i| (None, format!("/campaign/{i}/")))
+            .collect();
+        let refs: Vec<(Option<&str>, &str)> =
+            routes.iter().map(|(h, p)| (*h, p.as_str())).collect();
+        let t = table(&refs);
+        assert_eq!(t.len(), 1000);
+        for i in (0..1000).step_by(97) {
+            let path = format!("/campaign/{i}/index.html");
+            assert_eq!(
+                t.find(None, &path).unwrap().prefix,
+                format!("/campaign/{i}/")
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        for (raw, want) in [
+            ("M.Example.COM", "m.example.com"),
+            ("m.example.com:8443", "m.example.com"),
+            ("m.example.com.", "m.example.com"),
+            ("127.0.0.1:8080", "127.0.0.1"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]"),
+        ] {
+            assert_eq!(normalize_host(raw), want);
+        }
+    }
+}

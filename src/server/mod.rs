@@ -1,0 +1,333 @@
+//! Listeners: accepting connections (plain or TLS), serving HTTP/1.1 and HTTP/2 on them with
+//! the configured limits, the admin listener, and graceful shutdown.
+
+mod admin;
+mod idle;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::Body;
+use crate::config::{Config, LimitsConfig};
+use crate::gate::{ConnInfo, Gate, GateError};
+use admin::Admin;
+use idle::{Activity, Tracked};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Gate(#[from] GateError),
+}
+
+/// Something that answers requests on a listener.
+pub trait Handler: Send + Sync + 'static {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+impl Handler for Gate {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        self.handle(request, conn)
+    }
+}
+
+impl Handler for Admin {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        _conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        std::future::ready(self.handle(&request))
+    }
+}
+
+/// A started gateway: its bound addresses and the way to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+    main: JoinHandle<()>,
+    admin: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), returns.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        let _ = self.main.await;
+        let _ = self.admin.await;
+    }
+}
+
+/// Binds both listeners and starts serving; returns once they accept connections.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let gate = Arc::new(Gate::new(config)?);
+    let tls = match &config.server.tls {
+        Some(tls) => Some(TlsAcceptor::from(tls::server_config(tls)?)),
+        None => None,
+    };
+    let listener = bind("server.listen", config.server.listen).await?;
+    let admin_listener = bind("admin.listen", config.admin.listen).await?;
+    let addr = local_addr("server.listen", &listener)?;
+    let admin_addr = local_addr("admin.listen", &admin_listener)?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin = Arc::new(Admin {
+        metrics: gate.metrics().clone(),
+        ready: ready.clone(),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let metrics = gate.metrics().clone();
+    let listen = Listen {
+        limits: config.server.limits.clone(),
+        drain: config.server.drain_timeout,
+        shutdown: shutdown_rx,
+    };
+    let on_conn: ConnHook = Arc::new(move |opened| {
+        if opened {
+            metrics.connection_opened()
+        } else {
+            metrics.connection_closed()
+        }
+    });
+    let main = tokio::spawn(serve(listener, tls, gate, listen.clone(), Some(on_conn)));
+    let admin = tokio::spawn(serve(admin_listener, None, admin, listen, None));
+    tracing::info!(%addr, %admin_addr, "wxgate listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        shutdown,
+        ready,
+        main,
+        admin,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: &Config) -> Result<(), StartError> {
+    let running = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!(drain = ?config.server.drain_timeout, "shutting down: draining in-flight requests");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        key,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+type ConnHook = Arc<dyn Fn(bool) + Send + Sync>;
+
+#[derive(Clone)]
+struct Listen {
+    limits: LimitsConfig,
+    drain: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Accepts until shutdown, then waits for open connections to finish (up to `drain`).
+async fn serve<H: Handler>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: Arc<H>,
+    mut listen: Listen,
+    on_conn: Option<ConnHook>,
+) {
+    let slots = Arc::new(Semaphore::new(listen.limits.max_connections));
+    let builder = Arc::new(http_builder(&listen.limits));
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    loop {
+        let permit = tokio::select! {
+            _ = listen.shutdown.changed() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = listen.shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            builder: builder.clone(),
+            handler: handler.clone(),
+            shutdown: listen.shutdown.clone(),
+            limits: listen.limits.clone(),
+            on_conn: on_conn.clone(),
+        };
+        let tls = tls.clone();
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            conn.run(stream, peer, tls).await;
+            drop(permit);
+            drop(alive);
+        });
+    }
+    drop(listener);
+    drop(alive);
+    if tokio::time::timeout(listen.drain, all_closed.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached with connections still open");
+    }
+}
+
+fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers.max(1))
+        // Room for the whole head; the exact header and URI limits are checked per request.
+        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 1024).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(100)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+struct Conn<H> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handler: Arc<H>,
+    shutdown: watch::Receiver<bool>,
+    limits: LimitsConfig,
+    on_conn: Option<ConnHook>,
+}
+
+impl<H: Handler> Conn<H> {
+    async fn run(self, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+        if let Some(hook) = &self.on_conn {
+            hook(true);
+        }
+        match tls {
+            None => self.http(stream, ConnInfo { peer, tls: false }).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
+                match handshake.await {
+                    Ok(Ok(stream)) => self.http(stream, ConnInfo { peer, tls: true }).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+        if let Some(hook) = &self.on_conn {
+            hook(false);
+        }
+    }
+
+    async fn http<I>(&self, io: I, info: ConnInfo)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Activity::new();
+        let io = TokioIo::new(Tracked::new(io, activity.clone()));
+        let handler = self.handler.clone();
+        let service = service_fn(move |request| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.call(request, info).await) }
+        });
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let mut shutdown = self.shutdown.clone();
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, peer = %info.peer, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutdown.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = activity.idle_for(self.limits.idle_timeout), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
