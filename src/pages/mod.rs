@@ -2,6 +2,8 @@
 //! `Failure`, and `respond` turns it into a small HTML page for browsers or JSON for
 //! XHR/fetch and API clients. Pages never carry a secret, code, token or session id.
 
+pub mod qr;
+
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};

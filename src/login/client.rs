@@ -1,0 +1,400 @@
+//! Who is asking: the WeChat family of in-app browsers (by User-Agent, see wechat-api.md §8)
+//! and whether the request is a page navigation or a script call that wants JSON.
+//! The gate uses this to choose between a 302 to authorize, a 401 JSON and the non-WeChat page.
+
+use http::header::{ACCEPT, USER_AGENT};
+use http::{HeaderMap, Method};
+
+/// The browser family, read from the User-Agent only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Browser {
+    /// WeChat's in-app browser on a phone (`MicroMessenger`).
+    WeChat,
+    /// WeChat for Windows or macOS (`MicroMessenger` plus `WindowsWechat` / `MacWechat`).
+    WeChatDesktop,
+    /// WeCom / 企业微信 (`wxwork`; its UA also says `MicroMessenger`).
+    WeCom,
+    /// A mini-program `<web-view>` (`miniProgram`) or mini-program runtime (`MiniProgramEnv`).
+    /// iOS web-views historically lack the marker and then read as [`Browser::WeChat`].
+    MiniProgram,
+    /// Anything else, including a missing or unreadable User-Agent.
+    Other,
+}
+
+/// Which WeChat relatives go through WeChat's authorize page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// WeCom shares the authorize URL with WeChat; an Official Account appid may still be
+    /// refused there, so operators of WeCom-only audiences may turn this off.
+    pub wecom_is_wechat: bool,
+    /// Mini-program web-views run inside WeChat and can complete the OAuth redirect.
+    pub mini_program_is_wechat: bool,
+    /// Desktop WeChat sends `MicroMessenger` and supports web authorization in its browser.
+    pub desktop_is_wechat: bool,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            wecom_is_wechat: true,
+            mini_program_is_wechat: true,
+            desktop_is_wechat: true,
+        }
+    }
+}
+
+/// The visitor as the gate sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    pub browser: Browser,
+    /// Whether a navigation from this client should go to WeChat's authorize page.
+    pub is_wechat_browser: bool,
+    /// Not a navigation: a script call, a non-GET method, or a client asking for JSON.
+    /// Such requests get a 401 JSON body, never a redirect.
+    pub wants_json: bool,
+}
+
+/// A one-word summary of [`Client`] for logs and metrics; `Xhr` wins over the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    WeChat,
+    WeCom,
+    MiniProgram,
+    Xhr,
+    OtherBrowser,
+}
+
+impl ClientSettings {
+    /// Classifies a request from its method and headers.
+    pub fn classify(&self, method: &Method, headers: &HeaderMap) -> Client {
+        let browser = browser_from_headers(headers);
+        Client {
+            browser,
+            is_wechat_browser: self.counts_as_wechat(browser),
+            wants_json: wants_json(method, headers),
+        }
+    }
+
+    fn counts_as_wechat(&self, browser: Browser) -> bool {
+        match browser {
+            Browser::WeChat => true,
+            Browser::WeChatDesktop => self.desktop_is_wechat,
+            Browser::WeCom => self.wecom_is_wechat,
+            Browser::MiniProgram => self.mini_program_is_wechat,
+            Browser::Other => false,
+        }
+    }
+}
+
+impl Client {
+    pub fn kind(&self) -> ClientKind {
+        if self.wants_json {
+            return ClientKind::Xhr;
+        }
+        match self.browser {
+            Browser::WeChat | Browser::WeChatDesktop => ClientKind::WeChat,
+            Browser::WeCom => ClientKind::WeCom,
+            Browser::MiniProgram => ClientKind::MiniProgram,
+            Browser::Other => ClientKind::OtherBrowser,
+        }
+    }
+}
+
+fn browser_from_headers(headers: &HeaderMap) -> Browser {
+    headers
+        .get(USER_AGENT)
+        .map_or(Browser::Other, |ua| browser_from_user_agent(ua.as_bytes()))
+}
+
+/// Order matters: WeCom and mini-program UAs also contain `MicroMessenger`.
+pub fn browser_from_user_agent(ua: &[u8]) -> Browser {
+    if contains_ignore_case(ua, b"wxwork") {
+        Browser::WeCom
+    } else if contains_ignore_case(ua, b"miniprogram") {
+        Browser::MiniProgram
+    } else if contains_ignore_case(ua, b"micromessenger") {
+        if contains_ignore_case(ua, b"windowswechat") || contains_ignore_case(ua, b"macwechat") {
+            Browser::WeChatDesktop
+        } else {
+            Browser::WeChat
+        }
+    } else {
+        Browser::Other
+    }
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle))
+}
+
+fn wants_json(method: &Method, headers: &HeaderMap) -> bool {
+    // A redirect to authorize and back would lose a POST body; only GET/HEAD navigate.
+    let replayable = method == Method::GET || method == Method::HEAD;
+    !replayable
+        || headers.contains_key("x-requested-with")
+        || is_non_navigation_fetch(headers)
+        || accept_prefers_json(headers)
+}
+
+fn is_non_navigation_fetch(headers: &HeaderMap) -> bool {
+    headers.get("sec-fetch-mode").is_some_and(|mode| {
+        let mode = mode.as_bytes();
+        !(mode.eq_ignore_ascii_case(b"navigate") || mode.eq_ignore_ascii_case(b"nested-navigate"))
+    })
+}
+
+/// `Accept` lists `application/json` (or a `+json` type) and does not list `text/html`.
+/// Entries with `q=0` mean "not acceptable" and are ignored.
+fn accept_prefers_json(headers: &HeaderMap) -> bool {
+    let mut json = false;
+    let mut html = false;
+    let values = headers.get_all(ACCEPT).iter();
+    for entry in values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = entry.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        if parts.any(is_zero_quality) {
+            continue;
+        }
+        json |= media == "application/json" || media.ends_with("+json");
+        html |= media == "text/html";
+    }
+    json && !html
+}
+
+fn is_zero_quality(param: &str) -> bool {
+    let Some((name, value)) = param.split_once('=') else {
+        return false;
+    };
+    name.trim().eq_ignore_ascii_case("q") && value.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const IOS_WECHAT: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.49(0x18003135) NetType/WIFI Language/zh_CN";
+    const IOS_WECHAT_EN: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 16_3 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.42(0x18002a2d) NetType/WIFI Language/en";
+    const ANDROID_X5: &str = "Mozilla/5.0 (Linux; Android 10; ELE-AL00 Build/HUAWEIELE-AL00; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/77.0.3865.120 MQQBrowser/6.2 TBS/045525 Mobile Safari/537.36 MMWEBID/3135 MicroMessenger/8.0.2.1860(0x2800023B) Process/tools WeChat/arm64 Weixin NetType/WIFI Language/zh_CN ABI/arm64";
+    const ANDROID_XWEB: &str = "Mozilla/5.0 (Linux; Android 13; Pixel 7 Build/TQ2A.230505.002; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/116.0.0.0 Mobile Safari/537.36 MicroMessenger/8.0.40.2420(0x28002857) WeChat/arm64";
+    const ANDROID_MINIPROGRAM_WEBVIEW: &str = "Mozilla/5.0 (Linux; Android 13; Pixel 7 Build/TQ2A.230505.002; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/116.0.0.0 Mobile Safari/537.36 XWEB/1160065 MMWEBSDK/20231202 MMWEBID/2247 MicroMessenger/8.0.47.2560(0x28002F35) WeChat/arm64 Weixin NetType/WIFI Language/zh_CN ABI/arm64 miniProgram/wx2ebfe5f20389c64a";
+    const ANDROID_MINIPROGRAM_REQUEST: &str = "Mozilla/5.0 (Linux; Android 13; Pixel 7; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/116.0.0.0 Mobile Safari/537.36 XWEB/1110017 MMWEBSDK/20230805 MMWEBID/525 MicroMessenger/8.0.42.2460(0x28002A35) WeChat/arm64 Weixin NetType/WIFI Language/zh_CN ABI/arm64 MiniProgramEnv/android";
+    const PC_MINIPROGRAM: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/122.0.0.0 Safari/537.36 MicroMessenger/7.0.20.1781(0x6700143B) NetType/WIFI MiniProgramEnv/Windows WindowsWechat/WMPF WindowsWechat(0x63090a1b) XWEB/9165";
+    const WECOM_IOS: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 wxwork/4.1.6 MicroMessenger/7.0.1 Language/zh ColorScheme/Light";
+    const WECOM_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/107.0.5304.110 Safari/537.36 Language/zh wxwork/4.1.10 (MicroMessenger/6.2) WindowsWechat MailPlugin_Electron WeMail embeddisk";
+    // The two desktop WeChat UAs are assembled from the markers in wechat-api.md §8
+    // (`WindowsWechat(0x…)`, `MacWechat/…`); the reference has no complete sample.
+    const WECHAT_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/81.0.4044.138 Safari/537.36 NetType/WIFI MicroMessenger/7.0.20.1781(0x6700143B) WindowsWechat(0x63090a1b) XWEB/9165 Flue";
+    const WECHAT_MAC: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) MicroMessenger/6.8.0(0x16080000) MacWechat/3.8.7(0x13080710) Safari/605.1.15 NetType/WIFI";
+    const DESKTOP_CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+    const IOS_SAFARI: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
+    const QQ_BROWSER: &str = "Mozilla/5.0 (Linux; U; Android 10; zh-cn; ELE-AL00 Build/HUAWEIELE-AL00) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/66.0.3359.126 MQQBrowser/10.1 Mobile Safari/537.36";
+
+    type Headers<'a> = &'a [(&'static str, &'a str)];
+
+    fn headers(pairs: Headers<'_>) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn user_agents_are_sorted_into_browser_families() {
+        let cases: &[(&str, Browser)] = &[
+            (IOS_WECHAT, Browser::WeChat),
+            (IOS_WECHAT_EN, Browser::WeChat),
+            (ANDROID_X5, Browser::WeChat),
+            (ANDROID_XWEB, Browser::WeChat),
+            (ANDROID_MINIPROGRAM_WEBVIEW, Browser::MiniProgram),
+            (ANDROID_MINIPROGRAM_REQUEST, Browser::MiniProgram),
+            (PC_MINIPROGRAM, Browser::MiniProgram),
+            (WECOM_IOS, Browser::WeCom),
+            (WECOM_WINDOWS, Browser::WeCom),
+            (WECHAT_WINDOWS, Browser::WeChatDesktop),
+            (WECHAT_MAC, Browser::WeChatDesktop),
+            (DESKTOP_CHROME, Browser::Other),
+            (IOS_SAFARI, Browser::Other),
+            (QQ_BROWSER, Browser::Other),
+            ("micromessenger", Browser::WeChat),
+            ("", Browser::Other),
+        ];
+        for (ua, want) in cases {
+            assert_eq!(browser_from_user_agent(ua.as_bytes()), *want, "{ua}");
+        }
+    }
+
+    #[test]
+    fn a_missing_user_agent_is_another_browser() {
+        let client = ClientSettings::default().classify(&Method::GET, &HeaderMap::new());
+        assert_eq!(client.browser, Browser::Other);
+        assert!(!client.is_wechat_browser);
+        assert_eq!(client.kind(), ClientKind::OtherBrowser);
+    }
+
+    #[test]
+    fn by_default_the_whole_wechat_family_goes_to_authorize() {
+        let settings = ClientSettings::default();
+        for ua in [
+            IOS_WECHAT,
+            ANDROID_X5,
+            WECOM_IOS,
+            ANDROID_MINIPROGRAM_WEBVIEW,
+            WECHAT_WINDOWS,
+            WECHAT_MAC,
+        ] {
+            let client = settings.classify(&Method::GET, &headers(&[("user-agent", ua)]));
+            assert!(client.is_wechat_browser, "{ua}");
+            assert!(!client.wants_json, "{ua}");
+        }
+        for ua in [DESKTOP_CHROME, IOS_SAFARI, QQ_BROWSER] {
+            let client = settings.classify(&Method::GET, &headers(&[("user-agent", ua)]));
+            assert!(!client.is_wechat_browser, "{ua}");
+        }
+    }
+
+    #[test]
+    fn settings_can_exclude_wecom_mini_programs_and_desktop() {
+        let strict = ClientSettings {
+            wecom_is_wechat: false,
+            mini_program_is_wechat: false,
+            desktop_is_wechat: false,
+        };
+        let cases: &[(&str, bool)] = &[
+            (IOS_WECHAT, true),
+            (ANDROID_XWEB, true),
+            (WECOM_IOS, false),
+            (WECOM_WINDOWS, false),
+            (ANDROID_MINIPROGRAM_WEBVIEW, false),
+            (PC_MINIPROGRAM, false),
+            (WECHAT_WINDOWS, false),
+            (WECHAT_MAC, false),
+        ];
+        for (ua, want) in cases {
+            let client = strict.classify(&Method::GET, &headers(&[("user-agent", ua)]));
+            assert_eq!(client.is_wechat_browser, *want, "{ua}");
+        }
+    }
+
+    #[test]
+    fn script_calls_and_non_navigations_want_json() {
+        let cases: &[(Headers, bool)] = &[
+            (
+                &[(
+                    "accept",
+                    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+                )],
+                false,
+            ),
+            (
+                &[("accept", "text/html"), ("sec-fetch-mode", "navigate")],
+                false,
+            ),
+            (&[("sec-fetch-mode", "NAVIGATE")], false),
+            (&[("sec-fetch-mode", "nested-navigate")], false),
+            (&[("accept", "*/*")], false),
+            (&[], false),
+            (&[("x-requested-with", "XMLHttpRequest")], true),
+            (&[("x-requested-with", "com.tencent.mm")], true),
+            (&[("x-requested-with", "")], true),
+            (&[("sec-fetch-mode", "cors")], true),
+            (&[("sec-fetch-mode", "no-cors")], true),
+            (&[("sec-fetch-mode", "same-origin")], true),
+            (&[("sec-fetch-mode", "websocket")], true),
+            (&[("accept", "application/json")], true),
+            (&[("accept", "application/json, text/plain, */*")], true),
+            (&[("accept", "Application/JSON; charset=utf-8")], true),
+            (&[("accept", "application/problem+json")], true),
+            (
+                &[("accept", "application/json"), ("accept", "text/plain")],
+                true,
+            ),
+            (&[("accept", "text/html, application/json")], false),
+            (
+                &[("accept", "application/json"), ("accept", "text/html")],
+                false,
+            ),
+            (&[("accept", "application/json;q=0, text/plain")], false),
+            (&[("accept", "text/html;q=0, application/json")], true),
+            (&[("accept", "text/plain")], false),
+        ];
+        for (pairs, want) in cases {
+            let client = ClientSettings::default().classify(&Method::GET, &headers(pairs));
+            assert_eq!(client.wants_json, *want, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn only_get_and_head_count_as_navigations() {
+        let wechat = headers(&[("user-agent", IOS_WECHAT), ("accept", "text/html")]);
+        for (method, want) in [
+            (Method::GET, false),
+            (Method::HEAD, false),
+            (Method::POST, true),
+            (Method::PUT, true),
+            (Method::DELETE, true),
+            (Method::OPTIONS, true),
+        ] {
+            let client = ClientSettings::default().classify(&method, &wechat);
+            assert_eq!(client.wants_json, want, "{method}");
+        }
+    }
+
+    #[test]
+    fn kind_puts_script_calls_first() {
+        let settings = ClientSettings::default();
+        let cases: &[(&str, Headers, ClientKind)] = &[
+            (IOS_WECHAT, &[], ClientKind::WeChat),
+            (WECHAT_MAC, &[], ClientKind::WeChat),
+            (WECOM_IOS, &[], ClientKind::WeCom),
+            (ANDROID_MINIPROGRAM_WEBVIEW, &[], ClientKind::MiniProgram),
+            (DESKTOP_CHROME, &[], ClientKind::OtherBrowser),
+            (
+                IOS_WECHAT,
+                &[("x-requested-with", "XMLHttpRequest")],
+                ClientKind::Xhr,
+            ),
+            (
+                DESKTOP_CHROME,
+                &[("accept", "application/json")],
+                ClientKind::Xhr,
+            ),
+        ];
+        for (ua, extra, want) in cases {
+            let mut map = headers(extra);
+            map.insert(USER_AGENT, HeaderValue::from_str(ua).unwrap());
+            assert_eq!(
+                settings.classify(&Method::GET, &map).kind(),
+                *want,
+                "{ua} {extra:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_utf8_user_agent_is_still_read() {
+        let mut map = HeaderMap::new();
+        let mut ua = b"Mozilla/5.0 \xff\xfe MicroMessenger/8.0.49".to_vec();
+        map.insert(USER_AGENT, HeaderValue::from_bytes(&ua).unwrap());
+        assert_eq!(
+            ClientSettings::default()
+                .classify(&Method::GET, &map)
+                .browser,
+            Browser::WeChat
+        );
+        ua.truncate(5);
+        map.insert(USER_AGENT, HeaderValue::from_bytes(&ua).unwrap());
+        assert_eq!(
+            ClientSettings::default()
+                .classify(&Method::GET, &map)
+                .browser,
+            Browser::Other
+        );
+    }
+}

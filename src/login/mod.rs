@@ -1,0 +1,13 @@
+//! Login: the browser's trip to WeChat's authorize page and back.
+//! This part holds the pure building blocks — return-URL validation, the encrypted
+//! pending-login cookie, the authorize scopes and client classification.
+
+pub mod client;
+pub mod return_url;
+pub mod scope;
+pub mod state;
+
+pub use client::{Browser, Client, ClientKind, ClientSettings};
+pub use return_url::{RedirectError, ReturnUrl};
+pub use scope::AuthScope;
+pub use state::{Pending, PendingLogins, StateError, StateKey, is_well_formed_state};
