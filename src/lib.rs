@@ -1,2 +1,3 @@
 //! wxgate: a reverse-proxy authentication gateway for WeChat web authorization.
 #![forbid(unsafe_code)]
+pub mod identity;
