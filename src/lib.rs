@@ -7,6 +7,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod gate;
+pub mod identity;
 pub mod login;
 pub mod metrics;
 pub mod pages;

@@ -2,6 +2,7 @@
 //! routes: self-contained HTML (inline CSS, inline SVG QR code of the page's own URL),
 //! Chinese first, then English. Safe under `default-src 'none'; style-src 'unsafe-inline'`.
 
+use super::escape;
 use qrcode::QrCode;
 use qrcode::render::svg;
 
@@ -12,7 +13,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe
 /// Renders the page for `page_url`, the absolute URL the visitor asked for (built by the
 /// caller from `server.public_url`, never from the Host header).
 pub fn render(page_url: &str) -> String {
-    let url = super::escape(page_url);
+    let url = escape(page_url);
     let code = qr_svg(page_url).unwrap_or_default();
     format!(
         r#"<!DOCTYPE html>
@@ -86,7 +87,7 @@ mod tests {
         // The SVG must encode the URL itself, not its HTML-escaped form.
         let expected = qr_svg(URL).unwrap();
         assert!(page.contains(&expected));
-        assert_ne!(expected, qr_svg(&super::escape(URL)).unwrap());
+        assert_ne!(expected, qr_svg(&escape(URL)).unwrap());
         assert_eq!(page.matches("<svg").count(), 1);
     }
 
@@ -130,9 +131,9 @@ mod tests {
     #[test]
     fn escape_covers_the_five_html_specials() {
         assert_eq!(
-            super::escape(r#"<a href="x">'&'</a>"#),
+            escape(r#"<a href="x">'&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
-        assert_eq!(super::escape("中文 plain"), "中文 plain");
+        assert_eq!(escape("中文 plain"), "中文 plain");
     }
 }
