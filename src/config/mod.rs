@@ -17,6 +17,8 @@ pub use load::{ConfigError, Problem, load};
 pub use secret::Secret;
 pub use validate::validate;
 
+pub use crate::identity::Algorithm;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -217,15 +219,6 @@ impl Default for SessionConfig {
     }
 }
 
-/// Signature algorithms of the identity JWT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum Algorithm {
-    HS256,
-    RS256,
-    ES256,
-    EdDSA,
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
@@ -246,6 +239,38 @@ pub struct IdentityConfig {
     pub ttl: Duration,
     /// Also send `X-WeChat-OpenID`, `-UnionID`, `-Nickname`, `-Scope` in plain text.
     pub plain_headers: bool,
+    /// Keys retired by a rotation, still published in the JWKS so upstreams keep accepting
+    /// the tokens they signed until those expire.
+    pub previous_keys: Vec<PreviousKey>,
+}
+
+/// A retired identity key: verification only, never used to sign.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKey {
+    pub algorithm: Algorithm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub secret: Secret,
+}
+
+impl IdentityConfig {
+    /// The signing key and the retired ones, as the identity module loads them.
+    pub fn key_sources(&self) -> (crate::identity::KeySource, Vec<crate::identity::KeySource>) {
+        let source = |algorithm, key_file: &Option<PathBuf>, secret: &Secret| crate::identity::KeySource {
+            algorithm,
+            key_file: key_file.clone(),
+            secret: (!secret.is_empty()).then(|| secret.expose().to_owned()),
+        };
+        let current = source(self.algorithm, &self.key_file, &self.secret);
+        let previous = self
+            .previous_keys
+            .iter()
+            .map(|k| source(k.algorithm, &k.key_file, &k.secret))
+            .collect();
+        (current, previous)
+    }
 }
 
 impl Default for IdentityConfig {
@@ -259,6 +284,7 @@ impl Default for IdentityConfig {
             audience: "wxgate-upstream".to_owned(),
             ttl: Duration::from_secs(300),
             plain_headers: false,
+            previous_keys: Vec::new(),
         }
     }
 }

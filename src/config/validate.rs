@@ -128,22 +128,14 @@ fn identity(c: &Config, p: &mut Vec<Problem>) {
             format!("\"{}\" is not a valid header name", i.header),
         ));
     }
-    match i.algorithm {
-        Algorithm::HS256 if i.secret.expose().len() < 32 => p.push(Problem::new(
-            "identity.secret",
-            "HS256 needs a secret of at least 32 bytes (set WXGATE_IDENTITY__SECRET)",
-        )),
-        Algorithm::HS256 => {}
-        _ => match &i.key_file {
-            Some(file) => readable(file, "identity.key_file", p),
-            None => p.push(Problem::new(
-                "identity.key_file",
-                format!(
-                    "{:?} needs a private key file (`wxgate keygen` writes one)",
-                    i.algorithm
-                ),
-            )),
-        },
+    // Loading the keys is the only complete check of a key file: PEM, type, algorithm.
+    let (current, previous) = i.key_sources();
+    if let Err(e) = crate::identity::KeySet::load(&current, &previous) {
+        let key = match i.algorithm {
+            Algorithm::HS256 => "identity.secret",
+            _ => "identity.key_file",
+        };
+        p.push(Problem::new(key, e.to_string()));
     }
     if i.ttl < Duration::from_secs(10) {
         p.push(Problem::new("identity.ttl", "must be at least 10s"));
