@@ -81,7 +81,14 @@ impl Proxy {
         peer: Peer,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, Failure> {
+        // HTTP/2 carries the host in the URI's authority; upstreams speak HTTP/1.1 and read `Host`.
+        if let (false, Some(authority)) = (request.headers().contains_key(header::HOST), request.uri().authority()) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(header::HOST, host);
+            }
+        }
         *request.uri_mut() = upstream_uri(route, path, request.uri())?;
+        *request.version_mut() = http::Version::HTTP_11;
         let upgrade = client_upgrade.is_some();
         prepare_request_headers(request.headers_mut(), peer, upgrade);
         let sent = tokio::time::timeout(route.timeout, self.client.request(request)).await;

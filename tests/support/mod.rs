@@ -1,0 +1,71 @@
+//! Shared harness for the integration tests: a real upstream on a free port that records
+//! what reached it, and the gateway started in-process on free ports.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::net::SocketAddr;
+
+use wxgate::config::{Config, RouteConfig, Scope};
+use wxgate::server::{self, Running};
+
+/// A gateway configuration for tests: loopback, free ports, public routes to `upstream`.
+pub fn config_with_routes(routes: &[(&str, SocketAddr)]) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.log.access_log = false;
+    for (path, upstream) in routes {
+        config.routes.push(route(path, *upstream, Scope::Public));
+    }
+    config
+}
+
+pub fn route(path: &str, upstream: SocketAddr, scope: Scope) -> RouteConfig {
+    RouteConfig {
+        host: None,
+        path: path.to_owned(),
+        upstream: url::Url::parse(&format!("http://{upstream}")).unwrap(),
+        scope,
+        non_wechat: wxgate::config::NonWeChat::Qrcode,
+        allow_snapshot: true,
+        timeout: None,
+    }
+}
+
+pub async fn start(config: &Config) -> Running {
+    let problems = wxgate::config::validate(config);
+    assert!(problems.is_empty(), "test config invalid: {problems:?}");
+    server::start(config).await.expect("gateway starts")
+}
+
+/// A client that never follows redirects and keeps no cookies unless asked.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+pub fn url(gw: &Running, path_and_query: &str) -> String {
+    format!("http://{}{}", gw.addr, path_and_query)
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until the server closes
+/// or `wait` passes.
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: std::time::Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
