@@ -99,7 +99,7 @@ fn access_token(shared: &Shared, params: &Params, behaviour: &Faults, now: u64) 
     if appid != config.appid {
         return Err(40013);
     }
-    if secret != config.secret {
+    if secret != config.secret.expose() {
         return Err(40125);
     }
     let mut store = lock(&shared.store);

@@ -25,6 +25,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::wechat::Secret;
+
 pub use faults::{ContentTypeVariant, ErrmsgStyle, Faults, RefreshMode};
 pub use users::{FixtureUser, USERS};
 
@@ -49,7 +51,7 @@ pub struct MockArgs {
     pub appid: String,
     /// The AppSecret the mock expects.
     #[arg(long, env = "WXGATE_MOCK_SECRET", hide_env_values = true, default_value = DEFAULT_SECRET)]
-    pub secret: String,
+    pub secret: Secret,
     /// The account name shown on the consent page.
     #[arg(long, default_value = "wxgate 演示服务号")]
     pub app_name: String,
@@ -112,7 +114,7 @@ pub struct MockArgs {
 #[derive(Debug, Clone)]
 pub struct MockConfig {
     pub appid: String,
-    pub secret: String,
+    pub secret: Secret,
     pub app_name: String,
     /// `Some(id)`: the app is bound to this Open Platform account and sees unionids.
     pub open_platform_id: Option<String>,
@@ -132,7 +134,7 @@ impl Default for MockConfig {
     fn default() -> Self {
         Self {
             appid: DEFAULT_APPID.into(),
-            secret: DEFAULT_SECRET.into(),
+            secret: Secret::new(DEFAULT_SECRET),
             app_name: "wxgate 演示服务号".into(),
             open_platform_id: Some("mock-open-platform".into()),
             authorized_domains: Vec::new(),
@@ -304,4 +306,47 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
     };
     MockWeChat::new(config).serve(listener, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mock: MockArgs,
+    }
+
+    #[test]
+    fn flags_become_the_initial_configuration() {
+        let cli = Cli::try_parse_from([
+            "mock",
+            "--listen",
+            "127.0.0.1:0",
+            "--auto-consent",
+            "--no-unionid",
+            "--authorized-domain",
+            "m.example.com",
+            "--fail-next",
+            "2",
+            "--content-type",
+            "json-charset",
+            "--errmsg-style",
+            "hints",
+        ])
+        .unwrap();
+        let config = MockConfig::from(&cli.mock);
+        assert!(config.auto_consent);
+        assert_eq!(config.open_platform_id, None);
+        assert_eq!(config.authorized_domains, vec!["m.example.com".to_owned()]);
+        assert_eq!(config.faults.fail_next, 2);
+        assert_eq!(config.faults.content_type, ContentTypeVariant::JsonCharset);
+        assert_eq!(config.faults.errmsg_style, ErrmsgStyle::Hints);
+        assert_eq!(config.appid, DEFAULT_APPID);
+        assert_eq!(config.secret.expose(), DEFAULT_SECRET);
+        assert!(!format!("{config:?}").contains(DEFAULT_SECRET));
+    }
 }
