@@ -1,0 +1,259 @@
+//! The mock's run-time switches (faults to inject and behaviour variants) and its call
+//! counters. Both are set by CLI flags and read or changed at run time through
+//! `/_mock/faults` and `/_mock/stats`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Content-Type the JSON API answers with; real WeChat mostly says `text/plain`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContentTypeVariant {
+    #[default]
+    Plain,
+    JsonEncoding,
+    JsonCharset,
+}
+
+impl ContentTypeVariant {
+    pub fn header_value(self) -> &'static str {
+        match self {
+            ContentTypeVariant::Plain => "text/plain",
+            ContentTypeVariant::JsonEncoding => "application/json; encoding=utf-8",
+            ContentTypeVariant::JsonCharset => "application/json; charset=utf-8",
+        }
+    }
+}
+
+/// The suffix WeChat appended to errmsg in its different eras.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrmsgStyle {
+    None,
+    #[default]
+    Rid,
+    Hints,
+    Hint,
+}
+
+/// How `/sns/oauth2/refresh_token` treats a still-valid access token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefreshMode {
+    /// Always issue a new access token.
+    #[default]
+    Rotate,
+    /// Return the same access token with its expiry reset while it is still valid.
+    Extend,
+}
+
+/// Faults and behaviour switches. `POST /_mock/faults` merges the given keys into these.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Delay before every JSON API answer.
+    pub latency_ms: u64,
+    /// Answer the next N JSON API calls with `fail_errcode` (HTTP 200).
+    pub fail_next: u32,
+    pub fail_errcode: i64,
+    /// Answer the next N JSON API calls with HTTP `http_error_status`.
+    pub http_error_next: u32,
+    pub http_error_status: u16,
+    /// Answer the next N JSON API calls with a non-JSON body.
+    pub garbage_next: u32,
+    /// Never answer the next N JSON API calls.
+    pub hang_next: u32,
+    /// Every login comes back as a 快照页 virtual account.
+    pub snapshot: bool,
+    /// The simulated user refuses snsapi_userinfo consent.
+    pub deny: bool,
+    /// 拒绝 redirects to `redirect_uri?state=STATE` (documented) instead of staying (observed).
+    pub deny_redirect: bool,
+    pub content_type: ContentTypeVariant,
+    pub errmsg_style: ErrmsgStyle,
+    pub refresh_mode: RefreshMode,
+    /// A refresh also resets the refresh_token's 30 days.
+    pub refresh_resets_expiry: bool,
+    /// A reused code answers 40029 instead of 40163 (WeChat mixes both).
+    pub reused_code_as_invalid: bool,
+    /// An expired code answers 42003 instead of 40029.
+    pub strict_code_expiry: bool,
+    /// An unknown access token answers 40014 instead of 40001.
+    pub unknown_token_as_40014: bool,
+    /// userinfo with a snapshot token answers 48001 instead of virtual data.
+    pub snapshot_userinfo_denied: bool,
+    /// The authorize page answers this error (10004 banned, 10006, 10009 ...).
+    pub authorize_errcode: Option<u32>,
+    /// The authorize page refuses browsers without `MicroMessenger` in the User-Agent.
+    pub require_wechat_ua: bool,
+    /// The authorize page refuses a state with characters outside `[A-Za-z0-9]`.
+    pub strict_state: bool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            fail_next: 0,
+            fail_errcode: -1,
+            http_error_next: 0,
+            http_error_status: 503,
+            garbage_next: 0,
+            hang_next: 0,
+            snapshot: false,
+            deny: false,
+            deny_redirect: false,
+            content_type: ContentTypeVariant::default(),
+            errmsg_style: ErrmsgStyle::default(),
+            refresh_mode: RefreshMode::default(),
+            refresh_resets_expiry: false,
+            reused_code_as_invalid: false,
+            strict_code_expiry: false,
+            unknown_token_as_40014: false,
+            snapshot_userinfo_denied: false,
+            authorize_errcode: None,
+            require_wechat_ua: false,
+            strict_state: false,
+        }
+    }
+}
+
+/// The fault one JSON API call gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    Hang,
+    HttpStatus(u16),
+    Garbage,
+    Errcode(i64),
+}
+
+impl Faults {
+    /// Takes the fault for one JSON API call, counting down the "next N" counters.
+    pub fn take_api_fault(&mut self) -> Option<Injected> {
+        if take_one(&mut self.hang_next) {
+            Some(Injected::Hang)
+        } else if take_one(&mut self.http_error_next) {
+            Some(Injected::HttpStatus(self.http_error_status))
+        } else if take_one(&mut self.garbage_next) {
+            Some(Injected::Garbage)
+        } else if take_one(&mut self.fail_next) {
+            Some(Injected::Errcode(self.fail_errcode))
+        } else {
+            None
+        }
+    }
+
+    pub fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms)
+    }
+
+    /// Merges the keys of a JSON object into these switches; unknown keys are refused.
+    pub fn merged(&self, patch: serde_json::Value) -> Result<Self, String> {
+        let serde_json::Value::Object(patch) = patch else {
+            return Err("expected a JSON object".into());
+        };
+        let mut current = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        if let serde_json::Value::Object(map) = &mut current {
+            map.extend(patch);
+        }
+        let merged: Faults = serde_json::from_value(current).map_err(|e| e.to_string())?;
+        if !(100..=599).contains(&merged.http_error_status) {
+            return Err("http_error_status must be an HTTP status code".into());
+        }
+        Ok(merged)
+    }
+}
+
+fn take_one(counter: &mut u32) -> bool {
+    let had = *counter > 0;
+    *counter = counter.saturating_sub(1);
+    had
+}
+
+/// Calls per endpoint since start or the last reset.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub authorize: AtomicU64,
+    pub authorize_reply: AtomicU64,
+    pub access_token: AtomicU64,
+    pub refresh_token: AtomicU64,
+    pub userinfo: AtomicU64,
+    pub auth: AtomicU64,
+    pub codes_issued: AtomicU64,
+    pub codes_exchanged: AtomicU64,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        serde_json::json!({
+            "/connect/oauth2/authorize": get(&self.authorize),
+            "/connect/oauth2/authorize_reply": get(&self.authorize_reply),
+            "/sns/oauth2/access_token": get(&self.access_token),
+            "/sns/oauth2/refresh_token": get(&self.refresh_token),
+            "/sns/userinfo": get(&self.userinfo),
+            "/sns/auth": get(&self.auth),
+            "codes_issued": get(&self.codes_issued),
+            "codes_exchanged": get(&self.codes_exchanged),
+        })
+    }
+
+    pub fn reset(&self) {
+        for counter in [
+            &self.authorize,
+            &self.authorize_reply,
+            &self.access_token,
+            &self.refresh_token,
+            &self.userinfo,
+            &self.auth,
+            &self.codes_issued,
+            &self.codes_exchanged,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_n_counters_run_out_in_priority_order() {
+        let mut faults = Faults {
+            fail_next: 1,
+            http_error_next: 1,
+            ..Faults::default()
+        };
+        assert_eq!(faults.take_api_fault(), Some(Injected::HttpStatus(503)));
+        assert_eq!(faults.take_api_fault(), Some(Injected::Errcode(-1)));
+        assert_eq!(faults.take_api_fault(), None);
+    }
+
+    #[test]
+    fn merge_keeps_unmentioned_switches_and_refuses_typos() {
+        let faults = Faults {
+            snapshot: true,
+            ..Faults::default()
+        };
+        let merged = faults
+            .merged(serde_json::json!({"fail_next": 2, "content_type": "json-encoding"}))
+            .unwrap();
+        assert!(merged.snapshot);
+        assert_eq!(merged.fail_next, 2);
+        assert_eq!(merged.content_type, ContentTypeVariant::JsonEncoding);
+        assert!(faults.merged(serde_json::json!({"fail_nxt": 1})).is_err());
+        assert!(faults.merged(serde_json::json!([1])).is_err());
+        assert!(
+            faults
+                .merged(serde_json::json!({"http_error_status": 42}))
+                .is_err()
+        );
+    }
+}

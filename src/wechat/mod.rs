@@ -1,0 +1,14 @@
+//! The client for WeChat's web-authorization API (api.weixin.qq.com `/sns/*`): code
+//! exchange, refresh, userinfo and token check. It owns the tolerant wire format, the
+//! errcode table and the retry policy; no secret, code, token or URL ever reaches an error or a log.
+
+mod client;
+mod error;
+mod model;
+mod parse;
+mod secret;
+
+pub use client::{ClientSettings, WeChatClient};
+pub use error::{Endpoint, Errcode, ErrorKind, Malformed, WeChatError};
+pub use model::{TokenGrant, UserInfo};
+pub use secret::Secret;
