@@ -24,6 +24,30 @@ enum Command {
     Run(ConfigArg),
     /// Validate a configuration and print it with every secret redacted.
     Check(ConfigArg),
+    /// Run the mock WeChat (authorize page and JSON API) for tests and the demo.
+    MockWechat(crate::mock::MockArgs),
+    /// Write a new identity signing key (PKCS#8 PEM, mode 0600).
+    Keygen(KeygenArgs),
+    /// Verify an identity JWT with the keys, issuer and audience of a configuration.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct KeygenArgs {
+    /// RS256, ES256 or EdDSA.
+    #[arg(long, default_value = "ES256")]
+    algorithm: crate::identity::Algorithm,
+    /// Where to write the key; refuses to overwrite an existing file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The token, as an upstream received it in the identity header.
+    token: String,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +68,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(arg) => run(&arg.config),
         Command::Check(arg) => check(&arg.config),
+        Command::MockWechat(args) => mock_wechat(args),
+        Command::Keygen(args) => keygen(&args),
+        Command::Verify(args) => verify(&args),
     }
 }
 
@@ -85,18 +112,103 @@ fn run(path: &std::path::Path) -> ExitCode {
         return ExitCode::from(2);
     };
     crate::telemetry::init(config.log.format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("wxgate: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(crate::server::run(&config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("wxgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("wxgate: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+fn mock_wechat(args: crate::mock::MockArgs) -> ExitCode {
+    crate::telemetry::init(config::LogFormat::Text);
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(crate::mock::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wxgate mock-wechat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keygen(args: &KeygenArgs) -> ExitCode {
+    let pem = match crate::identity::generate_pem(args.algorithm) {
+        Ok(pem) => pem,
+        Err(e) => {
+            eprintln!("wxgate keygen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match write_private(&args.out, pem.as_bytes()) {
+        Ok(()) => {
+            println!(
+                "wrote a {:?} signing key to {}",
+                args.algorithm,
+                args.out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wxgate keygen: cannot write {}: {e}", args.out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Creates `path` readable by its owner only, never replacing an existing key.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}
+
+fn verify(args: &VerifyArgs) -> ExitCode {
+    let Some(config) = load_or_report(&args.config.config) else {
+        return ExitCode::from(2);
+    };
+    let (current, previous) = config.identity.key_sources();
+    let keys = match crate::identity::KeySet::load(&current, &previous) {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("wxgate verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match keys.verify(
+        args.token.trim(),
+        &config.identity.issuer,
+        &config.identity.audience,
+    ) {
+        Ok(claims) => {
+            match serde_json::to_string_pretty(&claims) {
+                Ok(json) => println!("{json}"),
+                Err(e) => eprintln!("wxgate verify: valid, but the claims cannot be printed: {e}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wxgate verify: invalid token: {e}");
             ExitCode::FAILURE
         }
     }

@@ -82,7 +82,10 @@ impl Proxy {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, Failure> {
         // HTTP/2 carries the host in the URI's authority; upstreams speak HTTP/1.1 and read `Host`.
-        if let (false, Some(authority)) = (request.headers().contains_key(header::HOST), request.uri().authority()) {
+        if let (false, Some(authority)) = (
+            request.headers().contains_key(header::HOST),
+            request.uri().authority(),
+        ) {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                 request.headers_mut().insert(header::HOST, host);
             }

@@ -14,11 +14,23 @@ async fn dead_upstream_gives_502_page() {
     up.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let gw = support::start(&support::config_with_routes(&[("/", dead)])).await;
-    let resp = support::client().get(support::url(&gw, "/x")).send().await.unwrap();
+    let resp = support::client()
+        .get(support::url(&gw, "/x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 502);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let page = resp.text().await.unwrap();
-    assert!(page.contains("502") && page.contains("服务暂时不可用"), "{page}");
+    assert!(
+        page.contains("502") && page.contains("服务暂时不可用"),
+        "{page}"
+    );
 
     let json = support::client()
         .get(support::url(&gw, "/x"))
@@ -41,7 +53,12 @@ async fn blackhole() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
     let addr = listener.local_addr().unwrap();
     let mut held = Vec::new();
     for _ in 0..16 {
-        match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
             Ok(Ok(stream)) => held.push(stream),
             _ => break,
         }
@@ -56,7 +73,11 @@ async fn unreachable_upstream_gives_502_within_the_connect_timeout() {
     config.upstream.connect_timeout = Duration::from_millis(300);
     let gw = support::start(&config).await;
     let started = Instant::now();
-    let resp = support::client().get(support::url(&gw, "/")).send().await.unwrap();
+    let resp = support::client()
+        .get(support::url(&gw, "/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 502);
     // Not a speed assertion: the request must end by the connect timeout, not wait for the
     // 60 s upstream timeout.
@@ -70,9 +91,17 @@ async fn slow_upstream_gives_504_after_the_route_timeout() {
     let mut config = support::config_with_routes(&[("/", up.addr)]);
     config.routes[0].timeout = Some(Duration::from_millis(300));
     let gw = support::start(&config).await;
-    let resp = support::client().get(support::url(&gw, "/slow/3000")).send().await.unwrap();
+    let resp = support::client()
+        .get(support::url(&gw, "/slow/3000"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 504);
-    let resp = support::client().get(support::url(&gw, "/slow/10")).send().await.unwrap();
+    let resp = support::client()
+        .get(support::url(&gw, "/slow/10"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     gw.shutdown().await;
 }
@@ -88,19 +117,30 @@ async fn oversized_and_malformed_requests_are_refused_and_serving_goes_on() {
     let gw = support::start(&config).await;
     let wait = Duration::from_secs(2);
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(3000));
-    let big_header = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(5000));
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
     let many_headers = format!(
         "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
-        (0..30).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+        (0..30)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
     );
     let cases: Vec<(String, &str)> = vec![
         (long_uri, "414"),
         (big_header, "431"),
         (many_headers, "431"),
-        ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n".into(), "413"),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n".into(),
+            "413",
+        ),
         ("GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n".into(), "400"),
         ("GET / HTTP/1.1\r\n\r\n".into(), "400"),
-        ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".into(), "400"),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".into(),
+            "400",
+        ),
         ("NOT A REQUEST\r\n\r\n".into(), "400"),
     ];
     for (request, status) in cases {
@@ -112,17 +152,24 @@ async fn oversized_and_malformed_requests_are_refused_and_serving_goes_on() {
         );
     }
     // A streamed body that grows past the limit without declaring its length.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..40).map(|_| Ok(vec![0u8; 64 * 1024])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![0u8; 64 * 1024])).collect();
     let resp = support::client()
         .post(support::url(&gw, "/upload"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await;
     if let Ok(resp) = resp {
         assert_eq!(resp.status(), 413);
     }
     assert!(up.seen().iter().all(|s| s.body_len <= 1024 * 1024));
-    let resp = support::client().get(support::url(&gw, "/still-serving")).send().await.unwrap();
+    let resp = support::client()
+        .get(support::url(&gw, "/still-serving"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     gw.shutdown().await;
 }
@@ -134,9 +181,21 @@ async fn slowloris_connection_is_closed_after_the_header_timeout() {
     config.server.limits.header_read_timeout = Duration::from_millis(400);
     let gw = support::start(&config).await;
     // Half a request head, then silence: the gateway must hang up on its own.
-    let answer = support::raw(gw.addr, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ", Duration::from_secs(5)).await;
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
-    let resp = support::client().get(support::url(&gw, "/")).send().await.unwrap();
+    let answer = support::raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    let resp = support::client()
+        .get(support::url(&gw, "/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(up.count(), 1);
     gw.shutdown().await;
@@ -146,7 +205,11 @@ async fn slowloris_connection_is_closed_after_the_header_timeout() {
 async fn unknown_paths_without_a_catch_all_route_are_404() {
     let up = Upstream::start().await;
     let gw = support::start(&support::config_with_routes(&[("/activity/", up.addr)])).await;
-    let resp = support::client().get(support::url(&gw, "/activityx")).send().await.unwrap();
+    let resp = support::client()
+        .get(support::url(&gw, "/activityx"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(up.count(), 0);
     gw.shutdown().await;
@@ -162,11 +225,17 @@ async fn https_listener_speaks_h2_and_http1_by_alpn() {
     std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
     let up = Upstream::start().await;
     let mut config = support::config_with_routes(&[("/", up.addr)]);
-    config.server.tls = Some(wxgate::config::TlsConfig { cert: cert_file, key: key_file });
+    config.server.tls = Some(wxgate::config::TlsConfig {
+        cert: cert_file,
+        key: key_file,
+    });
     let gw = support::start(&config).await;
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
     let url = format!("https://localhost:{}/echo", gw.addr.port());
-    for (http1_only, want) in [(false, reqwest::Version::HTTP_2), (true, reqwest::Version::HTTP_11)] {
+    for (http1_only, want) in [
+        (false, reqwest::Version::HTTP_2),
+        (true, reqwest::Version::HTTP_11),
+    ] {
         let mut builder = reqwest::Client::builder()
             .tls_certs_only([root.clone()])
             .resolve("localhost", gw.addr);

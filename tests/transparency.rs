@@ -19,7 +19,12 @@ async fn multi_megabyte_post_body_arrives_intact() {
     let gw = gateway_in_front(&up).await;
     let body: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
     let want = hex::encode(Sha256::digest(&body));
-    let resp = support::client().post(support::url(&gw, "/upload")).body(body).send().await.unwrap();
+    let resp = support::client()
+        .post(support::url(&gw, "/upload"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = up.last();
     assert_eq!(seen.method, "POST");
@@ -32,10 +37,19 @@ async fn multi_megabyte_post_body_arrives_intact() {
 async fn chunked_request_body_is_streamed_through() {
     let up = Upstream::start().await;
     let gw = gateway_in_front(&up).await;
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..64).map(|i| Ok(vec![i as u8; 16 * 1024])).collect();
-    let all: Vec<u8> = chunks.iter().flat_map(|c| c.as_ref().unwrap().clone()).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..64).map(|i| Ok(vec![i as u8; 16 * 1024])).collect();
+    let all: Vec<u8> = chunks
+        .iter()
+        .flat_map(|c| c.as_ref().unwrap().clone())
+        .collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let resp = support::client().put(support::url(&gw, "/chunks")).body(body).send().await.unwrap();
+    let resp = support::client()
+        .put(support::url(&gw, "/chunks"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = up.last();
     assert_eq!(seen.body_len, all.len());
@@ -48,7 +62,11 @@ async fn thirty_two_mib_response_streams_back_whole() {
     let up = Upstream::start().await;
     let gw = gateway_in_front(&up).await;
     let n = 32 * 1024 * 1024;
-    let mut resp = support::client().get(support::url(&gw, &format!("/big/{n}"))).send().await.unwrap();
+    let mut resp = support::client()
+        .get(support::url(&gw, &format!("/big/{n}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut total = 0usize;
     let mut first_chunk_at = None;
@@ -65,10 +83,17 @@ async fn status_codes_pass_through() {
     let up = Upstream::start().await;
     let gw = gateway_in_front(&up).await;
     for code in [200u16, 201, 204, 301, 400, 403, 404, 418, 500, 503] {
-        let resp = support::client().get(support::url(&gw, &format!("/status/{code}"))).send().await.unwrap();
+        let resp = support::client()
+            .get(support::url(&gw, &format!("/status/{code}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), code);
         if code != 204 {
-            assert_eq!(resp.headers()["x-upstream-status"], code.to_string().as_str());
+            assert_eq!(
+                resp.headers()["x-upstream-status"],
+                code.to_string().as_str()
+            );
         }
     }
     gw.shutdown().await;
@@ -86,7 +111,11 @@ async fn query_string_is_forwarded_byte_for_byte() {
         "UPPER=%3d%3D",
     ];
     for q in queries {
-        let resp = support::client().get(support::url(&gw, &format!("/page.html?{q}"))).send().await.unwrap();
+        let resp = support::client()
+            .get(support::url(&gw, &format!("/page.html?{q}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(up.last().uri, format!("/page.html?{q}"));
     }
@@ -103,12 +132,25 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     let answer = support::raw(gw.addr, request.as_bytes(), Duration::from_millis(500)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let seen = up.last();
-    for gone in ["x-client-private", "keep-alive", "proxy-authorization", "te", "connection"] {
-        assert!(!seen.headers.contains_key(gone), "{gone} reached the upstream");
+    for gone in [
+        "x-client-private",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "connection",
+    ] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the upstream"
+        );
     }
     assert_eq!(seen.headers["x-kept"], "yes");
 
-    let resp = support::client().get(support::url(&gw, "/hop")).send().await.unwrap();
+    let resp = support::client()
+        .get(support::url(&gw, "/hop"))
+        .send()
+        .await
+        .unwrap();
     assert!(!resp.headers().contains_key("x-upstream-private"));
     assert!(!resp.headers().contains_key("keep-alive"));
     assert_eq!(resp.headers()["x-upstream-public"], "fine");
@@ -165,7 +207,10 @@ async fn trailers_are_preserved() {
     let answer = support::raw(gw.addr, request.as_bytes(), Duration::from_secs(2)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("part one,"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("x-checksum: abc123"), "trailer lost: {answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("x-checksum: abc123"),
+        "trailer lost: {answer}"
+    );
     gw.shutdown().await;
 }
 
@@ -173,10 +218,14 @@ async fn trailers_are_preserved() {
 async fn websocket_echoes_through_the_gateway() {
     let up = Upstream::start().await;
     let gw = gateway_in_front(&up).await;
-    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 101);
     for text in ["你好", "second message", &"x".repeat(100_000)] {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
         let echoed = ws.next().await.unwrap().unwrap();
         assert_eq!(echoed.into_text().unwrap().as_str(), text);
     }
@@ -188,7 +237,10 @@ async fn websocket_echoes_through_the_gateway() {
 async fn h2c_prior_knowledge_is_served() {
     let up = Upstream::start().await;
     let gw = gateway_in_front(&up).await;
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let resp = h2.get(support::url(&gw, "/echo?x=1")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
@@ -213,7 +265,11 @@ async fn most_specific_route_wins_over_the_wire() {
     let a = Upstream::start().await;
     let b = Upstream::start().await;
     let c = Upstream::start().await;
-    let mut config = support::config_with_routes(&[("/activity/2019/", c.addr), ("/", a.addr), ("/activity", b.addr)]);
+    let mut config = support::config_with_routes(&[
+        ("/activity/2019/", c.addr),
+        ("/", a.addr),
+        ("/activity", b.addr),
+    ]);
     config.routes.push(wxgate::config::RouteConfig {
         host: Some("m.example.com".into()),
         ..support::route("/", c.addr, wxgate::config::Scope::Public)
@@ -221,7 +277,15 @@ async fn most_specific_route_wins_over_the_wire() {
     let gw = support::start(&config).await;
     let get = |path: &'static str, host: &'static str| {
         let url = support::url(&gw, path);
-        async move { support::client().get(url).header("host", host).send().await.unwrap().status() }
+        async move {
+            support::client()
+                .get(url)
+                .header("host", host)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     };
     assert_eq!(get("/activity/x.html", "other").await, 200);
     assert_eq!((a.count(), b.count(), c.count()), (0, 1, 0));
@@ -238,7 +302,8 @@ async fn most_specific_route_wins_over_the_wire() {
 async fn dot_segments_are_resolved_before_matching_and_forwarding() {
     let public = Upstream::start().await;
     let private = Upstream::start().await;
-    let config = support::config_with_routes(&[("/public/", public.addr), ("/private/", private.addr)]);
+    let config =
+        support::config_with_routes(&[("/public/", public.addr), ("/private/", private.addr)]);
     let gw = support::start(&config).await;
     for (raw_path, status, reaches_private) in [
         ("/public/../private/x", 200, true),
@@ -251,13 +316,23 @@ async fn dot_segments_are_resolved_before_matching_and_forwarding() {
     ] {
         let request = format!("GET {raw_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let answer = support::raw(gw.addr, request.as_bytes(), Duration::from_secs(2)).await;
-        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{raw_path}: {answer}");
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{raw_path}: {answer}"
+        );
         if reaches_private {
             // Matched as /private/x and forwarded as /private/x: the same path both times.
             assert_eq!(private.last().uri, "/private/x", "{raw_path}");
         }
     }
-    assert_eq!(public.seen().iter().filter(|s| s.uri.contains("private")).count(), 0);
+    assert_eq!(
+        public
+            .seen()
+            .iter()
+            .filter(|s| s.uri.contains("private"))
+            .count(),
+        0
+    );
     assert_eq!(public.last().uri, "/public/a/b");
     gw.shutdown().await;
 }

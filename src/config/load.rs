@@ -79,7 +79,10 @@ fn problem_of(e: &figment::Error) -> Problem {
     let mut key = key_path(&e.path);
     let mut message = match &e.kind {
         Kind::UnknownField(field, expected) => {
-            key = join_key(&key, field);
+            // figment's path already ends with the unknown key itself.
+            if !key.ends_with(field.as_str()) {
+                key = join_key(&key, field);
+            }
             format!("unknown key, expected one of: {}", expected.join(", "))
         }
         Kind::MissingField(field) => {

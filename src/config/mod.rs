@@ -258,11 +258,12 @@ pub struct PreviousKey {
 impl IdentityConfig {
     /// The signing key and the retired ones, as the identity module loads them.
     pub fn key_sources(&self) -> (crate::identity::KeySource, Vec<crate::identity::KeySource>) {
-        let source = |algorithm, key_file: &Option<PathBuf>, secret: &Secret| crate::identity::KeySource {
-            algorithm,
-            key_file: key_file.clone(),
-            secret: (!secret.is_empty()).then(|| secret.expose().to_owned()),
-        };
+        let source =
+            |algorithm, key_file: &Option<PathBuf>, secret: &Secret| crate::identity::KeySource {
+                algorithm,
+                key_file: key_file.clone(),
+                secret: (!secret.is_empty()).then(|| secret.expose().to_owned()),
+            };
         let current = source(self.algorithm, &self.key_file, &self.secret);
         let previous = self
             .previous_keys

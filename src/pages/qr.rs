@@ -62,7 +62,6 @@ fn qr_svg(data: &str) -> Option<String> {
     Some(image[start..].to_owned())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

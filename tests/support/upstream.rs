@@ -43,7 +43,11 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(tokio::sync::Notify::new());
-        let upstream = Upstream { addr, seen: seen.clone(), stop: stop.clone() };
+        let upstream = Upstream {
+            addr,
+            seen: seen.clone(),
+            stop: stop.clone(),
+        };
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -70,7 +74,10 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen().last().cloned().expect("a request reached the upstream")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
     }
 
     pub fn count(&self) -> usize {
@@ -102,14 +109,23 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Resp
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
-    record(&seen, method.clone(), uri.clone(), headers.clone(), &body, trailers.clone());
+    record(
+        &seen,
+        method.clone(),
+        uri.clone(),
+        headers.clone(),
+        &body,
+        trailers.clone(),
+    );
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["status", code] => {
             let code = code.parse().unwrap_or(500);
             let mut r = Response::new(full(format!("status {code}")));
-            *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            r.headers_mut().insert("x-upstream-status", code.to_string().parse().unwrap());
+            *r.status_mut() =
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            r.headers_mut()
+                .insert("x-upstream-status", code.to_string().parse().unwrap());
             r
         }
         ["big", n] => streamed(n.parse().unwrap_or(0)),
@@ -131,7 +147,14 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Resp
     }
 }
 
-fn record(seen: &Mutex<Vec<Seen>>, method: String, uri: String, headers: HeaderMap, body: &[u8], trailers: Option<HeaderMap>) {
+fn record(
+    seen: &Mutex<Vec<Seen>>,
+    method: String,
+    uri: String,
+    headers: HeaderMap,
+    body: &[u8],
+    trailers: Option<HeaderMap>,
+) {
     seen.lock().unwrap().push(Seen {
         method,
         uri,
@@ -146,10 +169,21 @@ fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
 }
 
-fn echo(method: &str, uri: &str, headers: &HeaderMap, body: &[u8], trailers: Option<&HeaderMap>) -> Response<Body> {
+fn echo(
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    trailers: Option<&HeaderMap>,
+) -> Response<Body> {
     let headers: Vec<(String, String)> = headers
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let json = serde_json::json!({
         "method": method,
@@ -160,7 +194,8 @@ fn echo(method: &str, uri: &str, headers: &HeaderMap, body: &[u8], trailers: Opt
         "trailers": trailers.map(|t| t.len()).unwrap_or(0),
     });
     let mut r = Response::new(full(json.to_string()));
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
@@ -183,8 +218,11 @@ fn with_trailers() -> Response<Body> {
         Ok(Frame::data(Bytes::from_static(b"part two"))),
         Ok(Frame::trailers(trailers)),
     ];
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))));
-    r.headers_mut().insert("trailer", "x-checksum".parse().unwrap());
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+        frames,
+    ))));
+    r.headers_mut()
+        .insert("trailer", "x-checksum".parse().unwrap());
     r
 }
 

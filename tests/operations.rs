@@ -1,0 +1,339 @@
+//! What operators rely on: `wxgate check`, environment overrides, the admin endpoints, and a
+//! graceful drain on SIGTERM of the real binary.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::upstream::Upstream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wxgate");
+
+fn wxgate(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn example_config() -> String {
+    format!("{}/config/wxgate.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_accepts_the_example_and_redacts_every_secret() {
+    let (code, out, err) = wxgate(&["check", "--config", &example_config()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid"));
+    assert!(out.contains("[redacted]"));
+    for secret in [
+        "example-appsecret-replace-me",
+        "example-session-secret-replace-me-with-32-bytes-or-more",
+        "example-identity-secret-replace-me-32-bytes-min",
+        "redis://127.0.0.1:6379",
+    ] {
+        assert!(!out.contains(secret), "check printed {secret}");
+    }
+}
+
+#[test]
+fn check_names_the_key_of_a_bad_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(example_config()).unwrap();
+    let cases = [
+        (
+            example.replace("scope = \"snsapi_base\"", "scope = \"snsapi_everything\""),
+            "routes[2].scope: unknown scope \"snsapi_everything\", expected public | snsapi_base | snsapi_userinfo",
+        ),
+        (
+            example.replace("max_headers = 100", "max_headerz = 100"),
+            "server.limits.max_headerz: unknown key",
+        ),
+        (
+            example.replace("timeout = \"10s\"", "timeout = \"ten seconds\""),
+            "routes[2].timeout",
+        ),
+        (
+            example.replace("path = \"/lottery/\"", "path = \"/lottery/../x\""),
+            "routes[2].path",
+        ),
+        (
+            example.replace(
+                "secret = \"example-session-secret-replace-me-with-32-bytes-or-more\"",
+                "secret = \"short\"",
+            ),
+            "session.secret: must be at least 32 bytes",
+        ),
+        (
+            example.replace("public_url = \"https://m.example.com\"", ""),
+            "server.public_url: required",
+        ),
+        (
+            example.replace(
+                "upstream = \"http://127.0.0.1:9001\"",
+                "upstream = \"ftp://127.0.0.1:9001/x\"",
+            ),
+            "routes[2].upstream",
+        ),
+    ];
+    for (n, (text, want)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad{n}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let (code, _out, err) = wxgate(&["check", "--config", file.to_str().unwrap()], &[]);
+        assert_eq!(code, 2, "case {n} should fail: {err}");
+        assert!(err.contains(want), "case {n}: expected {want:?} in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (code, _out, err) = wxgate(&["check", "--config", "/nonexistent/wxgate.toml"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/wxgate.toml"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_file_secret_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(example_config()).unwrap();
+    let file = dir.path().join("no-secret.toml");
+    std::fs::write(
+        &file,
+        example.replace("secret = \"example-appsecret-replace-me\"", "secret = \"\""),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (code, _, err) = wxgate(&["check", "--config", path], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("wechat.secret"), "{err}");
+    let env_secret = "s3cret-from-the-environment-0123456789";
+    let (code, out, err) = wxgate(
+        &["check", "--config", path],
+        &[
+            ("WXGATE_WECHAT__SECRET", env_secret),
+            ("WXGATE_SERVER__LISTEN", "127.0.0.1:18080"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:18080\""), "{out}");
+    assert!(!out.contains(env_secret));
+    // A numeric secret from the environment is still a secret, not a type error.
+    let (code, _, err) = wxgate(
+        &["check", "--config", path],
+        &[("WXGATE_WECHAT__SECRET", "1234567890")],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn keygen_writes_a_key_that_signs_tokens_verify_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("identity.pem");
+    let (code, _, err) = wxgate(
+        &[
+            "keygen",
+            "--algorithm",
+            "ES256",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (code, _, _) = wxgate(
+        &[
+            "keygen",
+            "--algorithm",
+            "ES256",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0, "keygen must not overwrite a key");
+
+    let example = std::fs::read_to_string(example_config()).unwrap();
+    let config = example
+        .replace("algorithm = \"HS256\"", "algorithm = \"ES256\"")
+        .replace(
+            "# key_file = \"config/identity.pem\"",
+            &format!("key_file = \"{}\"", key.display()),
+        );
+    let config_file = dir.path().join("wxgate.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let source = wxgate::identity::KeySource {
+        algorithm: wxgate::identity::Algorithm::ES256,
+        key_file: Some(key.clone()),
+        secret: None,
+    };
+    let keys = wxgate::identity::KeySet::load(&source, &[]).unwrap();
+    let facts = wxgate::identity::IdentityFacts {
+        appid: "wx2ebfe5f20389c64a".into(),
+        scope: "snsapi_base".into(),
+        openid: "o6_bmjrPTlm6_2sgVt7hMZOPfL2M".into(),
+        ..Default::default()
+    };
+    let claims = wxgate::identity::Claims::new(
+        facts,
+        "wxgate",
+        "wxgate-upstream",
+        Duration::from_secs(300),
+        std::time::SystemTime::now(),
+    );
+    let token = keys.sign(&claims).unwrap();
+    let (code, out, err) = wxgate(
+        &["verify", &token, "--config", config_file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("o6_bmjrPTlm6_2sgVt7hMZOPfL2M"));
+    let tampered = format!("{}x", &token[..token.len() - 1]);
+    let (code, _, _) = wxgate(
+        &[
+            "verify",
+            &tampered,
+            "--config",
+            config_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_health_and_count_requests() {
+    let up = Upstream::start().await;
+    let gw = support::start(&support::config_with_routes(&[
+        ("/", up.addr),
+        ("/api/", up.addr),
+    ]))
+    .await;
+    let admin = |path: &str| format!("http://{}{}", gw.admin_addr, path);
+    let c = support::client();
+    assert_eq!(c.get(admin("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(admin("/readyz")).send().await.unwrap().status(), 200);
+    for _ in 0..3 {
+        c.get(support::url(&gw, "/api/x")).send().await.unwrap();
+    }
+    c.get(support::url(&gw, "/status/503"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = c
+        .get(admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("# HELP wxgate_http_requests"), "{metrics}");
+    assert!(
+        metrics.contains(r#"wxgate_http_requests_total{route="/api/",status="2xx"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"wxgate_http_requests_total{route="/",status="5xx"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"wxgate_http_request_duration_seconds_count{route="/api/"} 3"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wxgate_open_connections"), "{metrics}");
+    // The admin listener is not the gateway: no route is served there.
+    assert_eq!(c.get(admin("/api/x")).send().await.unwrap().status(), 404);
+    gw.shutdown().await;
+}
+
+/// Starts the real binary on free ports and returns it with its main address.
+fn spawn_gateway(
+    config: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway prints its address");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (child, addr, rx)
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wxgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"10s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\npath = \"/\"\nupstream = \"http://{}\"\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let (mut child, addr, _logs) = spawn_gateway(&config);
+    let in_flight = tokio::spawn(async move {
+        let resp = support::client()
+            .get(format!("http://{addr}/slow/1500"))
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "slow done");
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}

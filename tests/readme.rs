@@ -1,0 +1,83 @@
+//! The README's configuration reference is checked against the real configuration types, so
+//! the two cannot drift apart.
+
+use std::collections::BTreeSet;
+
+fn documented_keys() -> BTreeSet<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("<!-- config-reference:start -->")
+        .expect("start marker");
+    let end = readme
+        .find("<!-- config-reference:end -->")
+        .expect("end marker");
+    readme[start..end]
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every leaf key of a configuration with all optional parts filled in.
+fn real_keys() -> BTreeSet<String> {
+    let mut config = wxgate::config::Config::default();
+    config.server.public_url = Some(url::Url::parse("https://m.example.com").unwrap());
+    config.server.tls = Some(wxgate::config::TlsConfig {
+        cert: "c".into(),
+        key: "k".into(),
+    });
+    config.routes.push(wxgate::config::RouteConfig {
+        host: Some("m.example.com".into()),
+        path: "/".into(),
+        upstream: url::Url::parse("http://127.0.0.1:9000").unwrap(),
+        scope: wxgate::config::Scope::Public,
+        non_wechat: wxgate::config::NonWeChat::Qrcode,
+        allow_snapshot: true,
+        timeout: Some(std::time::Duration::from_secs(1)),
+    });
+    let value = serde_json::to_value(&config).unwrap();
+    let mut keys = BTreeSet::new();
+    collect("", &value, &mut keys);
+    keys
+}
+
+fn collect(prefix: &str, value: &serde_json::Value, keys: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                collect(&key, v, keys);
+            }
+        }
+        serde_json::Value::Array(items) if prefix == "routes" => {
+            for item in items {
+                collect("routes[]", item, keys);
+            }
+        }
+        _ => {
+            keys.insert(prefix.to_owned());
+        }
+    }
+}
+
+#[test]
+fn readme_documents_every_configuration_key_and_no_other() {
+    let documented = documented_keys();
+    let real = real_keys();
+    let missing: Vec<_> = real.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&real).collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from the README: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "README documents keys that do not exist: {stale:?}"
+    );
+}
