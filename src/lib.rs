@@ -14,4 +14,5 @@ pub mod pages;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod telemetry;
