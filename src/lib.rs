@@ -15,5 +15,6 @@ pub mod pages;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod telemetry;
 pub mod wechat;

@@ -1,0 +1,818 @@
+//! The hot-path cache in front of any session store: a bounded in-process map from storage
+//! key to the session and its signed identity JWT, so a busy visitor costs at most one store
+//! read per cache ttl and one signature per JWT lifetime, and `last_seen` is written back
+//! only when it has gone stale.
+//!
+//! The staleness rule. A cached entry may be served until its ttl runs out, so a logout is
+//! seen by this process at once (it invalidates its own entry) but by another gateway only
+//! when that gateway's entry expires. Who wrote the entry does not matter: a session this
+//! gateway created can be logged out through another one behind the same load balancer.
+//! Hence: with a store shared between processes (Redis) every entry lives at most
+//! [`MAX_SHARED_STALENESS`] (1 s) from the moment the store last confirmed it, whatever ttl is
+//! configured; with a store only this process uses (memory, redb — redb locks its file),
+//! every delete passes through this cache, so the configured ttl holds as given. No entry
+//! ever outlives the session's own `expires_at`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use moka::Expiry;
+use moka::future::Cache;
+
+use super::{
+    Clock, Lifetimes, NewSession, Session, SessionId, SessionStore, StorageKey, StoreError,
+};
+use crate::identity::MintedIdentity;
+
+/// How long another gateway's logout may go unnoticed here, with a shared store.
+pub const MAX_SHARED_STALENESS: Duration = Duration::from_secs(1);
+
+/// Whether other processes write to the same store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreSharing {
+    /// Only this process: memory, redb.
+    Exclusive,
+    /// Several gateways: Redis.
+    Shared,
+}
+
+/// Size and freshness of the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Sessions kept; the least used go first.
+    pub max_entries: u64,
+    /// How long an entry is served without asking the store; capped at
+    /// [`MAX_SHARED_STALENESS`] when the store is shared.
+    pub ttl: Duration,
+    pub sharing: StoreSharing,
+}
+
+impl CacheSettings {
+    pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+    pub const DEFAULT_EXCLUSIVE_TTL: Duration = Duration::from_secs(5);
+
+    /// The defaults for a store shared or not.
+    pub fn for_store(sharing: StoreSharing) -> Self {
+        CacheSettings {
+            max_entries: Self::DEFAULT_MAX_ENTRIES,
+            ttl: match sharing {
+                StoreSharing::Exclusive => Self::DEFAULT_EXCLUSIVE_TTL,
+                StoreSharing::Shared => MAX_SHARED_STALENESS,
+            },
+            sharing,
+        }
+    }
+
+    /// The ttl entries actually get.
+    pub fn effective_ttl(&self) -> Duration {
+        match self.sharing {
+            StoreSharing::Exclusive => self.ttl,
+            StoreSharing::Shared => self.ttl.min(MAX_SHARED_STALENESS),
+        }
+    }
+}
+
+/// A session as the hot path uses it, with the identity JWT signed for it. Shared by every
+/// request of the session; a changed session is a new `CachedSession`, never a mutated one.
+pub struct CachedSession {
+    pub session: Session,
+    identity: Mutex<Option<MintedIdentity>>,
+    /// Set by the request that writes `last_seen` back, so a burst of requests makes one write.
+    touching: AtomicBool,
+}
+
+impl CachedSession {
+    pub fn new(session: Session) -> Self {
+        CachedSession::with_identity(session, None)
+    }
+
+    fn with_identity(session: Session, identity: Option<MintedIdentity>) -> Self {
+        CachedSession {
+            session,
+            identity: Mutex::new(identity),
+            touching: AtomicBool::new(false),
+        }
+    }
+
+    fn identity_slot(&self) -> std::sync::MutexGuard<'_, Option<MintedIdentity>> {
+        // The slot holds a whole value or none; a panic cannot leave it half-written.
+        self.identity.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached JWT if it can still be sent at `now`.
+    pub fn identity(&self, now: SystemTime) -> Option<MintedIdentity> {
+        self.identity_slot()
+            .as_ref()
+            .filter(|minted| minted.is_fresh(now))
+            .cloned()
+    }
+
+    /// The cached JWT, or a new one from `mint` (kept for the next requests). Concurrent
+    /// requests wait for one signature rather than each signing.
+    pub fn identity_or_mint<E>(
+        &self,
+        now: SystemTime,
+        mint: impl FnOnce(&Session) -> Result<MintedIdentity, E>,
+    ) -> Result<MintedIdentity, E> {
+        let mut slot = self.identity_slot();
+        if let Some(minted) = slot.as_ref().filter(|minted| minted.is_fresh(now)) {
+            return Ok(minted.clone());
+        }
+        let minted = mint(&self.session)?;
+        *slot = Some(minted.clone());
+        Ok(minted)
+    }
+}
+
+impl fmt::Debug for CachedSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedSession")
+            .field("session", &self.session)
+            .field("identity", &*self.identity_slot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Entries live the cache ttl, never past their session's expiry.
+struct EntryExpiry {
+    ttl: Duration,
+    clock: Clock,
+}
+
+impl EntryExpiry {
+    fn lifetime(&self, entry: &CachedSession) -> Duration {
+        let left = entry
+            .session
+            .expires_at
+            .duration_since(self.clock.now())
+            .unwrap_or(Duration::ZERO);
+        self.ttl.min(left)
+    }
+}
+
+impl Expiry<StorageKey, Arc<CachedSession>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &StorageKey,
+        value: &Arc<CachedSession>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(self.lifetime(value))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &StorageKey,
+        value: &Arc<CachedSession>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        // A replaced entry was just confirmed by the store: its staleness starts again.
+        Some(self.lifetime(value))
+    }
+}
+
+/// Why a load did not produce a cache entry; shared by every request waiting on that load.
+enum Miss {
+    Absent,
+    Store(StoreError),
+}
+
+/// The session store as the gateway uses it: reads through the cache, writes through to
+/// the store. See the module documentation for the staleness rule.
+pub struct SessionCache {
+    store: Arc<dyn SessionStore>,
+    entries: Cache<StorageKey, Arc<CachedSession>>,
+    lifetimes: Lifetimes,
+    ttl: Duration,
+    clock: Clock,
+    /// Bumped by every delete. A load or touch that overlaps one drops what it cached,
+    /// since it may have read the session just before the store forgot it.
+    deletions: AtomicU64,
+}
+
+impl SessionCache {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        settings: CacheSettings,
+        lifetimes: Lifetimes,
+    ) -> Self {
+        SessionCache::with_clock(store, settings, lifetimes, Clock::system())
+    }
+
+    /// The same, judging session expiry by `clock` (the cache ttl itself runs on the
+    /// monotonic clock).
+    pub fn with_clock(
+        store: Arc<dyn SessionStore>,
+        settings: CacheSettings,
+        lifetimes: Lifetimes,
+        clock: Clock,
+    ) -> Self {
+        let ttl = settings.effective_ttl();
+        let entries = Cache::builder()
+            .max_capacity(settings.max_entries)
+            .expire_after(EntryExpiry {
+                ttl,
+                clock: clock.clone(),
+            })
+            .build();
+        SessionCache {
+            store,
+            entries,
+            lifetimes,
+            ttl,
+            clock,
+            deletions: AtomicU64::new(0),
+        }
+    }
+
+    /// The store behind the cache, for `count`, `sweep_expired` and `ping`.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    pub fn lifetimes(&self) -> Lifetimes {
+        self.lifetimes
+    }
+
+    /// How long an entry is served without asking the store.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The live session under `key`: from the cache, or one store read shared by every
+    /// request that misses at the same moment.
+    pub async fn load(&self, key: &StorageKey) -> Result<Option<Arc<CachedSession>>, StoreError> {
+        let generation = self.deletions.load(Ordering::SeqCst);
+        let loaded = self
+            .entries
+            .try_get_with(*key, async {
+                match self.store.get(key).await {
+                    Ok(Some(session)) => Ok(Arc::new(CachedSession::new(session))),
+                    Ok(None) => Err(Miss::Absent),
+                    Err(error) => Err(Miss::Store(error)),
+                }
+            })
+            .await;
+        let cached = match loaded {
+            Ok(cached) => cached,
+            Err(miss) => match &*miss {
+                Miss::Absent => return Ok(None),
+                Miss::Store(error) => return Err(error.clone()),
+            },
+        };
+        self.forget_if_deleted_since(key, generation).await;
+        if cached.session.is_expired(self.clock.now()) {
+            self.entries.invalidate(key).await;
+            return Ok(None);
+        }
+        Ok(Some(cached))
+    }
+
+    /// Starts a session for a login: a new id (never one the browser offered), stored and
+    /// cached. The id goes in the cookie; only its hash is kept.
+    pub async fn create(
+        &self,
+        login: NewSession,
+    ) -> Result<(SessionId, Arc<CachedSession>), StoreError> {
+        let id = SessionId::generate();
+        let session = Session::new(login, self.clock.now(), self.lifetimes);
+        let cached = self.save(&id.storage_key(), session).await?;
+        Ok((id, cached))
+    }
+
+    /// Stores a changed session (a refreshed profile or token) and caches it. The identity
+    /// JWT is signed again from the new facts.
+    pub async fn save(
+        &self,
+        key: &StorageKey,
+        session: Session,
+    ) -> Result<Arc<CachedSession>, StoreError> {
+        let generation = self.deletions.load(Ordering::SeqCst);
+        self.store.put(key, &session).await?;
+        let cached = Arc::new(CachedSession::new(session));
+        self.entries.insert(*key, cached.clone()).await;
+        self.forget_if_deleted_since(key, generation).await;
+        Ok(cached)
+    }
+
+    /// Records a request of `cached`'s visitor. Writes to the store only once `last_seen`
+    /// is a touch interval old, and then once per burst of requests. `false` means the
+    /// store no longer has the session (logged out elsewhere or expired): refuse it.
+    pub async fn touch(
+        &self,
+        key: &StorageKey,
+        cached: &Arc<CachedSession>,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        if !cached.session.needs_touch(now, self.lifetimes)
+            || cached.touching.swap(true, Ordering::AcqRel)
+        {
+            return Ok(true);
+        }
+        let generation = self.deletions.load(Ordering::SeqCst);
+        let touched = cached.session.touched(now, self.lifetimes);
+        match self
+            .store
+            .touch(key, touched.last_seen, touched.expires_at)
+            .await
+        {
+            Ok(true) => {
+                let identity = cached.identity_slot().clone();
+                let next = Arc::new(CachedSession::with_identity(touched, identity));
+                self.entries.insert(*key, next).await;
+                self.forget_if_deleted_since(key, generation).await;
+                Ok(true)
+            }
+            Ok(false) => {
+                self.entries.invalidate(key).await;
+                Ok(false)
+            }
+            Err(error) => {
+                // Let a later request try again.
+                cached.touching.store(false, Ordering::Release);
+                Err(error)
+            }
+        }
+    }
+
+    /// Logs one session out: gone from the store, and from this cache at once.
+    pub async fn delete(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let deleted = self.store.delete(key).await;
+        // Even when the store failed: this gateway stops serving the session regardless.
+        self.deletions.fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate(key).await;
+        deleted
+    }
+
+    /// Logs every session of one user out; returns how many the store held.
+    pub async fn delete_user(&self, appid: &str, openid: &str) -> Result<u64, StoreError> {
+        let deleted = self.store.delete_user(appid, openid).await;
+        self.deletions.fetch_add(1, Ordering::SeqCst);
+        let doomed: Vec<StorageKey> = self
+            .entries
+            .iter()
+            .filter(|(_, cached)| cached.session.appid == appid && cached.session.openid == openid)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &doomed {
+            self.entries.invalidate(key).await;
+        }
+        deleted
+    }
+
+    /// Drops this process's copy of one session (the store is left alone).
+    pub async fn invalidate(&self, key: &StorageKey) {
+        self.entries.invalidate(key).await;
+    }
+
+    /// A delete that ran while we were reading or writing may have been overtaken by our
+    /// insert; dropping the entry is always safe (the next request reads the store).
+    async fn forget_if_deleted_since(&self, key: &StorageKey, generation: u64) {
+        if self.deletions.load(Ordering::SeqCst) != generation {
+            self.entries.invalidate(key).await;
+        }
+    }
+}
+
+impl fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("entries", &self.entries.entry_count())
+            .field("ttl", &self.ttl)
+            .field("lifetimes", &self.lifetimes)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+    use crate::identity::{Claims, IdentityFacts};
+    use crate::session::MemoryStore;
+    use crate::session::test_support::{ACCESS, ManualClock, REFRESH, at, login};
+
+    const LIFETIMES: Lifetimes = Lifetimes {
+        ttl: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+    };
+
+    /// A memory store that counts what reaches it, and can be slowed down or made to fail.
+    struct CountingStore {
+        inner: MemoryStore,
+        gets: AtomicUsize,
+        touches: AtomicUsize,
+        get_delay: Duration,
+        down: AtomicBool,
+    }
+
+    impl CountingStore {
+        fn new(clock: &ManualClock, get_delay: Duration) -> Arc<Self> {
+            Arc::new(CountingStore {
+                inner: MemoryStore::with_clock(1000, clock.clock()),
+                gets: AtomicUsize::new(0),
+                touches: AtomicUsize::new(0),
+                get_delay,
+                down: AtomicBool::new(false),
+            })
+        }
+
+        fn check(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            Ok(())
+        }
+
+        fn gets(&self) -> usize {
+            self.gets.load(Ordering::SeqCst)
+        }
+    }
+
+    impl SessionStore for CountingStore {
+        fn get<'a>(
+            &'a self,
+            key: &'a StorageKey,
+        ) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
+            Box::pin(async move {
+                self.gets.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.get_delay).await;
+                self.check()?;
+                self.inner.get(key).await
+            })
+        }
+        fn put<'a>(
+            &'a self,
+            key: &'a StorageKey,
+            session: &'a Session,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.put(key, session).await
+            })
+        }
+        fn touch<'a>(
+            &'a self,
+            key: &'a StorageKey,
+            last_seen: SystemTime,
+            expires_at: SystemTime,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            Box::pin(async move {
+                self.touches.fetch_add(1, Ordering::SeqCst);
+                self.check()?;
+                self.inner.touch(key, last_seen, expires_at).await
+            })
+        }
+        fn delete<'a>(&'a self, key: &'a StorageKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.inner.delete(key)
+        }
+        fn delete_user<'a>(
+            &'a self,
+            appid: &'a str,
+            openid: &'a str,
+        ) -> BoxFuture<'a, Result<u64, StoreError>> {
+            self.inner.delete_user(appid, openid)
+        }
+        fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.inner.count()
+        }
+        fn sweep_expired(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.inner.sweep_expired()
+        }
+        fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async move { self.check() })
+        }
+    }
+
+    fn settings(ttl: Duration, sharing: StoreSharing) -> CacheSettings {
+        CacheSettings {
+            max_entries: 1000,
+            ttl,
+            sharing,
+        }
+    }
+
+    fn cache_over(store: Arc<CountingStore>, ttl: Duration, clock: &ManualClock) -> SessionCache {
+        SessionCache::with_clock(
+            store,
+            settings(ttl, StoreSharing::Exclusive),
+            LIFETIMES,
+            clock.clock(),
+        )
+    }
+
+    fn minted(session: &Session, now: SystemTime, token: &str) -> MintedIdentity {
+        let facts: IdentityFacts = session.identity_facts();
+        let claims = Claims::new(facts, "wxgate", "up", Duration::from_secs(300), now);
+        MintedIdentity::new(token, &claims).unwrap()
+    }
+
+    #[test]
+    fn a_shared_store_caps_the_cache_ttl_at_one_second() {
+        // (configured ttl, sharing, effective ttl)
+        let cases = [
+            (30_000, StoreSharing::Shared, 1000),
+            (1000, StoreSharing::Shared, 1000),
+            (250, StoreSharing::Shared, 250),
+            (30_000, StoreSharing::Exclusive, 30_000),
+        ];
+        for (ttl, sharing, effective) in cases {
+            let settings = settings(Duration::from_millis(ttl), sharing);
+            assert_eq!(
+                settings.effective_ttl(),
+                Duration::from_millis(effective),
+                "{settings:?}"
+            );
+        }
+        assert!(
+            CacheSettings::for_store(StoreSharing::Shared).effective_ttl() <= MAX_SHARED_STALENESS
+        );
+    }
+
+    #[tokio::test]
+    async fn twenty_requests_of_one_visitor_make_one_store_read() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(60), &clock);
+        let (id, _) = cache.create(login("o1")).await.unwrap();
+        cache.invalidate(&id.storage_key()).await;
+        for _ in 0..20 {
+            let cached = cache.load(&id.storage_key()).await.unwrap().unwrap();
+            assert_eq!(cached.session.openid, "o1");
+        }
+        assert_eq!(store.gets(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_created_session_is_served_without_a_store_read_and_under_the_hash_of_its_id() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(60), &clock);
+        let (id, created) = cache.create(login("o1")).await.unwrap();
+        let key = SessionId::from_cookie(id.cookie_value())
+            .unwrap()
+            .storage_key();
+        let loaded = cache.load(&key).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&created, &loaded));
+        assert_eq!(store.gets(), 0);
+        assert_eq!(
+            store.inner.get(&key).await.unwrap(),
+            Some(created.session.clone())
+        );
+        assert_eq!(created.session.expires_at, at(600));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_store_read() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::from_millis(50));
+        let cache = Arc::new(cache_over(store.clone(), Duration::from_secs(60), &clock));
+        let key = SessionId::generate().storage_key();
+        store
+            .inner
+            .put(&key, &Session::new(login("o1"), at(0), LIFETIMES))
+            .await
+            .unwrap();
+        let loads = (0..10).map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.load(&key).await })
+        });
+        for load in futures_util::future::join_all(loads).await {
+            assert!(load.unwrap().unwrap().is_some());
+        }
+        assert_eq!(store.gets(), 1);
+    }
+
+    #[tokio::test]
+    async fn logout_is_refused_at_once_by_the_gateway_that_did_it() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(60), &clock);
+        let (id, _) = cache.create(login("o1")).await.unwrap();
+        let key = id.storage_key();
+        assert!(cache.load(&key).await.unwrap().is_some());
+        assert!(cache.delete(&key).await.unwrap());
+        assert!(cache.load(&key).await.unwrap().is_none());
+        assert!(store.inner.get(&key).await.unwrap().is_none());
+        assert!(!cache.delete(&key).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn logout_on_another_gateway_is_refused_here_within_the_cache_ttl() {
+        let clock = ManualClock::starting_at(at(0));
+        let shared = CountingStore::new(&clock, Duration::ZERO);
+        let ttl = Duration::from_millis(150);
+        let gateway = |ttl| {
+            SessionCache::with_clock(
+                shared.clone(),
+                settings(ttl, StoreSharing::Shared),
+                LIFETIMES,
+                clock.clock(),
+            )
+        };
+        // Even a long configured ttl is capped with a shared store.
+        assert_eq!(gateway(Duration::from_secs(30)).ttl(), MAX_SHARED_STALENESS);
+        let (a, b) = (gateway(ttl), gateway(ttl));
+        // The login happened on b, so b's entry was "written by this process".
+        let (id, _) = b.create(login("o1")).await.unwrap();
+        let key = id.storage_key();
+        assert!(
+            a.load(&key).await.unwrap().is_some(),
+            "a login on one is valid on all"
+        );
+        assert!(a.delete(&key).await.unwrap());
+        let logged_out = Instant::now();
+        assert!(a.load(&key).await.unwrap().is_none());
+        assert!(
+            b.load(&key).await.unwrap().is_some(),
+            "b still holds its copy"
+        );
+        // b may serve its copy until the ttl runs out, not longer.
+        tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+        assert!(b.load(&key).await.unwrap().is_none());
+        assert!(logged_out.elapsed() < MAX_SHARED_STALENESS);
+    }
+
+    #[tokio::test]
+    async fn a_cached_session_is_never_served_past_its_expiry() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(3600), &clock);
+        let (id, _) = cache.create(login("o1")).await.unwrap();
+        clock.advance(Duration::from_secs(599));
+        assert!(cache.load(&id.storage_key()).await.unwrap().is_some());
+        clock.advance(Duration::from_secs(1));
+        assert!(cache.load(&id.storage_key()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn last_seen_reaches_the_store_once_per_touch_interval_not_per_request() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(3600), &clock);
+        let (id, _) = cache.create(login("o1")).await.unwrap();
+        let key = id.storage_key();
+        // One request every 5 s for 100 s; the touch interval of a 600 s ttl is 60 s.
+        for _ in 0..20 {
+            clock.advance(Duration::from_secs(5));
+            let cached = cache.load(&key).await.unwrap().unwrap();
+            assert!(cache.touch(&key, &cached).await.unwrap());
+        }
+        assert_eq!(store.touches.load(Ordering::SeqCst), 1);
+        let stored = store.inner.get(&key).await.unwrap().unwrap();
+        assert_eq!(stored.last_seen, at(60));
+        assert_eq!(stored.expires_at, at(660));
+        let cached = cache.load(&key).await.unwrap().unwrap();
+        assert_eq!(
+            cached.session.last_seen,
+            at(60),
+            "the cache holds the touched session"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_requests_writes_last_seen_once() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(3600), &clock);
+        let (id, cached) = cache.create(login("o1")).await.unwrap();
+        clock.advance(Duration::from_secs(61));
+        for _ in 0..5 {
+            assert!(cache.touch(&id.storage_key(), &cached).await.unwrap());
+        }
+        assert_eq!(store.touches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn touching_a_session_deleted_elsewhere_reports_it_gone() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(3600), &clock);
+        let (id, cached) = cache.create(login("o1")).await.unwrap();
+        let key = id.storage_key();
+        store.inner.delete(&key).await.unwrap();
+        clock.advance(Duration::from_secs(61));
+        assert!(!cache.touch(&key, &cached).await.unwrap());
+        assert!(cache.load(&key).await.unwrap().is_none());
+        assert!(
+            store.inner.get(&key).await.unwrap().is_none(),
+            "not resurrected"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_identity_jwt_is_signed_once_and_kept_across_touches_but_not_profile_changes() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(3600), &clock);
+        let (id, _) = cache.create(login("o1")).await.unwrap();
+        let key = id.storage_key();
+        let signatures = AtomicUsize::new(0);
+        let mint = |session: &Session| {
+            signatures.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::convert::Infallible>(minted(session, clock.now(), "h.p.s"))
+        };
+        for _ in 0..10 {
+            let cached = cache.load(&key).await.unwrap().unwrap();
+            let identity = cached.identity_or_mint(clock.now(), mint).unwrap();
+            assert_eq!(identity.value(), "h.p.s");
+        }
+        assert_eq!(signatures.load(Ordering::SeqCst), 1);
+
+        clock.advance(Duration::from_secs(61));
+        let cached = cache.load(&key).await.unwrap().unwrap();
+        assert!(cache.touch(&key, &cached).await.unwrap());
+        let touched = cache.load(&key).await.unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&cached, &touched));
+        assert!(touched.identity(clock.now()).is_some(), "carried over");
+
+        // Close to the JWT's expiry it is signed again.
+        clock.advance(Duration::from_secs(200));
+        assert!(touched.identity(clock.now()).is_none());
+        touched.identity_or_mint(clock.now(), mint).unwrap();
+        assert_eq!(signatures.load(Ordering::SeqCst), 2);
+
+        let mut renamed = touched.session.clone();
+        renamed.profile.as_mut().unwrap().nickname = "新名字".to_owned();
+        let saved = cache.save(&key, renamed).await.unwrap();
+        assert!(
+            saved.identity(clock.now()).is_none(),
+            "new facts, new signature"
+        );
+        let loaded = cache.load(&key).await.unwrap().unwrap();
+        assert_eq!(loaded.session.profile.as_ref().unwrap().nickname, "新名字");
+    }
+
+    #[tokio::test]
+    async fn revoking_a_user_drops_their_cached_sessions_too() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(3600), &clock);
+        let (phone, _) = cache.create(login("me")).await.unwrap();
+        let (laptop, _) = cache.create(login("me")).await.unwrap();
+        let (other, _) = cache.create(login("other")).await.unwrap();
+        let appid = login("me").appid;
+        assert_eq!(cache.delete_user(&appid, "me").await.unwrap(), 2);
+        assert!(cache.load(&phone.storage_key()).await.unwrap().is_none());
+        assert!(cache.load(&laptop.storage_key()).await.unwrap().is_none());
+        assert!(cache.load(&other.storage_key()).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_is_an_error_never_a_missing_session_and_is_not_cached() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(3600), &clock);
+        let key = SessionId::generate().storage_key();
+        store
+            .inner
+            .put(&key, &Session::new(login("o1"), at(0), LIFETIMES))
+            .await
+            .unwrap();
+        store.down.store(true, Ordering::SeqCst);
+        let error = cache.load(&key).await.unwrap_err();
+        assert!(error.is_transient());
+        assert!(cache.store().ping().await.is_err());
+        store.down.store(false, Ordering::SeqCst);
+        assert!(
+            cache.load(&key).await.unwrap().is_some(),
+            "service resumes by itself"
+        );
+        assert!(cache.store().ping().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_failed_touch_is_retried_by_the_next_request() {
+        let clock = ManualClock::starting_at(at(0));
+        let store = CountingStore::new(&clock, Duration::ZERO);
+        let cache = cache_over(store.clone(), Duration::from_secs(3600), &clock);
+        let (id, cached) = cache.create(login("o1")).await.unwrap();
+        clock.advance(Duration::from_secs(61));
+        store.down.store(true, Ordering::SeqCst);
+        assert!(cache.touch(&id.storage_key(), &cached).await.is_err());
+        store.down.store(false, Ordering::SeqCst);
+        assert!(cache.touch(&id.storage_key(), &cached).await.unwrap());
+        assert_eq!(store.touches.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn debug_of_a_cached_session_shows_no_token() {
+        let session = Session::new(login("o1"), at(0), LIFETIMES);
+        let cached = CachedSession::new(session.clone());
+        cached
+            .identity_or_mint(at(0), |s| {
+                Ok::<_, ()>(minted(s, at(0), "jwt.secret.signature"))
+            })
+            .unwrap();
+        let debug = format!("{cached:?}");
+        for secret in [ACCESS, REFRESH, "jwt.secret.signature"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Sessions: the id in the browser's cookie, the record kept server-side under a hash of
+//! it, the store trait every backend implements (one file per backend), and the hot-path
+//! cache the gateway puts in front of whichever store is configured.
+
+mod cache;
+mod id;
+mod memory;
+mod record;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+
+pub use cache::{CacheSettings, CachedSession, MAX_SHARED_STALENESS, SessionCache, StoreSharing};
+pub use id::{SessionId, StorageKey};
+pub use memory::MemoryStore;
+pub use record::{Lifetimes, NewSession, Profile, Session, WeChatToken, WeChatTokens};
+
+/// A session store failed. Messages are built from static reasons and error kinds only:
+/// never a key, a token, a record's bytes or a connection URL (it may hold a password).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or refused the operation; retrying later may work.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend did not answer in time.
+    #[error("session store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A record or the store file cannot be decoded; retrying will not help.
+    #[error("session store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later (a request fails closed with 503 meanwhile).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Timeout(_))
+    }
+}
+
+/// Where sessions live. The gateway holds one as `Arc<dyn SessionStore>`, so methods return
+/// boxed futures rather than `async fn`.
+///
+/// Every backend keeps a [`Session`] under its [`StorageKey`], never the cookie value, and
+/// never hands back a session whose `expires_at` has passed, whether or not it was swept.
+pub trait SessionStore: Send + Sync {
+    /// The live session under `key`, if any.
+    fn get<'a>(&'a self, key: &'a StorageKey)
+    -> BoxFuture<'a, Result<Option<Session>, StoreError>>;
+
+    /// Creates or replaces the session under `key`; the store drops it at its `expires_at`.
+    fn put<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        session: &'a Session,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Slides a live session's expiry. `false` when there is no live session under `key`:
+    /// a touch never brings a deleted or expired session back.
+    fn touch<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        last_seen: SystemTime,
+        expires_at: SystemTime,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Removes one session (logout); `false` when there was none.
+    fn delete<'a>(&'a self, key: &'a StorageKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Removes every session of one user of one app; returns how many.
+    fn delete_user<'a>(
+        &'a self,
+        appid: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// How many live sessions the store holds.
+    fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Removes expired sessions now; returns how many. Backends that expire natively may
+    /// return 0.
+    fn sweep_expired(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Whether the store can serve requests (`/readyz`).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The wall clock sessions are judged by; tests and benchmarks inject their own.
+#[derive(Clone, Default)]
+pub struct Clock(Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock(None)
+    }
+
+    /// A clock that reads `now` from `f`.
+    pub fn from_fn(f: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        Clock(Some(Arc::new(f)))
+    }
+
+    pub fn now(&self) -> SystemTime {
+        match &self.0 {
+            None => SystemTime::now(),
+            Some(f) => f(),
+        }
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Clock(custom)"
+        } else {
+            "Clock(system)"
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
+
+    use super::Clock;
+    pub(crate) use super::record::tests::{ACCESS, REFRESH, at, login};
+
+    /// A clock the test moves by hand.
+    #[derive(Clone)]
+    pub(crate) struct ManualClock(Arc<Mutex<SystemTime>>);
+
+    impl ManualClock {
+        pub(crate) fn starting_at(now: SystemTime) -> Self {
+            ManualClock(Arc::new(Mutex::new(now)))
+        }
+
+        pub(crate) fn advance(&self, by: Duration) {
+            *self.0.lock().unwrap() += by;
+        }
+
+        pub(crate) fn now(&self) -> SystemTime {
+            *self.0.lock().unwrap()
+        }
+
+        pub(crate) fn clock(&self) -> Clock {
+            let shared = self.0.clone();
+            Clock::from_fn(move || *shared.lock().unwrap())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_say_whether_to_retry() {
+        assert!(StoreError::Unavailable("connection refused".into()).is_transient());
+        assert!(StoreError::Timeout(Duration::from_millis(200)).is_transient());
+        assert!(!StoreError::Corrupt("record does not decode".into()).is_transient());
+    }
+}
