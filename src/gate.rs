@@ -14,6 +14,8 @@ use ipnet::IpNet;
 
 use crate::body::Body;
 use crate::config::{Config, LimitsConfig, Scope};
+use crate::identity::is_identity_header;
+use crate::login::flow::{Access, Login, LoginSetupError};
 use crate::metrics::{Metrics, RouteSeries};
 use crate::pages::{self, Failure};
 use crate::proxy::{self, Peer, Proxy};
@@ -34,12 +36,18 @@ pub struct Gate {
     limits: LimitsConfig,
     trusted_proxies: Vec<IpNet>,
     access_log: bool,
+    /// Present when some route needs a WeChat login.
+    login: Option<Login>,
+    /// The configured identity header, stripped from every client request.
+    identity_header: String,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
     #[error(transparent)]
     Route(#[from] route::RouteError),
+    #[error(transparent)]
+    Login(#[from] LoginSetupError),
 }
 
 /// What the request turned out to be, for metrics and the access log.
@@ -60,6 +68,12 @@ impl Gate {
             limits: config.server.limits.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
             access_log: config.log.access_log,
+            login: if config.has_protected_routes() {
+                Some(Login::new(config)?)
+            } else {
+                None
+            },
+            identity_header: config.identity.header.clone(),
         })
     }
 
@@ -125,15 +139,34 @@ impl Gate {
                 Err(Failure::BadRequest("The request has no Host header.")),
             );
         };
+        // Before anything reads them: a client must never pose as an identity.
+        strip_identity_headers(request.headers_mut(), &self.identity_header);
         if path.as_str().starts_with("/_wxgate/") {
-            return (Target::Endpoint, Err(Failure::NoRoute));
+            return match &self.login {
+                Some(login) => (
+                    Target::Endpoint,
+                    Ok(login.endpoint(path.as_str(), &request).await),
+                ),
+                None => (Target::Endpoint, Err(Failure::NoRoute)),
+            };
         }
         let Some(route) = self.routes.find(Some(&host), path.as_str()) else {
             return (Target::Unrouted, Err(Failure::NoRoute));
         };
         if route.scope != Scope::Public {
-            // The WeChat login flow is not wired yet: fail closed rather than forward.
-            return (Target::Route(route), Err(Failure::Unavailable));
+            let Some(login) = &self.login else {
+                return (Target::Route(route), Err(Failure::Unavailable));
+            };
+            match login.authenticate(&request, route).await {
+                Access::Granted(identity) => {
+                    let headers = request.headers_mut();
+                    for (name, value) in identity {
+                        headers.insert(name, value);
+                    }
+                }
+                Access::Anonymous => {}
+                Access::Respond(response) => return (Target::Route(route), Ok(response)),
+            }
         }
         let client_upgrade = match upgrade_of(&request) {
             Upgrade::None => None,
@@ -246,6 +279,18 @@ fn error_relevant_headers(headers: &HeaderMap) -> HeaderMap {
         }
     }
     kept
+}
+
+/// Removes the configured identity header and every `x-wechat-*` header in any spelling.
+fn strip_identity_headers(headers: &mut HeaderMap, configured: &str) {
+    let spoofed: Vec<http::header::HeaderName> = headers
+        .keys()
+        .filter(|name| is_identity_header(name.as_str(), configured))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
 }
 
 fn record(series: &RouteSeries, response: &Response<Body>, elapsed: std::time::Duration) {

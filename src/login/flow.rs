@@ -10,19 +10,31 @@ use bytes::Bytes;
 use cookie::{Cookie, SameSite};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, REFERER, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
-use crate::identity::{Claims, IdentityError, KeySet, MintedIdentity, plain_headers};
+use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
 use crate::login::{AuthScope, ClientSettings, PendingLogins, ReturnUrl, StateKey};
 use crate::pages;
 use crate::route::Route;
 use crate::session::{
-    CacheSettings, CachedSession, Lifetimes, MemoryStore, NewSession, Profile, SessionCache, SessionId,
-    SessionStore, StoreSharing, WeChatToken, WeChatTokens,
+    CacheSettings, CachedSession, Lifetimes, MemoryStore, NewSession, Profile, SessionCache,
+    SessionId, SessionStore, StoreSharing, WeChatToken, WeChatTokens,
 };
 use crate::wechat::{ClientSettings as WeChatSettings, ErrorKind, WeChatClient, WeChatError};
+
+/// What JavaScript's encodeURIComponent escapes: WeChat's documentation builds redirect_uri with it.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
 
 /// The pending-login cookie; its path limits it to the callback and start endpoints.
 const STATE_COOKIE: &str = "wxgate_state";
@@ -75,14 +87,25 @@ pub struct Login {
 impl Login {
     /// Built when the configuration has a WeChat route; `validate` has checked the keys.
     pub fn new(config: &Config) -> Result<Self, LoginSetupError> {
-        let public_origin = config.server.public_url.clone().unwrap_or_else(|| config.wechat.api_base.clone());
-        let redirect_uri = format!("{}/_wxgate/callback", public_origin.as_str().trim_end_matches('/'));
+        let public_origin = config
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| config.wechat.api_base.clone());
+        let redirect_uri = format!(
+            "{}/_wxgate/callback",
+            public_origin.as_str().trim_end_matches('/')
+        );
         let store: Arc<dyn SessionStore> = match config.session.store {
             crate::config::StoreKind::Memory => Arc::new(MemoryStore::new(1_000_000)),
             other => return Err(LoginSetupError::Store(other)),
         };
         let lifetimes = Lifetimes::with_ttl(config.session.ttl);
-        let sessions = SessionCache::new(store, CacheSettings::for_store(StoreSharing::Exclusive), lifetimes);
+        let sessions = SessionCache::new(
+            store,
+            CacheSettings::for_store(StoreSharing::Exclusive),
+            lifetimes,
+        );
         let wechat = WeChatClient::new(WeChatSettings {
             api_base: config.wechat.api_base.clone(),
             appid: config.wechat.appid.clone(),
@@ -146,7 +169,10 @@ impl Login {
                     Ok(headers) => Access::Granted(headers),
                     Err(e) => {
                         tracing::error!(error = %e, "identity token could not be signed");
-                        Access::Respond(pages::respond(&pages::Failure::Unavailable, request.headers()))
+                        Access::Respond(pages::respond(
+                            &pages::Failure::Unavailable,
+                            request.headers(),
+                        ))
                     }
                 };
             }
@@ -160,8 +186,12 @@ impl Login {
         let client = self.clients.classify(request.method(), request.headers());
         let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         if client.wants_json {
-            let page = same_site_referer(request.headers(), &self.public_origin).unwrap_or_else(|| "/".to_owned());
-            let login_url = format!("/_wxgate/start?rd={}", utf8_percent_encode(&page, NON_ALPHANUMERIC));
+            let page = same_site_referer(request.headers(), &self.public_origin)
+                .unwrap_or_else(|| "/".to_owned());
+            let login_url = format!(
+                "/_wxgate/start?rd={}",
+                utf8_percent_encode(&page, URI_COMPONENT)
+            );
             let body = serde_json::json!({"error": "login_required", "status": 401, "login_url": login_url});
             return Access::Respond(json(StatusCode::UNAUTHORIZED, &body));
         }
@@ -176,7 +206,11 @@ impl Login {
                     None,
                 )),
                 NonWeChat::Qrcode => {
-                    let url = format!("{}{}", self.public_origin.as_str().trim_end_matches('/'), target);
+                    let url = format!(
+                        "{}{}",
+                        self.public_origin.as_str().trim_end_matches('/'),
+                        target
+                    );
                     let mut response = html(StatusCode::OK, crate::pages::qr::render(&url));
                     response.headers_mut().insert(
                         "content-security-policy",
@@ -186,24 +220,34 @@ impl Login {
                 }
             };
         }
-        let return_url = ReturnUrl::from_request_target(target).or_else(|_| ReturnUrl::from_request_target("/"));
+        let return_url =
+            ReturnUrl::from_request_target(target).or_else(|_| ReturnUrl::from_request_target("/"));
         match return_url {
             Ok(return_url) => Access::Respond(self.begin(request.headers(), return_url, scope)),
-            Err(_) => Access::Respond(pages::respond(&pages::Failure::BadRequest("bad return url"), request.headers())),
+            Err(_) => Access::Respond(pages::respond(
+                &pages::Failure::BadRequest("bad return url"),
+                request.headers(),
+            )),
         }
     }
 
     /// 302 to WeChat's authorize page, with a new state remembered in the state cookie.
-    fn begin(&self, headers: &HeaderMap, return_url: ReturnUrl, scope: AuthScope) -> Response<Body> {
+    fn begin(
+        &self,
+        headers: &HeaderMap,
+        return_url: ReturnUrl,
+        scope: AuthScope,
+    ) -> Response<Body> {
         let now = SystemTime::now();
-        let mut pending = PendingLogins::from_cookie(&self.state_key, cookie(headers, STATE_COOKIE), now);
+        let mut pending =
+            PendingLogins::from_cookie(&self.state_key, cookie(headers, STATE_COOKIE), now);
         let state = pending.begin(return_url, scope, now);
         // WeChat checks the order of these parameters: appid, redirect_uri, response_type, scope, state.
         let location = format!(
             "{}?appid={}&redirect_uri={}&response_type=code&scope={}&state={}&connect_redirect=1#wechat_redirect",
             self.authorize_url,
-            utf8_percent_encode(&self.appid, NON_ALPHANUMERIC),
-            utf8_percent_encode(&self.redirect_uri, NON_ALPHANUMERIC),
+            utf8_percent_encode(&self.appid, URI_COMPONENT),
+            utf8_percent_encode(&self.redirect_uri, URI_COMPONENT),
             scope.as_str(),
             state,
         );
@@ -222,8 +266,12 @@ impl Login {
             "/_wxgate/start" => self.start(request),
             "/_wxgate/jwks.json" => {
                 let mut r = Response::new(full(self.keys.jwks().clone()));
-                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r.headers_mut().insert(
+                    CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=300"),
+                );
                 r
             }
             _ => pages::respond(&pages::Failure::NoRoute, request.headers()),
@@ -235,7 +283,8 @@ impl Login {
         let query = query_pairs(request.uri().query());
         let state = query.get("state").cloned().unwrap_or_default();
         let now = SystemTime::now();
-        let mut pending = PendingLogins::from_cookie(&self.state_key, cookie(headers, STATE_COOKIE), now);
+        let mut pending =
+            PendingLogins::from_cookie(&self.state_key, cookie(headers, STATE_COOKIE), now);
         let Some(entry) = pending.take(&state, now) else {
             return self.callback_without_state(headers, &state).await;
         };
@@ -252,13 +301,19 @@ impl Login {
                 Ok(id) => {
                     self.remember(&state, entry.return_url.as_str());
                     let mut r = redirect(entry.return_url.as_str());
-                    set_cookie(&mut r, &self.session_cookie(id.cookie_value().to_owned(), false));
+                    set_cookie(
+                        &mut r,
+                        &self.session_cookie(id.cookie_value().to_owned(), false),
+                    );
                     r
                 }
                 Err(e) => wechat_failure_page(&e, retry),
             },
         };
-        set_cookie(&mut response, &pending.to_cookie(&self.state_key, STATE_COOKIE, self.cookie_secure));
+        set_cookie(
+            &mut response,
+            &pending.to_cookie(&self.state_key, STATE_COOKIE, self.cookie_secure),
+        );
         response
             .headers_mut()
             .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
@@ -271,7 +326,8 @@ impl Login {
         let recent = self.recall(state);
         if let (Some(url), Ok(Some(_))) = (recent, self.session_of(headers).await) {
             let mut r = redirect(&url);
-            r.headers_mut().insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+            r.headers_mut()
+                .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
             return r;
         }
         let mut r = message_page(
@@ -281,7 +337,8 @@ impl Login {
             "请返回页面重新打开，以重新登录。",
             Some("/".to_owned()),
         );
-        r.headers_mut().insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        r.headers_mut()
+            .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
         r
     }
 
@@ -289,10 +346,20 @@ impl Login {
     async fn complete(&self, code: &str, scope: AuthScope) -> Result<SessionId, CallbackError> {
         let grant = self.wechat.exchange_code(code).await?;
         let now = SystemTime::now();
-        let granted = if grant.allows_userinfo() { AuthScope::UserInfo } else { AuthScope::Base };
+        let granted = if grant.allows_userinfo() {
+            AuthScope::UserInfo
+        } else {
+            AuthScope::Base
+        };
         let mut unionid = grant.unionid.clone();
-        let profile = if granted == AuthScope::UserInfo && scope == AuthScope::UserInfo && !grant.is_snapshotuser {
-            let info = self.wechat.userinfo(grant.access_token.expose(), &grant.openid).await?;
+        let profile = if granted == AuthScope::UserInfo
+            && scope == AuthScope::UserInfo
+            && !grant.is_snapshotuser
+        {
+            let info = self
+                .wechat
+                .userinfo(grant.access_token.expose(), &grant.openid)
+                .await?;
             unionid = info.unionid.clone().or(unionid);
             Some(Profile {
                 nickname: info.nickname,
@@ -320,17 +387,28 @@ impl Login {
                 refresh_expires_at: now + Lifetimes::DEFAULT_MAX_LIFETIME,
             },
         };
-        let (id, _) = self.sessions.create(login).await.map_err(CallbackError::Store)?;
+        let (id, _) = self
+            .sessions
+            .create(login)
+            .await
+            .map_err(CallbackError::Store)?;
         Ok(id)
     }
 
     async fn me<B>(&self, request: &Request<B>) -> Response<Body> {
         match self.session_of(request.headers()).await {
             Ok(Some((_, cached))) => {
-                let s = &cached.session;
-                let claims = serde_json::to_value(s.identity_facts_json()).unwrap_or_default();
-                let mut r = json(StatusCode::OK, &claims);
-                r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                let claims = self.claims(&cached.session, SystemTime::now());
+                let mut me = serde_json::to_value(&claims).unwrap_or_default();
+                if let Some(fields) = me.as_object_mut() {
+                    // The visitor's facts, not a token's envelope.
+                    for envelope in ["iss", "aud", "iat", "exp", "jti"] {
+                        fields.remove(envelope);
+                    }
+                }
+                let mut r = json(StatusCode::OK, &me);
+                r.headers_mut()
+                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 r
             }
             Ok(None) => json(
@@ -342,7 +420,9 @@ impl Login {
     }
 
     async fn logout<B>(&self, request: &Request<B>) -> Response<Body> {
-        if let Some(id) = cookie(request.headers(), &self.cookie_name).and_then(SessionId::from_cookie) {
+        if let Some(id) =
+            cookie(request.headers(), &self.cookie_name).and_then(SessionId::from_cookie)
+        {
             if let Err(e) = self.sessions.delete(&id.storage_key()).await {
                 tracing::warn!(error = %e, "session could not be deleted from the store");
             }
@@ -375,7 +455,10 @@ impl Login {
     }
 
     /// The live session the request's cookie names, if any; a store failure is a 503.
-    async fn session_of(&self, headers: &HeaderMap) -> Result<Option<(SessionId, Arc<CachedSession>)>, Response<Body>> {
+    async fn session_of(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(SessionId, Arc<CachedSession>)>, Response<Body>> {
         let Some(id) = cookie(headers, &self.cookie_name).and_then(SessionId::from_cookie) else {
             return Ok(None);
         };
@@ -395,19 +478,27 @@ impl Login {
         }
     }
 
-    fn identity_headers(&self, cached: &CachedSession) -> Result<Vec<(HeaderName, HeaderValue)>, IdentityError> {
+    fn identity_headers(
+        &self,
+        cached: &CachedSession,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, IdentityError> {
         let now = SystemTime::now();
-        let minted = cached.identity_or_mint(now, |s| {
-            let claims = Claims::new(s.identity_facts(), &self.issuer, &self.audience, self.identity_ttl, now);
-            self.keys.mint(&claims).map(|m| (m, claims))
-                .map(|(m, _)| m)
-        })?;
+        let minted = cached.identity_or_mint(now, |s| self.keys.mint(&self.claims(s, now)))?;
         let mut headers = vec![(self.identity_header.clone(), minted.value().clone())];
         if self.plain_headers {
-            let claims = Claims::new(cached.session.identity_facts(), &self.issuer, &self.audience, self.identity_ttl, now);
-            headers.extend(plain_headers(&claims));
+            headers.extend(plain_headers(&self.claims(&cached.session, now)));
         }
         Ok(headers)
+    }
+
+    fn claims(&self, session: &crate::session::Session, now: SystemTime) -> Claims {
+        Claims::new(
+            session.identity_facts(),
+            &self.issuer,
+            &self.audience,
+            self.identity_ttl,
+            now,
+        )
     }
 
     fn session_cookie(&self, value: String, removal: bool) -> Cookie<'static> {
@@ -428,7 +519,10 @@ impl Login {
     }
 
     fn remember(&self, state: &str, url: &str) {
-        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         if recent.len() >= MAX_RECENT {
             recent.retain(|_, (at, _)| now.duration_since(*at) < RECENT_CALLBACK);
@@ -439,7 +533,10 @@ impl Login {
     }
 
     fn recall(&self, state: &str) -> Option<String> {
-        let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         recent
             .get(state)
             .filter(|(at, _)| at.elapsed() < RECENT_CALLBACK)
@@ -461,19 +558,55 @@ fn wechat_failure_page(error: &CallbackError, retry: Option<String>) -> Response
     tracing::warn!(error = %error, "login callback failed");
     let (status, zh, en, detail) = match error {
         CallbackError::WeChat(e) => match e.kind() {
-            ErrorKind::BadCode => (StatusCode::BAD_REQUEST, "登录已失效", "Login expired", "授权码已失效或已被使用，请重试。"),
-            ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "微信响应超时", "WeChat timed out", "微信服务器响应超时，请稍后重试。"),
-            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "微信服务繁忙", "WeChat is busy", "微信服务器繁忙，请稍后重试。"),
-            _ => (StatusCode::BAD_GATEWAY, "登录失败", "Login failed", "与微信通信失败，请稍后重试。"),
+            ErrorKind::BadCode => (
+                StatusCode::BAD_REQUEST,
+                "登录已失效",
+                "Login expired",
+                "授权码已失效或已被使用，请重试。",
+            ),
+            ErrorKind::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "微信响应超时",
+                "WeChat timed out",
+                "微信服务器响应超时，请稍后重试。",
+            ),
+            ErrorKind::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "微信服务繁忙",
+                "WeChat is busy",
+                "微信服务器繁忙，请稍后重试。",
+            ),
+            _ => (
+                StatusCode::BAD_GATEWAY,
+                "登录失败",
+                "Login failed",
+                "与微信通信失败，请稍后重试。",
+            ),
         },
-        CallbackError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "服务繁忙", "Service unavailable", "会话存储暂时不可用，请稍后重试。"),
+        CallbackError::Store(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "服务繁忙",
+            "Service unavailable",
+            "会话存储暂时不可用，请稍后重试。",
+        ),
     };
     message_page(status, zh, en, detail, retry)
 }
 
-fn message_page(status: StatusCode, zh: &str, en: &str, detail: &str, retry: Option<String>) -> Response<Body> {
+fn message_page(
+    status: StatusCode,
+    zh: &str,
+    en: &str,
+    detail: &str,
+    retry: Option<String>,
+) -> Response<Body> {
     let link = retry
-        .map(|url| format!("<a class=\"btn\" href=\"{}\">重试 · Retry</a>", pages::escape(&url)))
+        .map(|url| {
+            format!(
+                "<a class=\"btn\" href=\"{}\">重试 · Retry</a>",
+                pages::escape(&url)
+            )
+        })
         .unwrap_or_default();
     let body = pages::page(
         &format!("{zh} · {en}"),
@@ -491,16 +624,22 @@ fn message_page(status: StatusCode, zh: &str, en: &str, detail: &str, retry: Opt
 fn html(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(value.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -510,12 +649,13 @@ fn redirect(location: &str) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(location) {
         r.headers_mut().insert(LOCATION, value);
     }
-    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 fn set_cookie(response: &mut Response<Body>, cookie: &Cookie<'_>) {
-    if let Ok(value) = HeaderValue::from_str(&cookie.encoded().to_string()) {
+    if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
         response.headers_mut().append(SET_COOKIE, value);
     }
 }
@@ -548,5 +688,7 @@ fn query_pairs(query: Option<&str>) -> HashMap<String, String> {
 /// The page an XHR came from, when it is on the gateway's own origin.
 fn same_site_referer(headers: &HeaderMap, origin: &url::Url) -> Option<String> {
     let referer = headers.get(REFERER)?.to_str().ok()?;
-    ReturnUrl::from_rd(referer, origin, &[]).ok().map(ReturnUrl::into_string)
+    ReturnUrl::from_rd(referer, origin, &[])
+        .ok()
+        .map(ReturnUrl::into_string)
 }

@@ -3,6 +3,7 @@
 //! pending-login cookie, the authorize scopes and client classification.
 
 pub mod client;
+pub mod flow;
 pub mod return_url;
 pub mod scope;
 pub mod state;
