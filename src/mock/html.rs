@@ -146,20 +146,8 @@ fn display_name(nickname: &str) -> String {
     nickname.chars().filter(|c| !c.is_control()).collect()
 }
 
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            other => out.push(other),
-        }
-    }
-    out
-}
+/// The same escaping as the gateway's own pages.
+pub use crate::pages::escape;
 
 #[cfg(test)]
 mod tests {
