@@ -14,6 +14,7 @@ pub mod mock;
 pub mod pages;
 pub mod proxy;
 pub mod route;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod telemetry;

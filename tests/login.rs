@@ -43,7 +43,7 @@ async fn world() -> World {
     config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
     config.server.public_url = Some(url::Url::parse(&origin).unwrap());
     config.wechat.appid = mock_config.appid.clone();
-    config.wechat.secret = wxgate::config::Secret::new(mock_config.secret.expose());
+    config.wechat.secret = mock_config.secret.clone();
     config.wechat.authorize_url =
         url::Url::parse(&format!("http://{mock}/connect/oauth2/authorize")).unwrap();
     config.wechat.api_base = url::Url::parse(&format!("http://{mock}")).unwrap();

@@ -3,7 +3,7 @@
 //! Nothing here touches the network; `load` and `validate` are what `wxgate check` runs.
 
 mod load;
-mod secret;
+
 mod validate;
 
 use std::net::SocketAddr;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::Secret;
 pub use load::{ConfigError, Problem, load};
-pub use secret::Secret;
 pub use validate::validate;
 
 pub use crate::identity::Algorithm;

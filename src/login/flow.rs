@@ -109,7 +109,7 @@ impl Login {
         let wechat = WeChatClient::new(WeChatSettings {
             api_base: config.wechat.api_base.clone(),
             appid: config.wechat.appid.clone(),
-            secret: config.wechat.secret.expose().into(),
+            secret: config.wechat.secret.clone(),
             timeout: config.wechat.timeout,
             lang: config.wechat.lang.clone(),
         })?;

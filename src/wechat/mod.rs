@@ -6,9 +6,8 @@ mod client;
 mod error;
 mod model;
 mod parse;
-mod secret;
 
+pub use crate::secret::Secret;
 pub use client::{ClientSettings, WeChatClient};
 pub use error::{Endpoint, Errcode, ErrorKind, Malformed, WeChatError};
 pub use model::{TokenGrant, UserInfo};
-pub use secret::Secret;

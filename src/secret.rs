@@ -1,12 +1,11 @@
-//! A configuration value that must never be printed: AppSecret, session secret, HMAC keys,
-//! the Redis URL (it may carry a password).
+//! `Secret`: a string that must never be printed — the AppSecret, the session and identity
+//! secrets, the Redis URL (it may hold a password), WeChat codes and tokens. Debug, Display
+//! and Serialize all redact it; the only way to the value is the explicit `expose()`.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Printed, logged and serialised as `[redacted]` (or `""` when unset), so `wxgate check`
-/// and every `Debug` stay safe to paste into a ticket.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -15,7 +14,7 @@ impl Secret {
         Self(value.into())
     }
 
-    /// The secret itself, for the few places that must use it.
+    /// The raw value, for the few places that must send or use it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -24,14 +23,34 @@ impl Secret {
         self.0.is_empty()
     }
 
+    /// What is shown instead of the value: nothing when unset, so `wxgate check` still
+    /// tells an operator which secrets are missing.
     fn shown(&self) -> &'static str {
         if self.0.is_empty() { "" } else { "[redacted]" }
     }
 }
 
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.shown())
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
     }
 }
 
@@ -42,8 +61,8 @@ impl Serialize for Secret {
 }
 
 impl<'de> Deserialize<'de> for Secret {
-    /// Environment variables arrive typed (`WXGATE_SESSION__SECRET=123…` is a number to figment),
-    /// so numbers and booleans are taken as their text.
+    /// Environment variables arrive typed (`WXGATE_SESSION__SECRET=123…` is a number to
+    /// figment), so numbers and booleans are taken as their text.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
@@ -76,11 +95,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_and_serialise_hide_the_value() {
-        let s = Secret::new("hunter2-hunter2");
-        assert_eq!(format!("{s:?}"), "\"[redacted]\"");
+    fn secret_never_prints_its_value() {
+        let s = Secret::new("hunter2-appsecret");
+        assert_eq!(format!("{s}"), "[redacted]");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{:?}", Some(s.clone())), "Some([redacted])");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"[redacted]\"");
-        assert_eq!(s.expose(), "hunter2-hunter2");
+        assert_eq!(s.expose(), "hunter2-appsecret");
         assert_eq!(serde_json::to_string(&Secret::default()).unwrap(), "\"\"");
     }
 
