@@ -85,11 +85,11 @@ impl Gate {
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let headers_for_errors = error_relevant_headers(request.headers());
+        // Kept before the request moves on: the log line and the error's format need them.
+        let path = self.access_log.then(|| request.uri().path().to_owned());
+        let json_errors = pages::wants_json(request.headers());
         let (target, result) = self.respond(request, conn).await;
-        let response =
-            result.unwrap_or_else(|failure| pages::respond(&failure, &headers_for_errors));
+        let response = result.unwrap_or_else(|failure| pages::render(&failure, json_errors));
         let elapsed = started.elapsed();
         let (series, label) = match target {
             Target::Route(route) => (self.metrics.route(route.index), route.label.as_str()),
@@ -97,7 +97,7 @@ impl Gate {
             Target::Unrouted => (&self.metrics.unrouted, "-"),
         };
         record(series, &response, elapsed);
-        if self.access_log {
+        if let Some(path) = path {
             // The path only: queries carry WeChat's `code` and `state` on the callback.
             tracing::info!(
                 target: "wxgate::access",
@@ -265,20 +265,6 @@ fn request_host(request: &Request<Incoming>) -> Option<String> {
         None if request.version() == Version::HTTP_10 => Some(String::new()),
         None => None,
     }
-}
-
-/// The few request headers that decide how an error is shown, kept after the request moves on.
-fn error_relevant_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut kept = HeaderMap::new();
-    for name in [
-        http::header::ACCEPT,
-        http::header::HeaderName::from_static("x-requested-with"),
-    ] {
-        for value in headers.get_all(&name) {
-            kept.append(name.clone(), value.clone());
-        }
-    }
-    kept
 }
 
 /// Removes the configured identity header and every `x-wechat-*` header in any spelling.

@@ -42,18 +42,22 @@ fn encode(value: &str) -> HeaderValue {
 /// Whether a client-supplied header could pose as identity: the configured identity header
 /// or any `x-wechat-*` header, compared lower-cased with `_` and `.` read as `-`, because
 /// upstream frameworks (PHP, WSGI) fold those spellings into one name.
+/// Runs on every header of every request, so it compares folded bytes without allocating.
 pub fn is_identity_header(name: &str, configured: &str) -> bool {
-    let name = normalise(name);
-    name.starts_with("x-wechat-") || name == normalise(configured)
+    const PREFIX: &[u8] = b"x-wechat-";
+    let name = name.as_bytes();
+    let folded_eq = |a: &[u8], b: &[u8]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
+    };
+    (name.len() >= PREFIX.len() && folded_eq(&name[..PREFIX.len()], PREFIX))
+        || folded_eq(name, configured.as_bytes())
 }
 
-fn normalise(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            '_' | '.' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
 }
 
 #[cfg(test)]

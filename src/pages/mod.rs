@@ -113,7 +113,12 @@ impl Failure {
 
 /// Answers `failure` as JSON when the client asked for JSON, as a page otherwise.
 pub fn respond(failure: &Failure, request_headers: &HeaderMap) -> Response<Body> {
-    if wants_json(request_headers) {
+    render(failure, wants_json(request_headers))
+}
+
+/// `respond`, for a caller that decided JSON or HTML before the request moved on.
+pub fn render(failure: &Failure, as_json: bool) -> Response<Body> {
+    if as_json {
         json(failure)
     } else {
         html(failure)
@@ -126,13 +131,13 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
     if headers.contains_key("x-requested-with") {
         return true;
     }
-    let accept = headers
-        .get_all(http::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    accept.contains("application/json") && !accept.contains("text/html")
+    let accept = headers.get_all(http::header::ACCEPT);
+    let mentions = |needle: &[u8]| {
+        accept
+            .iter()
+            .any(|v| v.as_bytes().windows(needle.len()).any(|w| w == needle))
+    };
+    mentions(b"application/json") && !mentions(b"text/html")
 }
 
 fn json(failure: &Failure) -> Response<Body> {
