@@ -14,11 +14,7 @@ async fn dead_upstream_gives_502_page() {
     up.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let gw = support::start(&support::config_with_routes(&[("/", dead)])).await;
-    let resp = support::client()
-        .get(support::url(&gw, "/x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = support::get(&gw, "/x").await;
     assert_eq!(resp.status(), 502);
     assert!(
         resp.headers()["content-type"]
@@ -73,11 +69,7 @@ async fn unreachable_upstream_gives_502_within_the_connect_timeout() {
     config.upstream.connect_timeout = Duration::from_millis(300);
     let gw = support::start(&config).await;
     let started = Instant::now();
-    let resp = support::client()
-        .get(support::url(&gw, "/"))
-        .send()
-        .await
-        .unwrap();
+    let resp = support::get(&gw, "/").await;
     assert_eq!(resp.status(), 502);
     // Not a speed assertion: the request must end by the connect timeout, not wait for the
     // 60 s upstream timeout.
@@ -91,17 +83,9 @@ async fn slow_upstream_gives_504_after_the_route_timeout() {
     let mut config = support::config_with_routes(&[("/", up.addr)]);
     config.routes[0].timeout = Some(Duration::from_millis(300));
     let gw = support::start(&config).await;
-    let resp = support::client()
-        .get(support::url(&gw, "/slow/3000"))
-        .send()
-        .await
-        .unwrap();
+    let resp = support::get(&gw, "/slow/3000").await;
     assert_eq!(resp.status(), 504);
-    let resp = support::client()
-        .get(support::url(&gw, "/slow/10"))
-        .send()
-        .await
-        .unwrap();
+    let resp = support::get(&gw, "/slow/10").await;
     assert_eq!(resp.status(), 200);
     gw.shutdown().await;
 }
@@ -165,11 +149,7 @@ async fn oversized_and_malformed_requests_are_refused_and_serving_goes_on() {
         assert_eq!(resp.status(), 413);
     }
     assert!(up.seen().iter().all(|s| s.body_len <= 1024 * 1024));
-    let resp = support::client()
-        .get(support::url(&gw, "/still-serving"))
-        .send()
-        .await
-        .unwrap();
+    let resp = support::get(&gw, "/still-serving").await;
     assert_eq!(resp.status(), 200);
     gw.shutdown().await;
 }
@@ -191,11 +171,7 @@ async fn slowloris_connection_is_closed_after_the_header_timeout() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
         "{answer}"
     );
-    let resp = support::client()
-        .get(support::url(&gw, "/"))
-        .send()
-        .await
-        .unwrap();
+    let resp = support::get(&gw, "/").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(up.count(), 1);
     gw.shutdown().await;
@@ -205,11 +181,7 @@ async fn slowloris_connection_is_closed_after_the_header_timeout() {
 async fn unknown_paths_without_a_catch_all_route_are_404() {
     let up = Upstream::start().await;
     let gw = support::start(&support::config_with_routes(&[("/activity/", up.addr)])).await;
-    let resp = support::client()
-        .get(support::url(&gw, "/activityx"))
-        .send()
-        .await
-        .unwrap();
+    let resp = support::get(&gw, "/activityx").await;
     assert_eq!(resp.status(), 404);
     assert_eq!(up.count(), 0);
     gw.shutdown().await;

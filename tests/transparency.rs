@@ -62,11 +62,7 @@ async fn thirty_two_mib_response_streams_back_whole() {
     let up = Upstream::start().await;
     let gw = gateway_in_front(&up).await;
     let n = 32 * 1024 * 1024;
-    let mut resp = support::client()
-        .get(support::url(&gw, &format!("/big/{n}")))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = support::get(&gw, &format!("/big/{n}")).await;
     assert_eq!(resp.status(), 200);
     let mut total = 0usize;
     let mut first_chunk_at = None;
@@ -83,11 +79,7 @@ async fn status_codes_pass_through() {
     let up = Upstream::start().await;
     let gw = gateway_in_front(&up).await;
     for code in [200u16, 201, 204, 301, 400, 403, 404, 418, 500, 503] {
-        let resp = support::client()
-            .get(support::url(&gw, &format!("/status/{code}")))
-            .send()
-            .await
-            .unwrap();
+        let resp = support::get(&gw, &format!("/status/{code}")).await;
         assert_eq!(resp.status().as_u16(), code);
         if code != 204 {
             assert_eq!(
@@ -111,11 +103,7 @@ async fn query_string_is_forwarded_byte_for_byte() {
         "UPPER=%3d%3D",
     ];
     for q in queries {
-        let resp = support::client()
-            .get(support::url(&gw, &format!("/page.html?{q}")))
-            .send()
-            .await
-            .unwrap();
+        let resp = support::get(&gw, &format!("/page.html?{q}")).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(up.last().uri, format!("/page.html?{q}"));
     }
@@ -146,11 +134,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     }
     assert_eq!(seen.headers["x-kept"], "yes");
 
-    let resp = support::client()
-        .get(support::url(&gw, "/hop"))
-        .send()
-        .await
-        .unwrap();
+    let resp = support::get(&gw, "/hop").await;
     assert!(!resp.headers().contains_key("x-upstream-private"));
     assert!(!resp.headers().contains_key("keep-alive"));
     assert_eq!(resp.headers()["x-upstream-public"], "fine");

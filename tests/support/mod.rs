@@ -69,3 +69,8 @@ pub async fn raw(addr: SocketAddr, request: &[u8], wait: std::time::Duration) ->
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A plain GET through the gateway.
+pub async fn get(gw: &Running, path_and_query: &str) -> reqwest::Response {
+    client().get(url(gw, path_and_query)).send().await.unwrap()
+}
