@@ -485,6 +485,13 @@ mod tests {
         fn sweep_expired(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
             self.inner.sweep_expired()
         }
+        fn claim_refresh<'a>(
+            &'a self,
+            key: &'a StorageKey,
+            lease: Duration,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.inner.claim_refresh(key, lease)
+        }
         fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
             Box::pin(async move { self.check() })
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 
@@ -26,6 +26,9 @@ pub struct MemoryStore {
     /// or by reserving a slot before an insert.
     held: AtomicU64,
     max_entries: u64,
+    /// Refresh leases by session, with the moment each ends. Few at a time: a lease is
+    /// taken only when a profile is due for refresh, and ended ones are dropped on claim.
+    leases: Mutex<HashMap<StorageKey, SystemTime>>,
     clock: Clock,
 }
 
@@ -43,6 +46,7 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
             held: AtomicU64::new(0),
             max_entries: max_entries.max(1),
+            leases: Mutex::new(HashMap::new()),
             clock,
         }
     }
@@ -197,6 +201,17 @@ impl MemoryStore {
             .sum()
     }
 
+    fn claim_now(&self, key: &StorageKey, lease: Duration) -> bool {
+        let now = self.clock.now();
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        leases.retain(|_, ends| *ends > now);
+        if leases.contains_key(key) {
+            return false;
+        }
+        leases.insert(*key, now + lease);
+        true
+    }
+
     fn sweep_at(&self, now: SystemTime) -> u64 {
         let mut swept = 0;
         for index in 0..SHARDS {
@@ -273,6 +288,14 @@ impl SessionStore for MemoryStore {
         Box::pin(ready(Ok(self.sweep_at(self.clock.now()))))
     }
 
+    fn claim_refresh<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(ready(Ok(self.claim_now(key, lease))))
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(ready(Ok(())))
     }
@@ -307,6 +330,21 @@ mod tests {
         let key = SessionId::generate().storage_key();
         store.put(&key, session).await.unwrap();
         key
+    }
+
+    #[tokio::test]
+    async fn one_refresh_lease_at_a_time_until_it_ends() {
+        let (store, clock) = store(100);
+        let key = SessionId::generate().storage_key();
+        let other = SessionId::generate().storage_key();
+        assert!(store.claim_refresh(&key, TTL).await.unwrap());
+        assert!(!store.claim_refresh(&key, TTL).await.unwrap(), "lease held");
+        assert!(
+            store.claim_refresh(&other, TTL).await.unwrap(),
+            "per session"
+        );
+        clock.advance(TTL);
+        assert!(store.claim_refresh(&key, TTL).await.unwrap(), "lease ended");
     }
 
     #[tokio::test]

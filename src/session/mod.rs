@@ -83,6 +83,16 @@ pub trait SessionStore: Send + Sync {
     /// return 0.
     fn sweep_expired(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// Takes a short lease on refreshing one session's WeChat token and profile: `true` when
+    /// this caller holds it now, `false` when another caller (or another gateway sharing the
+    /// store) took it less than `lease` ago. The lease ends by itself, so a caller that dies
+    /// mid-refresh delays the next refresh by at most `lease`; there is no unlock.
+    fn claim_refresh<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
     /// Whether the store can serve requests (`/readyz`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
