@@ -168,6 +168,9 @@ impl Gate {
                 Access::Respond(response) => return (Target::Route(route), Ok(response)),
             }
         }
+        if let Some(login) = &self.login {
+            login.remove_own_cookies(request.headers_mut());
+        }
         let client_upgrade = match upgrade_of(&request) {
             Upgrade::None => None,
             Upgrade::Refused => {

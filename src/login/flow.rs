@@ -15,11 +15,12 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
 use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
+use crate::login::refresh::{Freshness, ProfileRefresher, freshness, profile_of};
 use crate::login::{AuthScope, ClientSettings, PendingLogins, ReturnUrl, StateKey};
 use crate::pages;
 use crate::route::Route;
 use crate::session::{
-    CacheSettings, CachedSession, Lifetimes, MemoryStore, NewSession, Profile, SessionCache,
+    CacheSettings, CachedSession, Lifetimes, MemoryStore, NewSession, Session, SessionCache,
     SessionId, SessionStore, StoreSharing, WeChatToken, WeChatTokens,
 };
 use crate::wechat::{ClientSettings as WeChatSettings, ErrorKind, WeChatClient, WeChatError};
@@ -72,8 +73,10 @@ pub struct Login {
     state_key: StateKey,
     cookie_name: String,
     cookie_secure: bool,
-    sessions: SessionCache,
+    sessions: Arc<SessionCache>,
     wechat: WeChatClient,
+    refresher: ProfileRefresher,
+    profile_refresh: Duration,
     keys: KeySet,
     identity_header: HeaderName,
     issuer: String,
@@ -101,11 +104,11 @@ impl Login {
             other => return Err(LoginSetupError::Store(other)),
         };
         let lifetimes = Lifetimes::with_ttl(config.session.ttl);
-        let sessions = SessionCache::new(
+        let sessions = Arc::new(SessionCache::new(
             store,
             CacheSettings::for_store(StoreSharing::Exclusive),
             lifetimes,
-        );
+        ));
         let wechat = WeChatClient::new(WeChatSettings {
             api_base: config.wechat.api_base.clone(),
             appid: config.wechat.appid.clone(),
@@ -124,6 +127,8 @@ impl Login {
             state_key: StateKey::derive(config.session.secret.expose().as_bytes())?,
             cookie_name: config.session.cookie_name.clone(),
             cookie_secure: config.session.cookie_secure,
+            refresher: ProfileRefresher::new(wechat.clone(), sessions.clone()),
+            profile_refresh: config.session.profile_refresh,
             sessions,
             wechat,
             keys: KeySet::load(&current, &previous)?,
@@ -132,7 +137,7 @@ impl Login {
             audience: config.identity.audience.clone(),
             identity_ttl: config.identity.ttl,
             plain_headers: config.identity.plain_headers,
-            clients: ClientSettings::default(),
+            clients: ClientSettings::from_config(&config.wechat.browsers),
             recent: Mutex::new(HashMap::new()),
         })
     }
@@ -140,6 +145,12 @@ impl Login {
     /// The header the identity JWT travels in; clients' copies of it are always stripped.
     pub fn identity_header(&self) -> &HeaderName {
         &self.identity_header
+    }
+
+    /// Takes the gateway's own cookies (session and pending logins) out of a request bound
+    /// upstream: the identity header is what upstreams get, never the session id.
+    pub fn remove_own_cookies(&self, headers: &mut HeaderMap) {
+        remove_cookies(headers, [&self.cookie_name, STATE_COOKIE]);
     }
 
     /// Decides a request on a protected route: identity, a login, or a refusal.
@@ -153,7 +164,7 @@ impl Login {
             Ok(session) => session,
             Err(response) => return Access::Respond(response),
         };
-        if let Some((_, cached)) = &session {
+        if let Some((id, cached)) = &session {
             let s = &cached.session;
             if s.snapshot && !route.allow_snapshot {
                 return Access::Respond(message_page(
@@ -165,19 +176,44 @@ impl Login {
                 ));
             }
             if s.scope.satisfies(required) {
-                return match self.identity_headers(cached) {
-                    Ok(headers) => Access::Granted(headers),
-                    Err(e) => {
-                        tracing::error!(error = %e, "identity token could not be signed");
-                        Access::Respond(pages::respond(
-                            &pages::Failure::Unavailable,
-                            request.headers(),
-                        ))
-                    }
-                };
+                if self.must_reauthorize(request, id, s) {
+                    // Ask again for what the session had, never less.
+                    return self.challenge(request, route, s.scope);
+                }
+                return self.grant(request, cached);
             }
         }
         self.challenge(request, route, required)
+    }
+
+    fn grant<B>(&self, request: &Request<B>, cached: &CachedSession) -> Access {
+        match self.identity_headers(cached) {
+            Ok(headers) => Access::Granted(headers),
+            Err(e) => {
+                tracing::error!(error = %e, "identity token could not be signed");
+                Access::Respond(pages::respond(
+                    &pages::Failure::Unavailable,
+                    request.headers(),
+                ))
+            }
+        }
+    }
+
+    /// Looks after the profile of a session about to be served: a stale one is refreshed in
+    /// the background; one WeChat will no longer refresh sends a navigation back through
+    /// authorize (scripts keep the identity they have: a redirect cannot help them).
+    fn must_reauthorize<B>(&self, request: &Request<B>, id: &SessionId, session: &Session) -> bool {
+        match freshness(session, SystemTime::now(), self.profile_refresh) {
+            Freshness::Fresh => false,
+            Freshness::Refreshable => {
+                self.refresher.spawn(id.storage_key(), session.clone());
+                false
+            }
+            Freshness::Reauthorize => {
+                let client = self.clients.classify(request.method(), request.headers());
+                client.is_wechat_browser && !client.wants_json
+            }
+        }
     }
 
     /// No sufficient session: WeChat browsers go to authorize, scripts get 401 JSON,
@@ -352,24 +388,26 @@ impl Login {
             AuthScope::Base
         };
         let mut unionid = grant.unionid.clone();
-        let profile = if granted == AuthScope::UserInfo
-            && scope == AuthScope::UserInfo
-            && !grant.is_snapshotuser
+        let mut snapshot = grant.is_snapshotuser;
+        let profile = if granted == AuthScope::UserInfo && scope == AuthScope::UserInfo && !snapshot
         {
-            let info = self
+            match self
                 .wechat
                 .userinfo(grant.access_token.expose(), &grant.openid)
-                .await?;
-            unionid = info.unionid.clone().or(unionid);
-            Some(Profile {
-                nickname: info.nickname,
-                headimgurl: info.headimgurl,
-                sex: info.sex,
-                province: info.province,
-                city: info.city,
-                country: info.country,
-                privilege: info.privilege,
-            })
+                .await
+            {
+                Ok(info) => {
+                    unionid = info.unionid.clone().or(unionid);
+                    Some(profile_of(info))
+                }
+                // A 快照页 visitor's token may be refused userinfo (48001) without the grant
+                // saying is_snapshotuser: a virtual account, not a failed login.
+                Err(e) if e.kind() == ErrorKind::Unauthorized => {
+                    snapshot = true;
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };
@@ -378,7 +416,7 @@ impl Login {
             openid: grant.openid.clone(),
             unionid,
             scope: granted,
-            snapshot: grant.is_snapshotuser,
+            snapshot,
             profile,
             tokens: WeChatTokens {
                 access_token: WeChatToken::new(grant.access_token.expose()),
@@ -677,6 +715,44 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         }
     }
     found
+}
+
+/// Removes the cookies named `names` from every `Cookie` header, dropping headers left empty.
+/// Headers that name none of them are left as they are, without an allocation.
+fn remove_cookies(headers: &mut HeaderMap, names: [&str; 2]) {
+    let mentions = |value: &HeaderValue| {
+        names.iter().any(|name| {
+            value
+                .as_bytes()
+                .windows(name.len())
+                .any(|w| w == name.as_bytes())
+        })
+    };
+    if !headers.get_all(COOKIE).iter().any(mentions) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                    !pair.is_empty() && !names.contains(&name)
+                })
+                .collect();
+            (!rest.is_empty())
+                .then(|| HeaderValue::from_str(&rest.join("; ")).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        headers.append(COOKIE, value);
+    }
 }
 
 fn query_pairs(query: Option<&str>) -> HashMap<String, String> {

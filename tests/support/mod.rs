@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod upstream;
+pub mod wechat;
 
 use std::net::SocketAddr;
 
