@@ -513,3 +513,21 @@ async fn wecom_logs_in_like_wechat_unless_the_operator_turns_it_off() {
     assert_eq!(r.status(), 302, "WeChat itself still logs in");
     off.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn refusing_consent_shows_a_page_with_a_way_back_and_no_loop() {
+    let w = world_with(|mock, _| {
+        mock.faults.deny = true;
+        mock.faults.deny_redirect = true;
+    })
+    .await;
+    let b = browser(WECHAT_UA);
+    let (hops, last) = follow(&b, &format!("{}/vip/gift?id=3", w.origin)).await;
+    assert_eq!(last.status(), 403, "{hops:?}");
+    let page = last.text().await.unwrap();
+    assert!(page.contains("拒绝授权"), "{page:.300}");
+    assert!(page.contains("/vip/gift?id=3"), "a retry link: {page:.400}");
+    assert_eq!(mock_stats(w.mock).await["codes_exchanged"], 0);
+    assert_eq!(w.up.count(), 0, "nothing reached the upstream");
+    w.gw.shutdown().await;
+}
