@@ -68,7 +68,7 @@ impl Gate {
             limits: config.server.limits.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
             access_log: config.log.access_log,
-            login: if config.has_protected_routes() {
+            login: if config.needs_login() {
                 Some(Login::new(config)?)
             } else {
                 None

@@ -466,4 +466,10 @@ impl Config {
     pub fn has_protected_routes(&self) -> bool {
         self.routes.iter().any(|r| r.scope != Scope::Public)
     }
+
+    /// Whether the gateway runs the WeChat login: for its own protected routes, or, with
+    /// `wechat.appid` set, for a proxy in front that asks `/_wxgate/auth` (forward-auth).
+    pub fn needs_login(&self) -> bool {
+        self.has_protected_routes() || !self.wechat.appid.is_empty()
+    }
 }

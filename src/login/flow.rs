@@ -178,12 +178,17 @@ impl Login {
             if s.scope.satisfies(required) {
                 if self.must_reauthorize(request, id, s) {
                     // Ask again for what the session had, never less.
-                    return self.challenge(request, route, s.scope);
+                    return self.challenge(
+                        request,
+                        route.non_wechat,
+                        s.scope,
+                        requested_page(request),
+                    );
                 }
                 return self.grant(request, cached);
             }
         }
-        self.challenge(request, route, required)
+        self.challenge(request, route.non_wechat, required, requested_page(request))
     }
 
     fn grant<B>(&self, request: &Request<B>, cached: &CachedSession) -> Access {
@@ -218,21 +223,19 @@ impl Login {
 
     /// No sufficient session: WeChat browsers go to authorize, scripts get 401 JSON,
     /// other browsers get the route's `non_wechat` behaviour.
-    fn challenge<B>(&self, request: &Request<B>, route: &Route, scope: AuthScope) -> Access {
+    fn challenge<B>(
+        &self,
+        request: &Request<B>,
+        non_wechat: NonWeChat,
+        scope: AuthScope,
+        return_url: ReturnUrl,
+    ) -> Access {
         let client = self.clients.classify(request.method(), request.headers());
-        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         if client.wants_json {
-            let page = same_site_referer(request.headers(), &self.public_origin)
-                .unwrap_or_else(|| "/".to_owned());
-            let login_url = format!(
-                "/_wxgate/start?rd={}",
-                utf8_percent_encode(&page, URI_COMPONENT)
-            );
-            let body = serde_json::json!({"error": "login_required", "status": 401, "login_url": login_url});
-            return Access::Respond(json(StatusCode::UNAUTHORIZED, &body));
+            return Access::Respond(self.login_required(request.headers(), None));
         }
         if !client.is_wechat_browser {
-            return match route.non_wechat {
+            return match non_wechat {
                 NonWeChat::Anonymous => Access::Anonymous,
                 NonWeChat::Deny => Access::Respond(message_page(
                     StatusCode::FORBIDDEN,
@@ -241,30 +244,46 @@ impl Login {
                     "此页面仅支持在微信客户端内访问。",
                     None,
                 )),
-                NonWeChat::Qrcode => {
-                    let url = format!(
-                        "{}{}",
-                        self.public_origin.as_str().trim_end_matches('/'),
-                        target
-                    );
-                    let mut response = html(StatusCode::OK, crate::pages::qr::render(&url));
-                    response.headers_mut().insert(
-                        "content-security-policy",
-                        HeaderValue::from_static(crate::pages::qr::CONTENT_SECURITY_POLICY),
-                    );
-                    Access::Respond(response)
-                }
+                NonWeChat::Qrcode => Access::Respond(self.qr_page(&return_url)),
             };
         }
-        let return_url =
-            ReturnUrl::from_request_target(target).or_else(|_| ReturnUrl::from_request_target("/"));
-        match return_url {
-            Ok(return_url) => Access::Respond(self.begin(request.headers(), return_url, scope)),
-            Err(_) => Access::Respond(pages::respond(
-                &pages::Failure::BadRequest("bad return url"),
-                request.headers(),
-            )),
-        }
+        Access::Respond(self.begin(request.headers(), return_url, scope))
+    }
+
+    /// 401 JSON for scripts, with the login URL a page's script can send the visitor to:
+    /// back to `page` if given, else to the page the script runs on (its Referer).
+    fn login_required(&self, headers: &HeaderMap, page: Option<&ReturnUrl>) -> Response<Body> {
+        let page = page
+            .map(|p| p.as_str().to_owned())
+            .or_else(|| same_site_referer(headers, &self.public_origin))
+            .unwrap_or_else(|| "/".to_owned());
+        let login_url = format!(
+            "/_wxgate/start?rd={}",
+            utf8_percent_encode(&page, URI_COMPONENT)
+        );
+        let body =
+            serde_json::json!({"error": "login_required", "status": 401, "login_url": login_url});
+        json(StatusCode::UNAUTHORIZED, &body)
+    }
+
+    /// The page for other browsers: a QR code of the page, to open in WeChat.
+    fn qr_page(&self, return_url: &ReturnUrl) -> Response<Body> {
+        let target = return_url.as_str();
+        let url = if target.starts_with('/') {
+            format!(
+                "{}{}",
+                self.public_origin.as_str().trim_end_matches('/'),
+                target
+            )
+        } else {
+            target.to_owned()
+        };
+        let mut response = html(StatusCode::OK, crate::pages::qr::render(&url));
+        response.headers_mut().insert(
+            "content-security-policy",
+            HeaderValue::from_static(crate::pages::qr::CONTENT_SECURITY_POLICY),
+        );
+        response
     }
 
     /// 302 to WeChat's authorize page, with a new state remembered in the state cookie.
@@ -300,6 +319,7 @@ impl Login {
             "/_wxgate/me" => self.me(request).await,
             "/_wxgate/logout" => self.logout(request).await,
             "/_wxgate/start" => self.start(request),
+            "/_wxgate/auth" => self.forward_auth(request).await,
             "/_wxgate/jwks.json" => {
                 let mut r = Response::new(full(self.keys.jwks().clone()));
                 r.headers_mut()
@@ -478,18 +498,60 @@ impl Login {
     /// Begins a login for a same-site `rd` (what a forward-auth 401 or an XHR client uses).
     fn start<B>(&self, request: &Request<B>) -> Response<Body> {
         let query = query_pairs(request.uri().query());
-        let return_url = query
-            .get("rd")
-            .and_then(|rd| ReturnUrl::from_rd(rd, &self.public_origin, &[]).ok())
-            .or_else(|| ReturnUrl::from_request_target("/").ok());
+        let return_url = return_url_of(request.headers(), &query, &self.public_origin);
         let scope = match query.get("scope").map(String::as_str) {
             Some("snsapi_base") => AuthScope::Base,
             _ => AuthScope::UserInfo,
         };
-        match return_url {
-            Some(url) => self.begin(request.headers(), url, scope),
-            None => pages::respond(&pages::Failure::BadRequest("bad rd"), request.headers()),
+        match self.challenge(request, NonWeChat::Qrcode, scope, return_url) {
+            Access::Respond(response) => response,
+            // Unreachable with Qrcode; a QR page of the home page is the safe answer.
+            Access::Granted(_) | Access::Anonymous => self.qr_page(&home()),
         }
+    }
+
+    /// Forward-auth for nginx `auth_request`, Traefik `ForwardAuth` and Caddy `forward_auth`:
+    /// 200 with the identity headers for a session of at least `?scope=` (default
+    /// `snsapi_base`), else 401 JSON — or, with `?redirect=true` (Traefik, Caddy: they hand
+    /// the answer to the browser), what a protected route would answer: a 302 to WeChat for
+    /// a WeChat navigation, 401 JSON for scripts, the QR page for other browsers. The page
+    /// to return to is `X-Forwarded-Uri` (or `rd`), checked like every return URL.
+    async fn forward_auth<B>(&self, request: &Request<B>) -> Response<Body> {
+        let query = query_pairs(request.uri().query());
+        let required = match query.get("scope").map(String::as_str) {
+            Some("snsapi_userinfo") => AuthScope::UserInfo,
+            _ => AuthScope::Base,
+        };
+        let allow_snapshot = query.get("allow_snapshot").is_none_or(|v| v != "false");
+        let session = match self.session_of(request.headers()).await {
+            Ok(session) => session,
+            Err(response) => return response,
+        };
+        let return_url = return_url_of(request.headers(), &query, &self.public_origin);
+        let mut scope = required;
+        if let Some((id, cached)) = &session {
+            let s = &cached.session;
+            let sufficient = s.scope.satisfies(required) && (allow_snapshot || !s.snapshot);
+            if sufficient && !self.must_reauthorize(request, id, s) {
+                return match self.grant(request, cached) {
+                    Access::Granted(headers) => identity_response(headers),
+                    Access::Respond(response) => response,
+                    Access::Anonymous => self.login_required(request.headers(), None),
+                };
+            }
+            if sufficient {
+                scope = s.scope;
+            }
+        }
+        if query.get("redirect").is_some_and(|v| v == "true") {
+            if let Access::Respond(response) =
+                self.challenge(request, NonWeChat::Qrcode, scope, return_url)
+            {
+                return response;
+            }
+            return self.login_required(request.headers(), None);
+        }
+        self.login_required(request.headers(), Some(&return_url))
     }
 
     /// The live session the request's cookie names, if any; a store failure is a 503.
@@ -753,6 +815,49 @@ fn remove_cookies(headers: &mut HeaderMap, names: [&str; 2]) {
     for value in kept {
         headers.append(COOKIE, value);
     }
+}
+
+/// The page a protected request asked for, to return to after login.
+fn requested_page<B>(request: &Request<B>) -> ReturnUrl {
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    ReturnUrl::from_request_target(target).unwrap_or_else(|_| home())
+}
+
+fn home() -> ReturnUrl {
+    match ReturnUrl::from_request_target("/") {
+        Ok(url) => url,
+        Err(e) => unreachable!("\"/\" is a valid return URL: {e}"),
+    }
+}
+
+/// Where a login started at `/_wxgate/start` or `/_wxgate/auth` returns to: the `rd`
+/// parameter, else the `X-Forwarded-Uri` a proxy in front set, else the home page. Anything
+/// off-site or malformed means the home page.
+fn return_url_of(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    public_origin: &url::Url,
+) -> ReturnUrl {
+    if let Some(rd) = query.get("rd") {
+        return ReturnUrl::from_rd(rd, public_origin, &[]).unwrap_or_else(|_| home());
+    }
+    headers
+        .get("x-forwarded-uri")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|uri| ReturnUrl::from_request_target(uri).ok())
+        .unwrap_or_else(home)
+}
+
+/// A forward-auth 200: no body, the identity in the headers for the proxy to pass on.
+fn identity_response(headers: Vec<(HeaderName, HeaderValue)>) -> Response<Body> {
+    let mut response = Response::new(crate::body::empty());
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value);
+    }
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn query_pairs(query: Option<&str>) -> HashMap<String, String> {
