@@ -220,7 +220,8 @@ async fn java() -> Option<Snippet> {
     if let Err(why) = prepare(compile).await {
         panic!("docs/upstream/java/Verify.java does not compile: {why}");
     }
-    let classpath = std::env::join_paths([PathBuf::from(GSON), classes]).ok()?;
+    let classpath = std::env::join_paths([PathBuf::from(GSON), classes])
+        .unwrap_or_else(|e| panic!("classpath: {e}"));
     Some(Snippet {
         program: "java".into(),
         leading_args: vec!["-cp".into(), classpath, "Verify".into()],
