@@ -115,7 +115,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(crate::server::run(&config)) {
+    match runtime.block_on(crate::server::run(&config, Some(path))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -169,15 +169,30 @@ pub struct Metrics {
     pub store: StoreMetrics,
     rate_limited: Family<WhatLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabel, Histogram>,
     /// Requests that matched no route.
     pub unrouted: RouteSeries,
     /// Requests to the gateway's own `/_wxgate/` endpoints.
     pub endpoints: RouteSeries,
+}
+
+/// The series of every route of one configuration, by route index. A reload builds a new
+/// set from the same families, so a route that stays keeps counting where it was.
+pub struct RouteMetrics {
     routes: Vec<RouteSeries>,
+    unrouted: RouteSeries,
+}
+
+impl RouteMetrics {
+    /// The series of route number `index` of the configuration.
+    pub fn route(&self, index: usize) -> &RouteSeries {
+        self.routes.get(index).unwrap_or(&self.unrouted)
+    }
 }
 
 impl Metrics {
-    pub fn new(routes: &RouteTable) -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("wxgate");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -264,13 +279,8 @@ impl Metrics {
             "Configuration reloads, by result (ok, refused)",
         );
         zero_series(&login, &wechat, &store, &rate_limited, &reloads);
-        let series = |label: &str| series_for(&requests, &latency, label);
-        let unrouted = series("-");
-        let endpoints = series("_wxgate");
-        let mut by_index = Vec::new();
-        for label in routes.labels_in_order() {
-            by_index.push(series(label));
-        }
+        let unrouted = series_for(&requests, &latency, "-");
+        let endpoints = series_for(&requests, &latency, "_wxgate");
         Arc::new(Self {
             registry,
             open_connections,
@@ -279,15 +289,23 @@ impl Metrics {
             store,
             rate_limited,
             reloads,
+            requests,
+            latency,
             unrouted,
             endpoints,
-            routes: by_index,
         })
     }
 
-    /// The series of route number `index` of the configuration.
-    pub fn route(&self, index: usize) -> &RouteSeries {
-        self.routes.get(index).unwrap_or(&self.unrouted)
+    /// The series of `routes`, created now so that recording a request takes no lock.
+    pub fn for_routes(&self, routes: &RouteTable) -> RouteMetrics {
+        RouteMetrics {
+            routes: routes
+                .labels_in_order()
+                .into_iter()
+                .map(|label| series_for(&self.requests, &self.latency, label))
+                .collect(),
+            unrouted: self.unrouted.clone(),
+        }
     }
 
     /// A request refused by a rate limit (`login`, `callback`, …).

@@ -83,7 +83,7 @@ pub struct TlsConfig {
 }
 
 /// Limits against oversized and slow requests; the defaults follow nginx and Envoy's edge advice.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Total bytes of all request header lines (names and values); over it: 431.
@@ -208,7 +208,7 @@ pub enum StoreKind {
     Redis,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// `memory`, `redb` (embedded file, the default) or `redis`.

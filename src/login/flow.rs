@@ -86,6 +86,9 @@ pub struct Login {
     issuer: String,
     audience: String,
     identity_ttl: Duration,
+    /// Names this login's signing key and claim settings, so tokens cached with sessions
+    /// under another configuration are minted again after a reload.
+    signer: u64,
     plain_headers: bool,
     clients: ClientSettings,
     recent: Mutex<HashMap<String, (Instant, String)>>,
@@ -94,6 +97,15 @@ pub struct Login {
 impl Login {
     /// Built when the configuration has a WeChat route; `validate` has checked the keys.
     pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, LoginSetupError> {
+        Login::with_sessions(config, metrics, None)
+    }
+
+    /// The same, over `sessions` when given (a reload keeps the store and its cache).
+    pub fn with_sessions(
+        config: &Config,
+        metrics: &Metrics,
+        sessions: Option<Arc<SessionCache>>,
+    ) -> Result<Self, LoginSetupError> {
         let public_origin = config
             .server
             .public_url
@@ -103,18 +115,10 @@ impl Login {
             "{}/_wxgate/callback",
             public_origin.as_str().trim_end_matches('/')
         );
-        let store: Arc<dyn SessionStore> = match config.session.store {
-            crate::config::StoreKind::Memory => Arc::new(MemoryStore::new(1_000_000)),
-            other => return Err(LoginSetupError::Store(other)),
+        let sessions = match sessions {
+            Some(sessions) => sessions,
+            None => open_sessions(config, metrics)?,
         };
-        let store: Arc<dyn SessionStore> =
-            Arc::new(MeteredStore::new(store, metrics.store.clone()));
-        let lifetimes = Lifetimes::with_ttl(config.session.ttl);
-        let sessions = Arc::new(SessionCache::new(
-            store,
-            CacheSettings::for_store(StoreSharing::Exclusive),
-            lifetimes,
-        ));
         let wechat_metrics = metrics.wechat.clone();
         let observer: CallObserver = Arc::new(move |endpoint, outcome, elapsed| {
             let label = outcome.map_or_else(WeChatError::metric_label, |()| "0".to_owned());
@@ -130,8 +134,9 @@ impl Login {
             },
             Some(observer),
         )?;
-        sample_session_count(&sessions, metrics.login.clone());
         let (current, previous) = config.identity.key_sources();
+        let keys = KeySet::load(&current, &previous)?;
+        let signer = signer_of(&config.identity, &keys);
         let identity_header = HeaderName::from_bytes(config.identity.header.as_bytes())
             .unwrap_or_else(|_| HeaderName::from_static("x-wechat-identity"));
         Ok(Self {
@@ -151,15 +156,21 @@ impl Login {
             profile_refresh: config.session.profile_refresh,
             sessions,
             wechat,
-            keys: KeySet::load(&current, &previous)?,
+            keys,
             identity_header,
             issuer: config.identity.issuer.clone(),
             audience: config.identity.audience.clone(),
             identity_ttl: config.identity.ttl,
+            signer,
             plain_headers: config.identity.plain_headers,
             clients: ClientSettings::from_config(&config.wechat.browsers),
             recent: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The sessions, to hand on to the gate of a reloaded configuration.
+    pub fn sessions(&self) -> &Arc<SessionCache> {
+        &self.sessions
     }
 
     /// The header the identity JWT travels in; clients' copies of it are always stripped.
@@ -618,7 +629,8 @@ impl Login {
         cached: &CachedSession,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, IdentityError> {
         let now = SystemTime::now();
-        let minted = cached.identity_or_mint(now, |s| self.keys.mint(&self.claims(s, now)))?;
+        let minted =
+            cached.identity_or_mint(now, self.signer, |s| self.keys.mint(&self.claims(s, now)))?;
         let mut headers = vec![(self.identity_header.clone(), minted.value().clone())];
         if self.plain_headers {
             headers.extend(plain_headers(&self.claims(&cached.session, now)));
@@ -827,6 +839,42 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         }
     }
     found
+}
+
+/// A fingerprint of what a minted identity depends on: the signing key and the claims'
+/// envelope. HS256 keys share a kid scheme with their secret, so the secret's hash counts too.
+fn signer_of(identity: &crate::config::IdentityConfig, keys: &KeySet) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(keys.signing_kid().as_bytes())
+        .chain_update([0])
+        .chain_update(identity.secret.expose().as_bytes())
+        .chain_update([0])
+        .chain_update(identity.issuer.as_bytes())
+        .chain_update([0])
+        .chain_update(identity.audience.as_bytes())
+        .chain_update(identity.ttl.as_millis().to_le_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// The configured store behind its metrics and hot-path cache.
+fn open_sessions(config: &Config, metrics: &Metrics) -> Result<Arc<SessionCache>, LoginSetupError> {
+    let store: Arc<dyn SessionStore> = match config.session.store {
+        crate::config::StoreKind::Memory => Arc::new(MemoryStore::new(1_000_000)),
+        other => return Err(LoginSetupError::Store(other)),
+    };
+    let store: Arc<dyn SessionStore> = Arc::new(MeteredStore::new(store, metrics.store.clone()));
+    let lifetimes = Lifetimes::with_ttl(config.session.ttl);
+    let sessions = Arc::new(SessionCache::new(
+        store,
+        CacheSettings::for_store(StoreSharing::Exclusive),
+        lifetimes,
+    ));
+    sample_session_count(&sessions, metrics.login.clone());
+    Ok(sessions)
 }
 
 /// Keeps `wxgate_sessions_active` current: a count at start, then every 15 seconds for as

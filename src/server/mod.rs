@@ -3,6 +3,7 @@
 
 mod admin;
 mod idle;
+pub mod reload;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -28,6 +29,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::gate::{ConnInfo, Gate, GateError};
 use admin::Admin;
 use idle::{Activity, Tracked};
+use reload::{LiveCert, LiveGate, ReloadError, Reloader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,16 +54,6 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
-impl Handler for Gate {
-    fn call(
-        &self,
-        request: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send {
-        self.handle(request, conn)
-    }
-}
-
 impl Handler for Admin {
     fn call(
         &self,
@@ -80,9 +72,20 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     main: JoinHandle<()>,
     admin: JoinHandle<()>,
+    reloader: Arc<Reloader>,
 }
 
 impl Running {
+    /// Swaps in `config` (routes, upstreams, identity keys, TLS certificate) without dropping
+    /// a request, or refuses it and keeps serving the running one.
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        self.reloader.apply(config)
+    }
+
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), returns.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Relaxed);
@@ -94,22 +97,31 @@ impl Running {
 
 /// Binds both listeners and starts serving; returns once they accept connections.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let gate = Arc::new(Gate::new(config)?);
-    let tls = match &config.server.tls {
-        Some(tls) => Some(TlsAcceptor::from(tls::server_config(tls)?)),
+    let gate = Arc::new(LiveGate::new(Gate::new(config)?));
+    let cert = match &config.server.tls {
+        Some(tls) => Some(LiveCert::load(tls)?),
         None => None,
     };
+    let tls = match &cert {
+        Some(cert) => Some(TlsAcceptor::from(tls::server_config(cert.clone())?)),
+        None => None,
+    };
+    let metrics = gate.current().metrics().clone();
+    let reloader = Arc::new(Reloader {
+        gate: gate.clone(),
+        cert,
+        running: std::sync::Mutex::new(config.clone()),
+    });
     let listener = bind("server.listen", config.server.listen).await?;
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let addr = local_addr("server.listen", &listener)?;
     let admin_addr = local_addr("admin.listen", &admin_listener)?;
     let ready = Arc::new(AtomicBool::new(true));
     let admin = Arc::new(Admin {
-        metrics: gate.metrics().clone(),
+        metrics: metrics.clone(),
         ready: ready.clone(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let metrics = gate.metrics().clone();
     let listen = Listen {
         limits: config.server.limits.clone(),
         drain: config.server.drain_timeout,
@@ -132,17 +144,48 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         ready,
         main,
         admin,
+        reloader,
     })
 }
 
-/// Runs until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: &Config) -> Result<(), StartError> {
+/// How often the configuration file is checked for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs until SIGTERM or SIGINT, then drains and returns. With the file `config` came from,
+/// SIGHUP or a change of the file reloads it.
+pub async fn run(config: &Config, path: Option<&std::path::Path>) -> Result<(), StartError> {
     let running = start(config).await?;
+    if let Some(path) = path {
+        let path = path.to_path_buf();
+        tokio::spawn(reload::watch_file(
+            path.clone(),
+            running.reloader(),
+            WATCH_EVERY,
+        ));
+        tokio::spawn(reload_on_hangup(path, running.reloader()));
+    }
     shutdown_signal().await;
     tracing::info!(drain = ?config.server.drain_timeout, "shutting down: draining in-flight requests");
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn reload_on_hangup(path: std::path::PathBuf, reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be watched; reload by changing the file instead");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = reloader.reload_from(&path);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, reloader);
 }
 
 async fn shutdown_signal() {

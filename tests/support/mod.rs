@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nginx;
+pub mod process;
 pub mod upstream;
 pub mod wechat;
 
