@@ -84,7 +84,15 @@ impl FixtureUser {
             .then(|| derive_id(&["unionid", platform, self.id, snapshot_tag(snapshot)]))
     }
 
-    pub fn headimgurl(&self) -> String {
+    /// A qlogo.cn URL shaped like WeChat's, or this user's avatar on the mock at `local_origin`.
+    pub fn headimgurl(&self, local_origin: Option<&str>) -> String {
+        if let Some(origin) = local_origin {
+            return format!(
+                "{}/_mock/avatar?user={}",
+                origin.trim_end_matches('/'),
+                self.id
+            );
+        }
         let digest = hex::encode(Sha256::digest(self.id.as_bytes()));
         format!("https://thirdwx.qlogo.cn/mmopen/vi_32/{digest}/132")
     }

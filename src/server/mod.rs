@@ -94,22 +94,35 @@ impl Running {
 
 /// Binds both listeners and starts serving; returns once they accept connections.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let gate = Arc::new(Gate::new(config)?);
+    let gate = Gate::new(config)?;
+    let listener = bind("server.listen", config.server.listen).await?;
+    start_with(config, gate, listener, |gate| gate).await
+}
+
+/// `start` on a main listener the caller bound, with `wrap` in front of the gate: the demo
+/// binds a friendly port itself and adds its simulated-WeChat marker this way, without a
+/// production setting for either.
+pub async fn start_with<H: Handler>(
+    config: &Config,
+    gate: Gate,
+    listener: TcpListener,
+    wrap: impl FnOnce(Gate) -> H,
+) -> Result<Running, StartError> {
     let tls = match &config.server.tls {
         Some(tls) => Some(TlsAcceptor::from(tls::server_config(tls)?)),
         None => None,
     };
-    let listener = bind("server.listen", config.server.listen).await?;
+    let metrics = gate.metrics().clone();
+    let handler = Arc::new(wrap(gate));
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let addr = local_addr("server.listen", &listener)?;
     let admin_addr = local_addr("admin.listen", &admin_listener)?;
     let ready = Arc::new(AtomicBool::new(true));
     let admin = Arc::new(Admin {
-        metrics: gate.metrics().clone(),
+        metrics: metrics.clone(),
         ready: ready.clone(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let metrics = gate.metrics().clone();
     let listen = Listen {
         limits: config.server.limits.clone(),
         drain: config.server.drain_timeout,
@@ -122,7 +135,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             metrics.connection_closed()
         }
     });
-    let main = tokio::spawn(serve(listener, tls, gate, listen.clone(), Some(on_conn)));
+    let main = tokio::spawn(serve(listener, tls, handler, listen.clone(), Some(on_conn)));
     let admin = tokio::spawn(serve(admin_listener, None, admin, listen, None));
     tracing::info!(%addr, %admin_addr, "wxgate listening");
     Ok(Running {
@@ -145,7 +158,8 @@ pub async fn run(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
