@@ -68,7 +68,7 @@ impl Gate {
             limits: config.server.limits.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
             access_log: config.log.access_log,
-            login: if config.has_protected_routes() {
+            login: if config.needs_login() {
                 Some(Login::new(config)?)
             } else {
                 None
@@ -167,6 +167,9 @@ impl Gate {
                 Access::Anonymous => {}
                 Access::Respond(response) => return (Target::Route(route), Ok(response)),
             }
+        }
+        if let Some(login) = &self.login {
+            login.remove_own_cookies(request.headers_mut());
         }
         let client_upgrade = match upgrade_of(&request) {
             Upgrade::None => None,

@@ -15,11 +15,12 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
 use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
+use crate::login::refresh::{Freshness, ProfileRefresher, freshness, profile_of};
 use crate::login::{AuthScope, ClientSettings, PendingLogins, ReturnUrl, StateKey};
 use crate::pages;
 use crate::route::Route;
 use crate::session::{
-    CacheSettings, CachedSession, Lifetimes, MemoryStore, NewSession, Profile, SessionCache,
+    CacheSettings, CachedSession, Lifetimes, MemoryStore, NewSession, Session, SessionCache,
     SessionId, SessionStore, StoreSharing, WeChatToken, WeChatTokens,
 };
 use crate::wechat::{ClientSettings as WeChatSettings, ErrorKind, WeChatClient, WeChatError};
@@ -72,8 +73,10 @@ pub struct Login {
     state_key: StateKey,
     cookie_name: String,
     cookie_secure: bool,
-    sessions: SessionCache,
+    sessions: Arc<SessionCache>,
     wechat: WeChatClient,
+    refresher: ProfileRefresher,
+    profile_refresh: Duration,
     keys: KeySet,
     identity_header: HeaderName,
     issuer: String,
@@ -101,11 +104,11 @@ impl Login {
             other => return Err(LoginSetupError::Store(other)),
         };
         let lifetimes = Lifetimes::with_ttl(config.session.ttl);
-        let sessions = SessionCache::new(
+        let sessions = Arc::new(SessionCache::new(
             store,
             CacheSettings::for_store(StoreSharing::Exclusive),
             lifetimes,
-        );
+        ));
         let wechat = WeChatClient::new(WeChatSettings {
             api_base: config.wechat.api_base.clone(),
             appid: config.wechat.appid.clone(),
@@ -124,6 +127,8 @@ impl Login {
             state_key: StateKey::derive(config.session.secret.expose().as_bytes())?,
             cookie_name: config.session.cookie_name.clone(),
             cookie_secure: config.session.cookie_secure,
+            refresher: ProfileRefresher::new(wechat.clone(), sessions.clone()),
+            profile_refresh: config.session.profile_refresh,
             sessions,
             wechat,
             keys: KeySet::load(&current, &previous)?,
@@ -132,7 +137,7 @@ impl Login {
             audience: config.identity.audience.clone(),
             identity_ttl: config.identity.ttl,
             plain_headers: config.identity.plain_headers,
-            clients: ClientSettings::default(),
+            clients: ClientSettings::from_config(&config.wechat.browsers),
             recent: Mutex::new(HashMap::new()),
         })
     }
@@ -140,6 +145,12 @@ impl Login {
     /// The header the identity JWT travels in; clients' copies of it are always stripped.
     pub fn identity_header(&self) -> &HeaderName {
         &self.identity_header
+    }
+
+    /// Takes the gateway's own cookies (session and pending logins) out of a request bound
+    /// upstream: the identity header is what upstreams get, never the session id.
+    pub fn remove_own_cookies(&self, headers: &mut HeaderMap) {
+        remove_cookies(headers, [&self.cookie_name, STATE_COOKIE]);
     }
 
     /// Decides a request on a protected route: identity, a login, or a refusal.
@@ -153,7 +164,7 @@ impl Login {
             Ok(session) => session,
             Err(response) => return Access::Respond(response),
         };
-        if let Some((_, cached)) = &session {
+        if let Some((id, cached)) = &session {
             let s = &cached.session;
             if s.snapshot && !route.allow_snapshot {
                 return Access::Respond(message_page(
@@ -165,38 +176,66 @@ impl Login {
                 ));
             }
             if s.scope.satisfies(required) {
-                return match self.identity_headers(cached) {
-                    Ok(headers) => Access::Granted(headers),
-                    Err(e) => {
-                        tracing::error!(error = %e, "identity token could not be signed");
-                        Access::Respond(pages::respond(
-                            &pages::Failure::Unavailable,
-                            request.headers(),
-                        ))
-                    }
-                };
+                if self.must_reauthorize(request, id, s) {
+                    // Ask again for what the session had, never less.
+                    return self.challenge(
+                        request,
+                        route.non_wechat,
+                        s.scope,
+                        requested_page(request),
+                    );
+                }
+                return self.grant(request, cached);
             }
         }
-        self.challenge(request, route, required)
+        self.challenge(request, route.non_wechat, required, requested_page(request))
+    }
+
+    fn grant<B>(&self, request: &Request<B>, cached: &CachedSession) -> Access {
+        match self.identity_headers(cached) {
+            Ok(headers) => Access::Granted(headers),
+            Err(e) => {
+                tracing::error!(error = %e, "identity token could not be signed");
+                Access::Respond(pages::respond(
+                    &pages::Failure::Unavailable,
+                    request.headers(),
+                ))
+            }
+        }
+    }
+
+    /// Looks after the profile of a session about to be served: a stale one is refreshed in
+    /// the background; one WeChat will no longer refresh sends a navigation back through
+    /// authorize (scripts keep the identity they have: a redirect cannot help them).
+    fn must_reauthorize<B>(&self, request: &Request<B>, id: &SessionId, session: &Session) -> bool {
+        match freshness(session, SystemTime::now(), self.profile_refresh) {
+            Freshness::Fresh => false,
+            Freshness::Refreshable => {
+                self.refresher.spawn(id.storage_key(), session.clone());
+                false
+            }
+            Freshness::Reauthorize => {
+                let client = self.clients.classify(request.method(), request.headers());
+                client.is_wechat_browser && !client.wants_json
+            }
+        }
     }
 
     /// No sufficient session: WeChat browsers go to authorize, scripts get 401 JSON,
     /// other browsers get the route's `non_wechat` behaviour.
-    fn challenge<B>(&self, request: &Request<B>, route: &Route, scope: AuthScope) -> Access {
+    fn challenge<B>(
+        &self,
+        request: &Request<B>,
+        non_wechat: NonWeChat,
+        scope: AuthScope,
+        return_url: ReturnUrl,
+    ) -> Access {
         let client = self.clients.classify(request.method(), request.headers());
-        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         if client.wants_json {
-            let page = same_site_referer(request.headers(), &self.public_origin)
-                .unwrap_or_else(|| "/".to_owned());
-            let login_url = format!(
-                "/_wxgate/start?rd={}",
-                utf8_percent_encode(&page, URI_COMPONENT)
-            );
-            let body = serde_json::json!({"error": "login_required", "status": 401, "login_url": login_url});
-            return Access::Respond(json(StatusCode::UNAUTHORIZED, &body));
+            return Access::Respond(self.login_required(request.headers(), None));
         }
         if !client.is_wechat_browser {
-            return match route.non_wechat {
+            return match non_wechat {
                 NonWeChat::Anonymous => Access::Anonymous,
                 NonWeChat::Deny => Access::Respond(message_page(
                     StatusCode::FORBIDDEN,
@@ -205,30 +244,46 @@ impl Login {
                     "此页面仅支持在微信客户端内访问。",
                     None,
                 )),
-                NonWeChat::Qrcode => {
-                    let url = format!(
-                        "{}{}",
-                        self.public_origin.as_str().trim_end_matches('/'),
-                        target
-                    );
-                    let mut response = html(StatusCode::OK, crate::pages::qr::render(&url));
-                    response.headers_mut().insert(
-                        "content-security-policy",
-                        HeaderValue::from_static(crate::pages::qr::CONTENT_SECURITY_POLICY),
-                    );
-                    Access::Respond(response)
-                }
+                NonWeChat::Qrcode => Access::Respond(self.qr_page(&return_url)),
             };
         }
-        let return_url =
-            ReturnUrl::from_request_target(target).or_else(|_| ReturnUrl::from_request_target("/"));
-        match return_url {
-            Ok(return_url) => Access::Respond(self.begin(request.headers(), return_url, scope)),
-            Err(_) => Access::Respond(pages::respond(
-                &pages::Failure::BadRequest("bad return url"),
-                request.headers(),
-            )),
-        }
+        Access::Respond(self.begin(request.headers(), return_url, scope))
+    }
+
+    /// 401 JSON for scripts, with the login URL a page's script can send the visitor to:
+    /// back to `page` if given, else to the page the script runs on (its Referer).
+    fn login_required(&self, headers: &HeaderMap, page: Option<&ReturnUrl>) -> Response<Body> {
+        let page = page
+            .map(|p| p.as_str().to_owned())
+            .or_else(|| same_site_referer(headers, &self.public_origin))
+            .unwrap_or_else(|| "/".to_owned());
+        let login_url = format!(
+            "/_wxgate/start?rd={}",
+            utf8_percent_encode(&page, URI_COMPONENT)
+        );
+        let body =
+            serde_json::json!({"error": "login_required", "status": 401, "login_url": login_url});
+        json(StatusCode::UNAUTHORIZED, &body)
+    }
+
+    /// The page for other browsers: a QR code of the page, to open in WeChat.
+    fn qr_page(&self, return_url: &ReturnUrl) -> Response<Body> {
+        let target = return_url.as_str();
+        let url = if target.starts_with('/') {
+            format!(
+                "{}{}",
+                self.public_origin.as_str().trim_end_matches('/'),
+                target
+            )
+        } else {
+            target.to_owned()
+        };
+        let mut response = html(StatusCode::OK, crate::pages::qr::render(&url));
+        response.headers_mut().insert(
+            "content-security-policy",
+            HeaderValue::from_static(crate::pages::qr::CONTENT_SECURITY_POLICY),
+        );
+        response
     }
 
     /// 302 to WeChat's authorize page, with a new state remembered in the state cookie.
@@ -264,6 +319,7 @@ impl Login {
             "/_wxgate/me" => self.me(request).await,
             "/_wxgate/logout" => self.logout(request).await,
             "/_wxgate/start" => self.start(request),
+            "/_wxgate/auth" => self.forward_auth(request).await,
             "/_wxgate/jwks.json" => {
                 let mut r = Response::new(full(self.keys.jwks().clone()));
                 r.headers_mut()
@@ -352,24 +408,26 @@ impl Login {
             AuthScope::Base
         };
         let mut unionid = grant.unionid.clone();
-        let profile = if granted == AuthScope::UserInfo
-            && scope == AuthScope::UserInfo
-            && !grant.is_snapshotuser
+        let mut snapshot = grant.is_snapshotuser;
+        let profile = if granted == AuthScope::UserInfo && scope == AuthScope::UserInfo && !snapshot
         {
-            let info = self
+            match self
                 .wechat
                 .userinfo(grant.access_token.expose(), &grant.openid)
-                .await?;
-            unionid = info.unionid.clone().or(unionid);
-            Some(Profile {
-                nickname: info.nickname,
-                headimgurl: info.headimgurl,
-                sex: info.sex,
-                province: info.province,
-                city: info.city,
-                country: info.country,
-                privilege: info.privilege,
-            })
+                .await
+            {
+                Ok(info) => {
+                    unionid = info.unionid.clone().or(unionid);
+                    Some(profile_of(info))
+                }
+                // A 快照页 visitor's token may be refused userinfo (48001) without the grant
+                // saying is_snapshotuser: a virtual account, not a failed login.
+                Err(e) if e.kind() == ErrorKind::Unauthorized => {
+                    snapshot = true;
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };
@@ -378,7 +436,7 @@ impl Login {
             openid: grant.openid.clone(),
             unionid,
             scope: granted,
-            snapshot: grant.is_snapshotuser,
+            snapshot,
             profile,
             tokens: WeChatTokens {
                 access_token: WeChatToken::new(grant.access_token.expose()),
@@ -440,18 +498,60 @@ impl Login {
     /// Begins a login for a same-site `rd` (what a forward-auth 401 or an XHR client uses).
     fn start<B>(&self, request: &Request<B>) -> Response<Body> {
         let query = query_pairs(request.uri().query());
-        let return_url = query
-            .get("rd")
-            .and_then(|rd| ReturnUrl::from_rd(rd, &self.public_origin, &[]).ok())
-            .or_else(|| ReturnUrl::from_request_target("/").ok());
+        let return_url = return_url_of(request.headers(), &query, &self.public_origin);
         let scope = match query.get("scope").map(String::as_str) {
             Some("snsapi_base") => AuthScope::Base,
             _ => AuthScope::UserInfo,
         };
-        match return_url {
-            Some(url) => self.begin(request.headers(), url, scope),
-            None => pages::respond(&pages::Failure::BadRequest("bad rd"), request.headers()),
+        match self.challenge(request, NonWeChat::Qrcode, scope, return_url) {
+            Access::Respond(response) => response,
+            // Unreachable with Qrcode; a QR page of the home page is the safe answer.
+            Access::Granted(_) | Access::Anonymous => self.qr_page(&home()),
         }
+    }
+
+    /// Forward-auth for nginx `auth_request`, Traefik `ForwardAuth` and Caddy `forward_auth`:
+    /// 200 with the identity headers for a session of at least `?scope=` (default
+    /// `snsapi_base`), else 401 JSON — or, with `?redirect=true` (Traefik, Caddy: they hand
+    /// the answer to the browser), what a protected route would answer: a 302 to WeChat for
+    /// a WeChat navigation, 401 JSON for scripts, the QR page for other browsers. The page
+    /// to return to is `X-Forwarded-Uri` (or `rd`), checked like every return URL.
+    async fn forward_auth<B>(&self, request: &Request<B>) -> Response<Body> {
+        let query = query_pairs(request.uri().query());
+        let required = match query.get("scope").map(String::as_str) {
+            Some("snsapi_userinfo") => AuthScope::UserInfo,
+            _ => AuthScope::Base,
+        };
+        let allow_snapshot = query.get("allow_snapshot").is_none_or(|v| v != "false");
+        let session = match self.session_of(request.headers()).await {
+            Ok(session) => session,
+            Err(response) => return response,
+        };
+        let return_url = return_url_of(request.headers(), &query, &self.public_origin);
+        let mut scope = required;
+        if let Some((id, cached)) = &session {
+            let s = &cached.session;
+            let sufficient = s.scope.satisfies(required) && (allow_snapshot || !s.snapshot);
+            if sufficient && !self.must_reauthorize(request, id, s) {
+                return match self.grant(request, cached) {
+                    Access::Granted(headers) => identity_response(headers),
+                    Access::Respond(response) => response,
+                    Access::Anonymous => self.login_required(request.headers(), None),
+                };
+            }
+            if sufficient {
+                scope = s.scope;
+            }
+        }
+        if query.get("redirect").is_some_and(|v| v == "true") {
+            if let Access::Respond(response) =
+                self.challenge(request, NonWeChat::Qrcode, scope, return_url)
+            {
+                return response;
+            }
+            return self.login_required(request.headers(), None);
+        }
+        self.login_required(request.headers(), Some(&return_url))
     }
 
     /// The live session the request's cookie names, if any; a store failure is a 503.
@@ -677,6 +777,87 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         }
     }
     found
+}
+
+/// Removes the cookies named `names` from every `Cookie` header, dropping headers left empty.
+/// Headers that name none of them are left as they are, without an allocation.
+fn remove_cookies(headers: &mut HeaderMap, names: [&str; 2]) {
+    let mentions = |value: &HeaderValue| {
+        names.iter().any(|name| {
+            value
+                .as_bytes()
+                .windows(name.len())
+                .any(|w| w == name.as_bytes())
+        })
+    };
+    if !headers.get_all(COOKIE).iter().any(mentions) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                    !pair.is_empty() && !names.contains(&name)
+                })
+                .collect();
+            (!rest.is_empty())
+                .then(|| HeaderValue::from_str(&rest.join("; ")).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        headers.append(COOKIE, value);
+    }
+}
+
+/// The page a protected request asked for, to return to after login.
+fn requested_page<B>(request: &Request<B>) -> ReturnUrl {
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    ReturnUrl::from_request_target(target).unwrap_or_else(|_| home())
+}
+
+fn home() -> ReturnUrl {
+    match ReturnUrl::from_request_target("/") {
+        Ok(url) => url,
+        Err(e) => unreachable!("\"/\" is a valid return URL: {e}"),
+    }
+}
+
+/// Where a login started at `/_wxgate/start` or `/_wxgate/auth` returns to: the `rd`
+/// parameter, else the `X-Forwarded-Uri` a proxy in front set, else the home page. Anything
+/// off-site or malformed means the home page.
+fn return_url_of(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    public_origin: &url::Url,
+) -> ReturnUrl {
+    if let Some(rd) = query.get("rd") {
+        return ReturnUrl::from_rd(rd, public_origin, &[]).unwrap_or_else(|_| home());
+    }
+    headers
+        .get("x-forwarded-uri")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|uri| ReturnUrl::from_request_target(uri).ok())
+        .unwrap_or_else(home)
+}
+
+/// A forward-auth 200: no body, the identity in the headers for the proxy to pass on.
+fn identity_response(headers: Vec<(HeaderName, HeaderValue)>) -> Response<Body> {
+    let mut response = Response::new(crate::body::empty());
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value);
+    }
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn query_pairs(query: Option<&str>) -> HashMap<String, String> {

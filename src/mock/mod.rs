@@ -300,7 +300,7 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
     println!("  authorize_url = \"http://{addr}/connect/oauth2/authorize\"");
     println!("  api_base      = \"http://{addr}\"");
     println!(
-        "  control       : http://{addr}/_mock/faults, /_mock/stats, /_mock/reset, /_mock/users"
+        "  control       : http://{addr}/_mock/faults, /_mock/stats, /_mock/reset, /_mock/users, /_mock/secrets"
     );
     let shutdown = async {
         if let Err(error) = tokio::signal::ctrl_c().await {

@@ -2,7 +2,9 @@
 //! what reached it, and the gateway started in-process on free ports.
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod upstream;
+pub mod wechat;
 
 use std::net::SocketAddr;
 
