@@ -225,7 +225,7 @@ async fn the_demo_login_works_in_headless_chromium() {
     .await
     .expect("the demo starts");
     let driver = start_driver(&tools.chromedriver).await;
-    in_browser(&tools, &driver, WECHAT_UA, (430, 1100), |client| {
+    in_browser(&tools, &driver, WECHAT_UA, (430, 1500), |client| {
         wechat_browser(client, &demo)
     })
     .await;

@@ -109,10 +109,10 @@ pub fn render(received: &Received) -> String {
         header(route),
         who(received),
         verification(&received.identity),
+        links(),
         claims(&received.identity),
         plain_headers(&received.plain),
         all_headers(received),
-        links(),
     ]
     .concat();
     format!(
