@@ -34,8 +34,13 @@ impl Drop for DemoProcess {
 /// Runs `wxgate demo --listen 127.0.0.1:0` and reads its banner; the banner is printed once
 /// every part listens.
 fn start_demo() -> DemoProcess {
+    start_demo_with(&[])
+}
+
+fn start_demo_with(extra: &[&str]) -> DemoProcess {
     let mut child = Command::new(BIN)
         .args(["demo", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -224,4 +229,27 @@ async fn a_desktop_browser_is_simulated_as_wechat_until_it_switches_to_the_deskt
     let (hops, _) = follow(&client, &format!("{}_demo/view?as=wechat", demo.url)).await;
     assert_eq!(hops[0], "/");
     assert!(hops[1].starts_with(&demo.mock), "{hops:?}");
+}
+
+#[tokio::test]
+async fn with_hs256_the_demo_app_verifies_with_the_shared_secret() {
+    let demo = start_demo_with(&["--algorithm", "HS256"]);
+    let client = browser(WECHAT_UA);
+    let (_, html) = log_in(&demo, &client, &demo.url, "lilei").await;
+    assert!(
+        html.contains("<div class=\"nickname\">李雷</div>"),
+        "{html}"
+    );
+    assert!(html.contains("Signature verified"), "{html}");
+    assert!(html.contains("the shared HS256 secret"), "{html}");
+    // Nothing is published for a shared secret.
+    let jwks: serde_json::Value = client
+        .get(format!("{}_wxgate/jwks.json", demo.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"], serde_json::json!([]));
 }

@@ -310,7 +310,7 @@ impl Identity {
                 secret: Some(secret.clone()),
             };
             let keys = KeySet::load(&source, &[]).map_err(|e| DemoError::Key(e.to_string()))?;
-            return Ok(Verifier::Shared(keys));
+            return Ok(Verifier::Shared(Box::new(keys)));
         }
         let client = reqwest::Client::builder()
             .no_proxy()

@@ -39,7 +39,7 @@ pub enum Verifier {
         client: reqwest::Client,
     },
     /// HS256: the secret the gateway signs with, shared out of band.
-    Shared(KeySet),
+    Shared(Box<KeySet>),
 }
 
 #[derive(Debug, thiserror::Error)]

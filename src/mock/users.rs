@@ -132,6 +132,19 @@ mod tests {
     }
 
     #[test]
+    fn avatars_are_qlogo_shaped_or_served_by_the_mock() {
+        let user = find("hanmeimei").unwrap();
+        assert!(
+            user.headimgurl(None)
+                .starts_with("https://thirdwx.qlogo.cn/mmopen/vi_32/")
+        );
+        assert_eq!(
+            user.headimgurl(Some("http://127.0.0.1:9100/")),
+            "http://127.0.0.1:9100/_mock/avatar?user=hanmeimei"
+        );
+    }
+
+    #[test]
     fn fixtures_cover_the_tricky_nicknames() {
         assert!(
             USERS
