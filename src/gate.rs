@@ -61,6 +61,11 @@ impl Gate {
     pub fn new(config: &Config) -> Result<Self, GateError> {
         let routes = RouteTable::from_config(config)?;
         let metrics = Metrics::new(&routes);
+        let login = if config.needs_login() {
+            Some(Login::new(config, &metrics)?)
+        } else {
+            None
+        };
         Ok(Self {
             proxy: Proxy::new(&config.upstream),
             metrics,
@@ -68,11 +73,7 @@ impl Gate {
             limits: config.server.limits.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
             access_log: config.log.access_log,
-            login: if config.needs_login() {
-                Some(Login::new(config)?)
-            } else {
-                None
-            },
+            login,
             identity_header: config.identity.header.clone(),
         })
     }

@@ -16,14 +16,17 @@ use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
 use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
 use crate::login::refresh::{Freshness, ProfileRefresher, freshness, profile_of};
-use crate::login::{AuthScope, ClientSettings, PendingLogins, ReturnUrl, StateKey};
+use crate::login::{AuthScope, ClientSettings, Pending, PendingLogins, ReturnUrl, StateKey};
+use crate::metrics::{LoginMetrics, MeteredStore, Metrics};
 use crate::pages;
 use crate::route::Route;
 use crate::session::{
     CacheSettings, CachedSession, Lifetimes, MemoryStore, NewSession, Session, SessionCache,
     SessionId, SessionStore, StoreSharing, WeChatToken, WeChatTokens,
 };
-use crate::wechat::{ClientSettings as WeChatSettings, ErrorKind, WeChatClient, WeChatError};
+use crate::wechat::{
+    CallObserver, ClientSettings as WeChatSettings, ErrorKind, WeChatClient, WeChatError,
+};
 
 /// What JavaScript's encodeURIComponent escapes: WeChat's documentation builds redirect_uri with it.
 const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -77,6 +80,7 @@ pub struct Login {
     wechat: WeChatClient,
     refresher: ProfileRefresher,
     profile_refresh: Duration,
+    metrics: LoginMetrics,
     keys: KeySet,
     identity_header: HeaderName,
     issuer: String,
@@ -89,7 +93,7 @@ pub struct Login {
 
 impl Login {
     /// Built when the configuration has a WeChat route; `validate` has checked the keys.
-    pub fn new(config: &Config) -> Result<Self, LoginSetupError> {
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, LoginSetupError> {
         let public_origin = config
             .server
             .public_url
@@ -103,19 +107,30 @@ impl Login {
             crate::config::StoreKind::Memory => Arc::new(MemoryStore::new(1_000_000)),
             other => return Err(LoginSetupError::Store(other)),
         };
+        let store: Arc<dyn SessionStore> =
+            Arc::new(MeteredStore::new(store, metrics.store.clone()));
         let lifetimes = Lifetimes::with_ttl(config.session.ttl);
         let sessions = Arc::new(SessionCache::new(
             store,
             CacheSettings::for_store(StoreSharing::Exclusive),
             lifetimes,
         ));
-        let wechat = WeChatClient::new(WeChatSettings {
-            api_base: config.wechat.api_base.clone(),
-            appid: config.wechat.appid.clone(),
-            secret: config.wechat.secret.clone(),
-            timeout: config.wechat.timeout,
-            lang: config.wechat.lang.clone(),
-        })?;
+        let wechat_metrics = metrics.wechat.clone();
+        let observer: CallObserver = Arc::new(move |endpoint, outcome, elapsed| {
+            let label = outcome.map_or_else(WeChatError::metric_label, |()| "0".to_owned());
+            wechat_metrics.call(endpoint.path(), label, elapsed);
+        });
+        let wechat = WeChatClient::observed(
+            WeChatSettings {
+                api_base: config.wechat.api_base.clone(),
+                appid: config.wechat.appid.clone(),
+                secret: config.wechat.secret.clone(),
+                timeout: config.wechat.timeout,
+                lang: config.wechat.lang.clone(),
+            },
+            Some(observer),
+        )?;
+        sample_session_count(&sessions, metrics.login.clone());
         let (current, previous) = config.identity.key_sources();
         let identity_header = HeaderName::from_bytes(config.identity.header.as_bytes())
             .unwrap_or_else(|_| HeaderName::from_static("x-wechat-identity"));
@@ -127,7 +142,12 @@ impl Login {
             state_key: StateKey::derive(config.session.secret.expose().as_bytes())?,
             cookie_name: config.session.cookie_name.clone(),
             cookie_secure: config.session.cookie_secure,
-            refresher: ProfileRefresher::new(wechat.clone(), sessions.clone()),
+            refresher: ProfileRefresher::new(
+                wechat.clone(),
+                sessions.clone(),
+                metrics.login.clone(),
+            ),
+            metrics: metrics.login.clone(),
             profile_refresh: config.session.profile_refresh,
             sessions,
             wechat,
@@ -297,6 +317,7 @@ impl Login {
         let mut pending =
             PendingLogins::from_cookie(&self.state_key, cookie(headers, STATE_COOKIE), now);
         let state = pending.begin(return_url, scope, now);
+        self.metrics.started(scope.as_str());
         // WeChat checks the order of these parameters: appid, redirect_uri, response_type, scope, state.
         let location = format!(
             "{}?appid={}&redirect_uri={}&response_type=code&scope={}&state={}&connect_redirect=1#wechat_redirect",
@@ -344,28 +365,9 @@ impl Login {
         let Some(entry) = pending.take(&state, now) else {
             return self.callback_without_state(headers, &state).await;
         };
-        let retry = Some(entry.return_url.as_str().to_owned());
-        let mut response = match query.get("code").filter(|c| !c.is_empty()) {
-            None => message_page(
-                StatusCode::FORBIDDEN,
-                "你已拒绝授权",
-                "Authorization declined",
-                "需要你的授权才能继续访问此页面。",
-                retry,
-            ),
-            Some(code) => match self.complete(code, entry.scope).await {
-                Ok(id) => {
-                    self.remember(&state, entry.return_url.as_str());
-                    let mut r = redirect(entry.return_url.as_str());
-                    set_cookie(
-                        &mut r,
-                        &self.session_cookie(id.cookie_value().to_owned(), false),
-                    );
-                    r
-                }
-                Err(e) => wechat_failure_page(&e, retry),
-            },
-        };
+        let mut response = self
+            .finish(query.get("code").map(String::as_str), &state, &entry)
+            .await;
         set_cookie(
             &mut response,
             &pending.to_cookie(&self.state_key, STATE_COOKIE, self.cookie_secure),
@@ -374,6 +376,37 @@ impl Login {
             .headers_mut()
             .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
         response
+    }
+
+    /// The callback of a pending login this browser holds: the session and a redirect to
+    /// the page, or the page explaining why not.
+    async fn finish(&self, code: Option<&str>, state: &str, entry: &Pending) -> Response<Body> {
+        let retry = Some(entry.return_url.as_str().to_owned());
+        let Some(code) = code.filter(|c| !c.is_empty()) else {
+            self.metrics.failed("declined");
+            return message_page(
+                StatusCode::FORBIDDEN,
+                "你已拒绝授权",
+                "Authorization declined",
+                "需要你的授权才能继续访问此页面。",
+                retry,
+            );
+        };
+        match self.complete(code, entry.scope).await {
+            Ok(id) => {
+                self.remember(state, entry.return_url.as_str());
+                let mut r = redirect(entry.return_url.as_str());
+                set_cookie(
+                    &mut r,
+                    &self.session_cookie(id.cookie_value().to_owned(), false),
+                );
+                r
+            }
+            Err(e) => {
+                self.metrics.failed(e.reason());
+                wechat_failure_page(&e, retry)
+            }
+        }
     }
 
     /// A state this browser no longer holds: the second load of a finished callback lands on
@@ -386,6 +419,7 @@ impl Login {
                 .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
             return r;
         }
+        self.metrics.failed("state");
         let mut r = message_page(
             StatusCode::BAD_REQUEST,
             "登录已失效",
@@ -450,6 +484,7 @@ impl Login {
             .create(login)
             .await
             .map_err(CallbackError::Store)?;
+        self.metrics.completed(granted.as_str());
         Ok(id)
     }
 
@@ -652,6 +687,21 @@ enum CallbackError {
     Store(crate::session::StoreError),
 }
 
+impl CallbackError {
+    /// The `reason` label of `wxgate_logins_failed_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            CallbackError::WeChat(e) => match e.kind() {
+                ErrorKind::BadCode => "bad_code",
+                ErrorKind::Unavailable => "wechat_unavailable",
+                ErrorKind::Timeout => "wechat_timeout",
+                _ => "wechat_error",
+            },
+            CallbackError::Store(_) => "store",
+        }
+    }
+}
+
 /// WeChat failures as the visitor sees them: 4xx when the browser's code is bad, 502/503/504
 /// when WeChat is, each with a retry link and never a redirect.
 fn wechat_failure_page(error: &CallbackError, retry: Option<String>) -> Response<Body> {
@@ -777,6 +827,29 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         }
     }
     found
+}
+
+/// Keeps `wxgate_sessions_active` current: a count at start, then every 15 seconds for as
+/// long as the sessions live (the task holds only a weak reference).
+fn sample_session_count(sessions: &Arc<SessionCache>, metrics: LoginMetrics) {
+    const EVERY: Duration = Duration::from_secs(15);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let sessions = Arc::downgrade(sessions);
+    runtime.spawn(async move {
+        loop {
+            let Some(live) = sessions.upgrade() else {
+                return;
+            };
+            match live.store().count().await {
+                Ok(count) => metrics.set_sessions_active(count),
+                Err(e) => tracing::debug!(error = %e, "session count unavailable"),
+            }
+            drop(live);
+            tokio::time::sleep(EVERY).await;
+        }
+    });
 }
 
 /// Removes the cookies named `names` from every `Cookie` header, dropping headers left empty.

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::metrics::LoginMetrics;
 use crate::session::{Profile, Session, SessionCache, StorageKey, WeChatToken, WeChatTokens};
 use crate::wechat::{ErrorKind, TokenGrant, UserInfo, WeChatClient, WeChatError};
 
@@ -44,6 +45,7 @@ pub fn freshness(session: &Session, now: SystemTime, max_age: Duration) -> Fresh
 pub struct ProfileRefresher {
     wechat: WeChatClient,
     sessions: Arc<SessionCache>,
+    metrics: LoginMetrics,
 }
 
 /// Why a refresh did not store a new profile. Only kinds are logged, never tokens.
@@ -56,8 +58,12 @@ enum RefreshError {
 }
 
 impl ProfileRefresher {
-    pub fn new(wechat: WeChatClient, sessions: Arc<SessionCache>) -> Self {
-        ProfileRefresher { wechat, sessions }
+    pub fn new(wechat: WeChatClient, sessions: Arc<SessionCache>, metrics: LoginMetrics) -> Self {
+        ProfileRefresher {
+            wechat,
+            sessions,
+            metrics,
+        }
     }
 
     /// Starts a refresh of the session under `key` unless one is already running
@@ -75,12 +81,15 @@ impl ProfileRefresher {
 
     async fn refresh(&self, key: &StorageKey, session: Session) {
         match self.renewed(session.clone()).await {
-            Ok(renewed) => {
-                if let Err(e) = self.store(key, renewed).await {
+            Ok(renewed) => match self.store(key, renewed).await {
+                Ok(()) => self.metrics.refreshed("ok"),
+                Err(e) => {
+                    self.metrics.refreshed("failed");
                     tracing::warn!(error = %e, "refreshed profile could not be stored");
                 }
-            }
+            },
             Err(RefreshError::WeChat(e)) if e.kind() == ErrorKind::RefreshExpired => {
+                self.metrics.refreshed("dead_grant");
                 tracing::info!(error = %e, "refresh_token refused; the next navigation re-authorizes");
                 let mut dead = session;
                 dead.tokens.refresh_expires_at = SystemTime::UNIX_EPOCH;
@@ -90,6 +99,7 @@ impl ProfileRefresher {
             }
             Err(e) => {
                 // Transient (WeChat busy or down): the lease ends and a later request retries.
+                self.metrics.refreshed("failed");
                 tracing::warn!(error = %e, "profile refresh failed");
             }
         }
