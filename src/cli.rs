@@ -1,4 +1,5 @@
-//! The command line: `wxgate run`, `wxgate check`. `main.rs` only calls `main` here.
+//! The command line: `wxgate run`, `check`, `demo`, `mock-wechat`, `keygen`, `verify`.
+//! `main.rs` only calls `main` here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,9 @@ enum Command {
     Run(ConfigArg),
     /// Validate a configuration and print it with every secret redacted.
     Check(ConfigArg),
+    /// Try the whole login on this machine: the gateway, the mock WeChat and a demo app in
+    /// one process, nothing to configure. Prints the URL to open.
+    Demo(crate::demo::DemoArgs),
     /// Run the mock WeChat (authorize page and JSON API) for tests and the demo.
     MockWechat(crate::mock::MockArgs),
     /// Write a new identity signing key (PKCS#8 PEM, mode 0600).
@@ -68,6 +72,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(arg) => run(&arg.config),
         Command::Check(arg) => check(&arg.config),
+        Command::Demo(args) => demo(args),
         Command::MockWechat(args) => mock_wechat(args),
         Command::Keygen(args) => keygen(&args),
         Command::Verify(args) => verify(&args),
@@ -131,6 +136,20 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         Err(e) => {
             eprintln!("wxgate: cannot start the async runtime: {e}");
             None
+        }
+    }
+}
+
+fn demo(args: crate::demo::DemoArgs) -> ExitCode {
+    crate::telemetry::init(config::LogFormat::Text);
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(crate::demo::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wxgate demo: {e}");
+            ExitCode::FAILURE
         }
     }
 }

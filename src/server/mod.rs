@@ -54,6 +54,16 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
+impl<H: Handler> Handler for Arc<H> {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        H::call(self, request, conn)
+    }
+}
+
 impl Handler for Admin {
     fn call(
         &self,
@@ -97,7 +107,21 @@ impl Running {
 
 /// Binds both listeners and starts serving; returns once they accept connections.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let gate = Arc::new(LiveGate::new(Gate::new(config)?));
+    let gate = Gate::new(config)?;
+    let listener = bind("server.listen", config.server.listen).await?;
+    start_with(config, gate, listener, |gate| gate).await
+}
+
+/// `start` on a main listener the caller bound, with `wrap` in front of the (reloadable)
+/// gate: the demo binds a friendly port itself and adds its simulated-WeChat marker this
+/// way, without a production setting for either.
+pub async fn start_with<H: Handler>(
+    config: &Config,
+    gate: Gate,
+    listener: TcpListener,
+    wrap: impl FnOnce(Arc<LiveGate>) -> H,
+) -> Result<Running, StartError> {
+    let gate = Arc::new(LiveGate::new(gate));
     let cert = match &config.server.tls {
         Some(tls) => Some(LiveCert::load(tls)?),
         None => None,
@@ -112,7 +136,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         cert,
         running: std::sync::Mutex::new(config.clone()),
     });
-    let listener = bind("server.listen", config.server.listen).await?;
+    let handler = Arc::new(wrap(gate));
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let addr = local_addr("server.listen", &listener)?;
     let admin_addr = local_addr("admin.listen", &admin_listener)?;
@@ -134,7 +158,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             metrics.connection_closed()
         }
     });
-    let main = tokio::spawn(serve(listener, tls, gate, listen.clone(), Some(on_conn)));
+    let main = tokio::spawn(serve(listener, tls, handler, listen.clone(), Some(on_conn)));
     let admin = tokio::spawn(serve(admin_listener, None, admin, listen, None));
     tracing::info!(%addr, %admin_addr, "wxgate listening");
     Ok(Running {
@@ -188,7 +212,8 @@ async fn reload_on_hangup(path: std::path::PathBuf, reloader: Arc<Reloader>) {
     let _ = (path, reloader);
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
