@@ -193,7 +193,12 @@ fn collect_keys(prefix: &str, value: &Value, keys: &mut BTreeSet<String>) {
 /// `WXGATE_SESSION__REDIS_URL` → `session.redis_url`, as the loader's figment provider reads it.
 fn config_key_of(variable: &str) -> Option<String> {
     let path = variable.strip_prefix("WXGATE_")?;
-    Some(path.split("__").collect::<Vec<_>>().join(".").to_lowercase())
+    Some(
+        path.split("__")
+            .collect::<Vec<_>>()
+            .join(".")
+            .to_lowercase(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,7 +240,11 @@ fn docker_all(instruction: &str) -> Vec<String> {
 
 fn docker_one(instruction: &str) -> String {
     let mut all = docker_all(instruction);
-    assert_eq!(all.len(), 1, "deploy/Dockerfile: expected one {instruction}");
+    assert_eq!(
+        all.len(),
+        1,
+        "deploy/Dockerfile: expected one {instruction}"
+    );
     all.remove(0)
 }
 
@@ -263,7 +272,11 @@ fn config_argument(args: &[String], what: &str) -> String {
         .iter()
         .position(|a| a == "--config")
         .unwrap_or_else(|| panic!("{what}: no --config in {args:?}"));
-    assert_eq!(args.first().map(String::as_str), Some("run"), "{what}: not `run`");
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("run"),
+        "{what}: not `run`"
+    );
     args.get(at + 1)
         .unwrap_or_else(|| panic!("{what}: --config without a path"))
         .clone()
@@ -299,16 +312,26 @@ fn dockerfile_builds_locked_and_runs_unprivileged_on_the_gateways_ports() {
     );
     let runs = docker_all("RUN").join("\n");
     assert!(runs.contains("cargo build --release --locked"), "{runs}");
-    assert!(runs.contains("ca-certificates"), "HTTPS to WeChat needs CA roots");
+    assert!(
+        runs.contains("ca-certificates"),
+        "HTTPS to WeChat needs CA roots"
+    );
 
     let uid = image_uid();
-    assert!(uid >= 10000, "the image runs as uid {uid}, not an unprivileged one");
+    assert!(
+        uid >= 10000,
+        "the image runs as uid {uid}, not an unprivileged one"
+    );
     let exposed: BTreeSet<u16> = docker_one("EXPOSE")
         .split_whitespace()
         .map(|p| p.trim_end_matches("/tcp").parse().expect("EXPOSE port"))
         .collect();
     let (http, admin) = default_ports();
-    assert_eq!(exposed, BTreeSet::from([http, admin]), "EXPOSE vs Config::default()");
+    assert_eq!(
+        exposed,
+        BTreeSet::from([http, admin]),
+        "EXPOSE vs Config::default()"
+    );
     assert_eq!(exec_form("ENTRYPOINT"), ["wxgate"]);
     assert_eq!(image_config_path(), "/etc/wxgate/wxgate.toml");
     assert!(docker_one("VOLUME").contains("/data"), "redb's volume");
@@ -371,7 +394,10 @@ fn dockerignore_keeps_the_build_context_small_but_complete() {
     ] {
         assert!(repo(needed).exists(), "{needed} moved; update this test");
         let by: Vec<_> = patterns.iter().filter(|p| ignored(p, needed)).collect();
-        assert!(by.is_empty(), "{needed} is excluded from the context by {by:?}");
+        assert!(
+            by.is_empty(),
+            "{needed} is excluded from the context by {by:?}"
+        );
     }
 }
 
@@ -494,17 +520,31 @@ fn compose_runs_the_image_with_its_configuration_and_secrets_and_shares_sessions
     // The image is the Dockerfile's, built from the repository root.
     let context = repo("deploy").join(text_at(wxgate, "/build/context", what));
     let dockerfile = text_at(wxgate, "/build/dockerfile", what);
-    assert!(context.join("Cargo.toml").exists(), "build context is not the repository root");
-    assert!(context.join(dockerfile).exists(), "{dockerfile} not in the context");
+    assert!(
+        context.join("Cargo.toml").exists(),
+        "build context is not the repository root"
+    );
+    assert!(
+        context.join(dockerfile).exists(),
+        "{dockerfile} not in the context"
+    );
 
     // The configuration file is mounted where the command reads it.
-    let command: Vec<String> = serde_json::from_value(at(wxgate, "/command", what).clone())
-        .expect("command in exec form");
+    let command: Vec<String> =
+        serde_json::from_value(at(wxgate, "/command", what).clone()).expect("command in exec form");
     let config_path = config_argument(&command, what);
-    assert_eq!(config_path, image_config_path(), "compose and the image's CMD disagree");
+    assert_eq!(
+        config_path,
+        image_config_path(),
+        "compose and the image's CMD disagree"
+    );
     let source = compose_mount_source(wxgate, &config_path, what);
     let config_file = repo("deploy").join(source);
-    assert!(config_file.exists(), "{} is not there", config_file.display());
+    assert!(
+        config_file.exists(),
+        "{} is not there",
+        config_file.display()
+    );
 
     // It loads, with the environment Compose gives, through the real loader and validator.
     let env = compose_environment(wxgate, what);
@@ -544,13 +584,23 @@ fn compose_runs_the_image_with_its_configuration_and_secrets_and_shares_sessions
     assert_eq!(redis_url.password(), Some(TEST_REDIS_PASSWORD));
     for route in &config.routes {
         let host = route.upstream.host_str().unwrap_or_default();
-        assert!(services.contains_key(host), "route upstream {host} is not a service");
-        assert_eq!(route.upstream.port_or_known_default(), Some(80), "whoami serves :80");
+        assert!(
+            services.contains_key(host),
+            "route upstream {host} is not a service"
+        );
+        assert_eq!(
+            route.upstream.port_or_known_default(),
+            Some(80),
+            "whoami serves :80"
+        );
     }
 
     // The same user as the image, and time to drain before the SIGKILL.
     let user = text_at(wxgate, "/user", what);
-    assert_eq!(user.split(':').next(), Some(image_uid().to_string().as_str()));
+    assert_eq!(
+        user.split(':').next(),
+        Some(image_uid().to_string().as_str())
+    );
     let grace = duration(text_at(wxgate, "/stop_grace_period", what), what);
     assert!(
         grace > config.server.drain_timeout,
@@ -564,7 +614,10 @@ fn compose_env_example_lists_exactly_the_variables_compose_requires() {
     let required: BTreeSet<&str> = compose
         .split("${")
         .skip(1)
-        .filter_map(|s| s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next())
+        .filter_map(|s| {
+            s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .next()
+        })
         .collect();
     let example = read("deploy/.env.example");
     let listed: BTreeSet<&str> = example
@@ -572,13 +625,20 @@ fn compose_env_example_lists_exactly_the_variables_compose_requires() {
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
         .collect();
-    assert_eq!(required, listed, "deploy/.env.example vs docker-compose.yml");
+    assert_eq!(
+        required, listed,
+        "deploy/.env.example vs docker-compose.yml"
+    );
     assert_eq!(
         listed,
         compose_variables().keys().copied().collect(),
         "test values"
     );
-    assert!(read("deploy/.gitignore").lines().any(|l| l.trim() == ".env"));
+    assert!(
+        read("deploy/.gitignore")
+            .lines()
+            .any(|l| l.trim() == ".env")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -682,7 +742,11 @@ impl Kube {
     /// The file a mount path maps to: `(volume, item key)` of the volume mounted above `path`.
     fn mounted_item(&self, path: &str) -> (&Value, String) {
         let mounts = array_at(self.container(), "/volumeMounts", "container");
-        let volumes = array_at(self.deployment(), "/spec/template/spec/volumes", "Deployment");
+        let volumes = array_at(
+            self.deployment(),
+            "/spec/template/spec/volumes",
+            "Deployment",
+        );
         let (mount, file) = mounts
             .iter()
             .find_map(|m| {
@@ -788,7 +852,10 @@ fn kubernetes_configmap_loads_with_the_secret_and_shares_sessions_in_redis() {
     let replicas = at(deployment, "/spec/replicas", "Deployment")
         .as_u64()
         .expect("replicas");
-    assert!(replicas >= 2, "{replicas} replica: no gateway during a rollout");
+    assert!(
+        replicas >= 2,
+        "{replicas} replica: no gateway during a rollout"
+    );
 
     let config = kube_config(&kube, true);
     let effective = effective_config(&config.file, &config.env, "ConfigMap wxgate.toml");
@@ -913,7 +980,10 @@ fn kubernetes_gives_in_flight_requests_their_drain_time() {
             duration(command[1].as_str().expect("sleep time"), "preStop")
         }
     };
-    assert!(!sleep.is_zero(), "no preStop sleep: endpoints drop after the drain starts");
+    assert!(
+        !sleep.is_zero(),
+        "no preStop sleep: endpoints drop after the drain starts"
+    );
     let config = kube_config(&kube, true);
     let drain = effective_config(&config.file, &config.env, "ConfigMap")
         .server
@@ -952,7 +1022,10 @@ fn kubernetes_runs_the_gateway_unprivileged_and_bounded() {
     let container = at(kube.container(), "/securityContext", "container");
     assert_eq!(container["readOnlyRootFilesystem"], true);
     assert_eq!(container["allowPrivilegeEscalation"], false);
-    assert_eq!(container["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        container["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
     let resources = at(kube.container(), "/resources", "container");
     for part in ["/requests/cpu", "/requests/memory", "/limits/memory"] {
         at(resources, part, "resources");
@@ -1050,7 +1123,11 @@ fn systemd_unit_is_hardened_reloads_on_hup_and_outwaits_the_drain() {
     let directives = unit_directives(&read("deploy/systemd/wxgate.service"));
     let one = |key: &str| {
         let values = service_values(&directives, key);
-        assert_eq!(values.len(), 1, "[Service] {key}: expected once, found {values:?}");
+        assert_eq!(
+            values.len(),
+            1,
+            "[Service] {key}: expected once, found {values:?}"
+        );
         values[0].clone()
     };
     for (key, expected) in [
@@ -1091,7 +1168,10 @@ fn systemd_unit_is_hardened_reloads_on_hup_and_outwaits_the_drain() {
     assert!(exec.contains("wxgate run --config /etc/wxgate/"), "{exec}");
     let stop = duration(&one("TimeoutStopSec"), "TimeoutStopSec");
     for drain in drain_timeouts() {
-        assert!(stop > drain, "TimeoutStopSec {stop:?} ≤ drain_timeout {drain:?}");
+        assert!(
+            stop > drain,
+            "TimeoutStopSec {stop:?} ≤ drain_timeout {drain:?}"
+        );
     }
 }
 
@@ -1152,18 +1232,38 @@ type Families = BTreeMap<String, Family>;
 
 /// The metrics the gateway exports, names and labels exactly; several are being added now.
 const METRICS: &[(&str, Kind, &[&str])] = &[
-    ("wxgate_http_requests_total", Kind::Counter, &["route", "status"]),
-    ("wxgate_http_request_duration_seconds", Kind::Histogram, &["route"]),
+    (
+        "wxgate_http_requests_total",
+        Kind::Counter,
+        &["route", "status"],
+    ),
+    (
+        "wxgate_http_request_duration_seconds",
+        Kind::Histogram,
+        &["route"],
+    ),
     ("wxgate_open_connections", Kind::Gauge, &[]),
     ("wxgate_logins_started_total", Kind::Counter, &["scope"]),
     ("wxgate_logins_completed_total", Kind::Counter, &["scope"]),
     ("wxgate_logins_failed_total", Kind::Counter, &["reason"]),
-    ("wxgate_wechat_calls_total", Kind::Counter, &["endpoint", "errcode"]),
-    ("wxgate_wechat_call_duration_seconds", Kind::Histogram, &["endpoint"]),
+    (
+        "wxgate_wechat_calls_total",
+        Kind::Counter,
+        &["endpoint", "errcode"],
+    ),
+    (
+        "wxgate_wechat_call_duration_seconds",
+        Kind::Histogram,
+        &["endpoint"],
+    ),
     ("wxgate_profile_refreshes_total", Kind::Counter, &["result"]),
     ("wxgate_sessions_active", Kind::Gauge, &[]),
     ("wxgate_session_store_errors_total", Kind::Counter, &["op"]),
-    ("wxgate_session_store_duration_seconds", Kind::Histogram, &["op"]),
+    (
+        "wxgate_session_store_duration_seconds",
+        Kind::Histogram,
+        &["op"],
+    ),
     ("wxgate_rate_limited_total", Kind::Counter, &["what"]),
     ("wxgate_config_reloads_total", Kind::Counter, &["result"]),
 ];
@@ -1208,7 +1308,9 @@ fn scraped_families() -> Families {
             allow_snapshot: true,
             timeout: None,
         });
-        let gateway = wxgate::server::start(&config).await.expect("gateway starts");
+        let gateway = wxgate::server::start(&config)
+            .await
+            .expect("gateway starts");
         let body = http_get(gateway.admin_addr, "/metrics").await;
         gateway.shutdown().await;
         body
@@ -1417,7 +1519,12 @@ fn labels_in(expr: &str) -> BTreeSet<String> {
         lists.extend(args.rsplit_once(',').map(|(_, label)| label));
     }
     for list in lists {
-        labels.extend(list.split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+        labels.extend(
+            list.split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
     }
     labels
 }
