@@ -120,8 +120,10 @@ struct Checked {
     stderr: String,
 }
 
-/// `wxgate check --config FILE` with exactly `env` as its environment: the real loader
-/// (file, then `WXGATE_*` variables) and validator, as the gateway runs them at start.
+/// `wxgate check --config FILE` with exactly `env` as its environment: `config::load` (the
+/// file, then `WXGATE_*` variables) and `config::validate`, as the gateway runs them at start.
+/// A child process rather than a call, so that the secrets go into its environment and this
+/// multi-threaded test binary never changes its own (`set_var` races with other tests).
 fn wxgate_check(config: &Path, env: &BTreeMap<String, String>) -> Checked {
     let out = Command::new(BIN)
         .arg("check")
