@@ -1,4 +1,5 @@
-//! The command line: `wxgate run`, `wxgate check`. `main.rs` only calls `main` here.
+//! The command line: `wxgate run`, `wxgate check`, `wxgate sessions`… `main.rs` only calls
+//! `main` here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,39 @@ enum Command {
     Keygen(KeygenArgs),
     /// Verify an identity JWT with the keys, issuer and audience of a configuration.
     Verify(VerifyArgs),
+    /// Count, inspect, revoke or purge sessions in the configured redb or Redis store.
+    /// (A redb file is locked by a running gateway: stop it first.)
+    Sessions(SessionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SessionsArgs {
+    #[command(subcommand)]
+    action: SessionsAction,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsAction {
+    /// How many live sessions the store holds.
+    Count,
+    /// One user's live sessions: times, scope, nickname (never a token or session id).
+    Inspect(UserArg),
+    /// Log every session of one user out.
+    Revoke(UserArg),
+    /// Remove expired sessions now.
+    PurgeExpired,
+}
+
+#[derive(Debug, clap::Args)]
+struct UserArg {
+    /// The user's openid.
+    #[arg(long)]
+    openid: String,
+    /// The app the openid belongs to; default `wechat.appid`.
+    #[arg(long)]
+    appid: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::MockWechat(args) => mock_wechat(args),
         Command::Keygen(args) => keygen(&args),
         Command::Verify(args) => verify(&args),
+        Command::Sessions(args) => sessions(args),
     }
 }
 
@@ -209,6 +244,48 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("wxgate verify: invalid token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sessions(args: SessionsArgs) -> ExitCode {
+    use crate::session::manage::{self, Command as Manage};
+    let Some(config) = load_or_report(&args.config.config) else {
+        return ExitCode::from(2);
+    };
+    let user = |arg: UserArg| {
+        (
+            arg.appid.unwrap_or_else(|| config.wechat.appid.clone()),
+            arg.openid,
+        )
+    };
+    let command = match args.action {
+        SessionsAction::Count => Manage::Count,
+        SessionsAction::Inspect(arg) => {
+            let (appid, openid) = user(arg);
+            Manage::Inspect { appid, openid }
+        }
+        SessionsAction::Revoke(arg) => {
+            let (appid, openid) = user(arg);
+            Manage::Revoke { appid, openid }
+        }
+        SessionsAction::PurgeExpired => Manage::PurgeExpired,
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(manage::run(&config.session, &command)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ manage::ManageError::MemoryStore) => {
+            eprintln!("wxgate sessions: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("wxgate sessions: {e}");
             ExitCode::FAILURE
         }
     }

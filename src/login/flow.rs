@@ -19,8 +19,8 @@ use crate::login::{AuthScope, ClientSettings, PendingLogins, ReturnUrl, StateKey
 use crate::pages;
 use crate::route::Route;
 use crate::session::{
-    CacheSettings, CachedSession, Lifetimes, MemoryStore, NewSession, Profile, SessionCache,
-    SessionId, SessionStore, StoreSharing, WeChatToken, WeChatTokens,
+    CachedSession, Lifetimes, NewSession, Profile, SessionCache, SessionId, WeChatToken,
+    WeChatTokens,
 };
 use crate::wechat::{ClientSettings as WeChatSettings, ErrorKind, WeChatClient, WeChatError};
 
@@ -50,8 +50,8 @@ pub enum LoginSetupError {
     Identity(#[from] IdentityError),
     #[error("wechat: {0}")]
     WeChat(#[from] WeChatError),
-    #[error("session.store: {0:?} is not available in this build yet; use \"memory\"")]
-    Store(crate::config::StoreKind),
+    #[error("session store: {0}")]
+    Store(#[from] crate::session::StoreOpenError),
 }
 
 /// What the gate does with a request on a protected route.
@@ -96,15 +96,10 @@ impl Login {
             "{}/_wxgate/callback",
             public_origin.as_str().trim_end_matches('/')
         );
-        let store: Arc<dyn SessionStore> = match config.session.store {
-            crate::config::StoreKind::Memory => Arc::new(MemoryStore::new(1_000_000)),
-            other => return Err(LoginSetupError::Store(other)),
-        };
-        let lifetimes = Lifetimes::with_ttl(config.session.ttl);
         let sessions = SessionCache::new(
-            store,
-            CacheSettings::for_store(StoreSharing::Exclusive),
-            lifetimes,
+            crate::session::open_store(&config.session)?,
+            crate::session::cache_settings(&config.session),
+            crate::session::lifetimes(&config.session),
         );
         let wechat = WeChatClient::new(WeChatSettings {
             api_base: config.wechat.api_base.clone(),
@@ -135,6 +130,11 @@ impl Login {
             clients: ClientSettings::default(),
             recent: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The sessions, for the admin listener's readiness probe.
+    pub fn sessions(&self) -> &SessionCache {
+        &self.sessions
     }
 
     /// The header the identity JWT travels in; clients' copies of it are always stripped.

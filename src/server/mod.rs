@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::Body;
 use crate::config::{Config, LimitsConfig};
 use crate::gate::{ConnInfo, Gate, GateError};
+use crate::session::StoreHealth;
 use admin::Admin;
 use idle::{Activity, Tracked};
 
@@ -68,7 +69,7 @@ impl Handler for Admin {
         request: Request<Incoming>,
         _conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
-        std::future::ready(self.handle(&request))
+        async move { self.handle(&request).await }
     }
 }
 
@@ -107,6 +108,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let admin = Arc::new(Admin {
         metrics: gate.metrics().clone(),
         ready: ready.clone(),
+        store: gate
+            .session_store()
+            .map(|store| StoreHealth::new(store.clone(), config.session.store_timeout)),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let metrics = gate.metrics().clone();
