@@ -40,8 +40,15 @@ enum Command {
 struct SessionsArgs {
     #[command(subcommand)]
     action: SessionsAction,
-    #[command(flatten)]
-    config: ConfigArg,
+    /// TOML configuration file; `WXGATE_*` environment variables override it.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config/wxgate.toml",
+        env = "WXGATE_CONFIG"
+    )]
+    config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,7 +258,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
 
 fn sessions(args: SessionsArgs) -> ExitCode {
     use crate::session::manage::{self, Command as Manage};
-    let Some(config) = load_or_report(&args.config.config) else {
+    let Some(config) = load_or_report(&args.config) else {
         return ExitCode::from(2);
     };
     let user = |arg: UserArg| {

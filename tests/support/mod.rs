@@ -2,6 +2,7 @@
 //! what reached it, and the gateway started in-process on free ports.
 #![allow(dead_code)]
 
+pub mod redis_server;
 pub mod upstream;
 
 use std::net::SocketAddr;
