@@ -716,6 +716,77 @@ async fn wxgate_sessions_revokes_a_user_on_redis_while_gateways_serve() {
     gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn rediss_urls_speak_verified_tls() {
+    need_redis!();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &rcgen::Issuer::new(ca_params, ca_key))
+        .unwrap();
+    let file = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let ca_file = file("ca.pem", ca.pem());
+    let tls_port = free_port();
+    let _redis = RedisServer::start_with(vec![
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        file("server.pem", server_cert.pem()),
+        "--tls-key-file".into(),
+        file("server.key", server_key.serialize_pem()),
+        "--tls-ca-cert-file".into(),
+        ca_file.clone(),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ])
+    .await;
+
+    let wechat = WeChat::start().await;
+    let url = format!("rediss://127.0.0.1:{tls_port}/0");
+    let config = gateway_config(&wechat, free_port_addr(), free_port(), Store::Redis(&url));
+    let config_file = write_config(dir.path(), &config);
+    // rustls-native-certs reads SSL_CERT_FILE: the test CA is trusted by this process only.
+    let count = |trust: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["sessions", "count", "--config"])
+            .arg(&config_file)
+            .env_remove("SSL_CERT_DIR")
+            .env("WXGATE_WECHAT__SECRET", config.wechat.secret.expose())
+            .env("WXGATE_SESSION__SECRET", SESSION_SECRET)
+            .env("WXGATE_IDENTITY__SECRET", IDENTITY_SECRET)
+            .env("WXGATE_SESSION__REDIS_URL", &url);
+        match trust {
+            Some(ca) => command.env("SSL_CERT_FILE", ca),
+            None => command.env_remove("SSL_CERT_FILE"),
+        };
+        let out = command.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = count(Some(&ca_file));
+    assert_eq!((code, out.as_str()), (0, "0 live sessions\n"), "{err}");
+    let (code, _, err) = count(None);
+    assert_eq!(code, 1, "an untrusted certificate is refused: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn free_port_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 // ---------------------------------------------------------------------------------------
 // The Redis store's own contract, against a real server
 

@@ -4,8 +4,10 @@
 //! table finds every session of one user for `delete_user`.
 //!
 //! redb locks its file: one process at a time. A second gateway, or `wxgate sessions`
-//! while a gateway runs, gets [`RedbOpenError::Locked`]. redb is blocking I/O, so every
-//! operation runs on tokio's blocking pool, bounded by the store timeout.
+//! while a gateway runs, gets [`RedbOpenError::Locked`]. redb is blocking I/O: reads run on
+//! tokio's blocking pool; writes go to one writer thread that commits whatever is queued in
+//! one durable transaction (group commit), so a burst of logins costs one fsync, not one
+//! each. Every operation is bounded by the store timeout.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -16,6 +18,7 @@ use ::redb::{
     ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 
 use super::encoding::{self, CLOCK_LEN, CLOCK_OFFSET, Header};
 use super::sealing::{RecordKeys, TAG_LEN};
@@ -33,6 +36,9 @@ const LEASES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("leases");
 
 /// Expired sessions removed per write transaction, so a sweep never holds the writer long.
 const SWEEP_BATCH: usize = 1000;
+/// Writes committed together at most, and queued at most before callers wait.
+const MAX_GROUP: usize = 512;
+const QUEUE: usize = 4096;
 
 /// Why the store file cannot be used. Each names the file: a corrupt or foreign file is an
 /// error at start, never silently replaced.
@@ -57,6 +63,46 @@ pub enum RedbOpenError {
 pub struct RedbStore {
     inner: Arc<Inner>,
     timeout: Duration,
+    writer: Option<Writer>,
+}
+
+/// The writer thread and its queue. Dropping the store closes the queue and waits for the
+/// thread, so the file is free again when the drop returns.
+struct Writer {
+    jobs: mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// One change, applied in the writer's transaction in arrival order.
+enum Write {
+    Put {
+        key: StorageKey,
+        bytes: Vec<u8>,
+        header: Header,
+    },
+    Touch {
+        key: StorageKey,
+        last_seen: SystemTime,
+        expires_at: SystemTime,
+    },
+    Delete(StorageKey),
+    DeleteUser([u8; TAG_LEN]),
+    Claim {
+        key: StorageKey,
+        lease: Duration,
+    },
+}
+
+/// What a write reports: `put` nothing, the others a flag or a count.
+enum Written {
+    Done,
+    Flag(bool),
+    Count(u64),
+}
+
+struct Job {
+    write: Write,
+    reply: oneshot::Sender<Result<Written, StoreError>>,
 }
 
 struct Inner {
@@ -86,9 +132,20 @@ impl RedbStore {
             reason: e.to_string(),
         };
         create_tables(&db).map_err(unreadable)?;
+        let inner = Arc::new(Inner { db, keys, clock });
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writer_inner = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("wxgate-redb-writer".into())
+            .spawn(move || writer_inner.write_groups(queue))
+            .map_err(|source| RedbOpenError::Create {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(RedbStore {
-            inner: Arc::new(Inner { db, keys, clock }),
+            inner,
             timeout,
+            writer: Some(Writer { jobs, thread }),
         })
     }
 
@@ -138,6 +195,50 @@ impl RedbStore {
                 Err(_) => Err(StoreError::Timeout(timeout)),
             }
         })
+    }
+}
+
+impl RedbStore {
+    /// Queues `write` for the writer thread and waits for its commit, within the timeout.
+    fn submit(&self, write: Write) -> BoxFuture<'static, Result<Written, StoreError>> {
+        let jobs = self.writer.as_ref().map(|w| w.jobs.clone());
+        let timeout = self.timeout;
+        let stopped = || StoreError::Unavailable("redb writer stopped".into());
+        Box::pin(async move {
+            let committed = async {
+                let jobs = jobs.ok_or_else(stopped)?;
+                let (reply, answer) = oneshot::channel();
+                jobs.send(Job { write, reply })
+                    .await
+                    .map_err(|_| stopped())?;
+                answer.await.map_err(|_| stopped())?
+            };
+            tokio::time::timeout(timeout, committed)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(timeout)))
+        })
+    }
+
+    fn flag(&self, write: Write) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let submitted = self.submit(write);
+        Box::pin(async move {
+            match submitted.await? {
+                Written::Flag(flag) => Ok(flag),
+                _ => Err(StoreError::Corrupt(
+                    "redb writer answered out of kind".into(),
+                )),
+            }
+        })
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        if let Some(Writer { jobs, thread }) = self.writer.take() {
+            drop(jobs);
+            // The thread ends once the queue is empty: at most one group's commit away.
+            let _ = thread.join();
+        }
     }
 }
 
@@ -226,85 +327,44 @@ impl Inner {
         }
     }
 
-    fn put(&self, key: &StorageKey, bytes: &[u8], header: &Header) -> Result<(), StoreError> {
-        let txn = self.write(Durability::Immediate)?;
-        remove_record(&txn, key).map_err(failed)?;
-        if header.expires_at > self.now() {
-            insert_record(&txn, key, bytes, header).map_err(failed)?;
-        }
-        txn.commit().map_err(failed)
-    }
-
-    fn touch(
-        &self,
-        key: &StorageKey,
-        last_seen: SystemTime,
-        expires_at: SystemTime,
-    ) -> Result<bool, StoreError> {
-        // Losing a touch in a crash only shortens a session a little: no fsync for it.
-        let txn = self.write(Durability::Eventual)?;
-        let touched = {
-            let mut sessions = txn.open_table(SESSIONS).map_err(failed)?;
-            let current = sessions
-                .get(key.as_bytes())
-                .map_err(failed)?
-                .map(|b| b.value().to_vec());
-            match current.and_then(|bytes| encoding::header(&bytes).ok().map(|h| (bytes, h))) {
-                Some((mut bytes, old)) if old.expires_at > self.now() => {
-                    bytes[CLOCK_OFFSET..CLOCK_OFFSET + CLOCK_LEN]
-                        .copy_from_slice(&encoding::clock_bytes(last_seen, expires_at));
-                    sessions
-                        .insert(key.as_bytes(), bytes.as_slice())
-                        .map_err(failed)?;
-                    let mut expiry = txn.open_table(EXPIRY).map_err(failed)?;
-                    expiry
-                        .remove((ms(old.expires_at), key.as_bytes()))
-                        .map_err(failed)?;
-                    expiry
-                        .insert((ms(expires_at), key.as_bytes()), ())
-                        .map_err(failed)?;
-                    true
+    /// The writer thread: takes whatever is queued (up to a group), applies it in one
+    /// transaction, commits durably once, answers every caller. Ends when the queue closes.
+    fn write_groups(&self, mut queue: mpsc::Receiver<Job>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
                 }
-                _ => false,
             }
-        };
-        if !touched {
-            // Dead or unreadable: never slid back to life. Let the sweep remove it.
-            txn.abort().map_err(failed)?;
-            return Ok(false);
+            match self.apply(&group) {
+                Ok(results) => {
+                    for (job, result) in group.into_iter().zip(results) {
+                        let _ = job.reply.send(Ok(result));
+                    }
+                }
+                Err(e) => {
+                    // The transaction was dropped uncommitted: none of the group happened.
+                    for job in group {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
         }
-        txn.commit().map_err(failed)?;
-        Ok(true)
     }
 
-    fn delete(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        let txn = self.write(Durability::Immediate)?;
-        let removed = remove_record(&txn, key).map_err(failed)?;
-        txn.commit().map_err(failed)?;
-        Ok(removed.is_some_and(|h| h.expires_at > self.now()))
-    }
-
-    fn delete_user(&self, tag: &[u8; TAG_LEN]) -> Result<u64, StoreError> {
-        let txn = self.write(Durability::Immediate)?;
-        let keys: Vec<[u8; 32]> = {
-            let users = txn.open_multimap_table(USERS).map_err(failed)?;
-            let values = users.get(tag).map_err(failed)?;
-            values
-                .map(|v| v.map(|v| *v.value()))
-                .collect::<Result<_, _>>()
-                .map_err(failed)?
-        };
+    fn apply(&self, group: &[Job]) -> Result<Vec<Written>, StoreError> {
+        let mut txn = self.db.begin_write().map_err(failed)?;
+        // Logouts must survive a crash; logins ride along in the same fsync.
+        txn.set_durability(Durability::Immediate);
         let now = self.now();
-        let mut live = 0;
-        for key in keys {
-            let removed = remove_record(&txn, &StorageKey::from_bytes(key)).map_err(failed)?;
-            if removed.is_some_and(|h| h.expires_at > now) {
-                live += 1;
-            }
+        let mut results = Vec::with_capacity(group.len());
+        for job in group {
+            results.push(apply_one(&txn, &job.write, now).map_err(failed)?);
         }
-        remove_user(&txn, tag).map_err(failed)?;
         txn.commit().map_err(failed)?;
-        Ok(live)
+        Ok(results)
     }
 
     fn count(&self) -> Result<u64, StoreError> {
@@ -354,25 +414,6 @@ impl Inner {
         }
     }
 
-    fn claim(&self, key: &StorageKey, lease: Duration) -> Result<bool, StoreError> {
-        let txn = self.write(Durability::Eventual)?;
-        let now = ms(self.now());
-        let claimed = {
-            let mut leases = txn.open_table(LEASES).map_err(failed)?;
-            let held = leases
-                .get(key.as_bytes())
-                .map_err(failed)?
-                .is_some_and(|ends| ends.value() > now);
-            if !held {
-                let ends = now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
-                leases.insert(key.as_bytes(), ends).map_err(failed)?;
-            }
-            !held
-        };
-        txn.commit().map_err(failed)?;
-        Ok(claimed)
-    }
-
     fn ping(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
         let sessions = txn.open_table(SESSIONS).map_err(failed)?;
@@ -395,6 +436,102 @@ impl Inner {
     }
 }
 
+fn apply_one(
+    txn: &WriteTransaction,
+    write: &Write,
+    now: SystemTime,
+) -> Result<Written, ::redb::Error> {
+    Ok(match write {
+        Write::Put { key, bytes, header } => {
+            remove_record(txn, key)?;
+            if header.expires_at > now {
+                insert_record(txn, key, bytes, header)?;
+            }
+            Written::Done
+        }
+        Write::Touch {
+            key,
+            last_seen,
+            expires_at,
+        } => Written::Flag(touch_record(txn, key, *last_seen, *expires_at, now)?),
+        Write::Delete(key) => {
+            let removed = remove_record(txn, key)?;
+            Written::Flag(removed.is_some_and(|h| h.expires_at > now))
+        }
+        Write::DeleteUser(tag) => Written::Count(remove_user(txn, tag, now)?),
+        Write::Claim { key, lease } => Written::Flag(claim_lease(txn, key, *lease, now)?),
+    })
+}
+
+/// Slides a live record's clock; a dead or unreadable one is left for the sweep, never
+/// brought back to life.
+fn touch_record(
+    txn: &WriteTransaction,
+    key: &StorageKey,
+    last_seen: SystemTime,
+    expires_at: SystemTime,
+    now: SystemTime,
+) -> Result<bool, ::redb::Error> {
+    let mut sessions = txn.open_table(SESSIONS)?;
+    let current = sessions.get(key.as_bytes())?.map(|b| b.value().to_vec());
+    let Some((mut bytes, old)) =
+        current.and_then(|bytes| encoding::header(&bytes).ok().map(|h| (bytes, h)))
+    else {
+        return Ok(false);
+    };
+    if old.expires_at <= now {
+        return Ok(false);
+    }
+    bytes[CLOCK_OFFSET..CLOCK_OFFSET + CLOCK_LEN]
+        .copy_from_slice(&encoding::clock_bytes(last_seen, expires_at));
+    sessions.insert(key.as_bytes(), bytes.as_slice())?;
+    let mut expiry = txn.open_table(EXPIRY)?;
+    expiry.remove((ms(old.expires_at), key.as_bytes()))?;
+    expiry.insert((ms(expires_at), key.as_bytes()), ())?;
+    Ok(true)
+}
+
+/// Removes every session of one user; how many of them were live.
+fn remove_user(
+    txn: &WriteTransaction,
+    tag: &[u8; TAG_LEN],
+    now: SystemTime,
+) -> Result<u64, ::redb::Error> {
+    let keys: Vec<[u8; 32]> = {
+        let users = txn.open_multimap_table(USERS)?;
+        let values = users.get(tag)?;
+        values
+            .map(|v| v.map(|v| *v.value()))
+            .collect::<Result<_, _>>()?
+    };
+    let mut live = 0;
+    for key in keys {
+        if remove_record(txn, &StorageKey::from_bytes(key))?.is_some_and(|h| h.expires_at > now) {
+            live += 1;
+        }
+    }
+    txn.open_multimap_table(USERS)?.remove_all(tag)?;
+    Ok(live)
+}
+
+fn claim_lease(
+    txn: &WriteTransaction,
+    key: &StorageKey,
+    lease: Duration,
+    now: SystemTime,
+) -> Result<bool, ::redb::Error> {
+    let now = ms(now);
+    let mut leases = txn.open_table(LEASES)?;
+    let held = leases
+        .get(key.as_bytes())?
+        .is_some_and(|ends| ends.value() > now);
+    if !held {
+        let ends = now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        leases.insert(key.as_bytes(), ends)?;
+    }
+    Ok(!held)
+}
+
 fn insert_record(
     txn: &WriteTransaction,
     key: &StorageKey,
@@ -406,11 +543,6 @@ fn insert_record(
         .insert((ms(header.expires_at), key.as_bytes()), ())?;
     txn.open_multimap_table(USERS)?
         .insert(&header.user_tag, key.as_bytes())?;
-    Ok(())
-}
-
-fn remove_user(txn: &WriteTransaction, tag: &[u8; TAG_LEN]) -> Result<(), ::redb::Error> {
-    txn.open_multimap_table(USERS)?.remove_all(tag)?;
     Ok(())
 }
 
@@ -465,7 +597,10 @@ impl SessionStore for RedbStore {
                 Ok((bytes, header))
             });
         match encoded {
-            Ok((bytes, header)) => self.run(move |inner| inner.put(&key, &bytes, &header)),
+            Ok((bytes, header)) => {
+                let submitted = self.submit(Write::Put { key, bytes, header });
+                Box::pin(async move { submitted.await.map(drop) })
+            }
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
@@ -476,13 +611,15 @@ impl SessionStore for RedbStore {
         last_seen: SystemTime,
         expires_at: SystemTime,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let key = *key;
-        self.run(move |inner| inner.touch(&key, last_seen, expires_at))
+        self.flag(Write::Touch {
+            key: *key,
+            last_seen,
+            expires_at,
+        })
     }
 
     fn delete<'a>(&'a self, key: &'a StorageKey) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let key = *key;
-        self.run(move |inner| inner.delete(&key))
+        self.flag(Write::Delete(*key))
     }
 
     fn delete_user<'a>(
@@ -490,8 +627,15 @@ impl SessionStore for RedbStore {
         appid: &'a str,
         openid: &'a str,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        let tag = self.inner.keys.user_tag(appid, openid);
-        self.run(move |inner| inner.delete_user(&tag))
+        let submitted = self.submit(Write::DeleteUser(self.inner.keys.user_tag(appid, openid)));
+        Box::pin(async move {
+            match submitted.await? {
+                Written::Count(count) => Ok(count),
+                _ => Err(StoreError::Corrupt(
+                    "redb writer answered out of kind".into(),
+                )),
+            }
+        })
     }
 
     fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
@@ -507,8 +651,7 @@ impl SessionStore for RedbStore {
         key: &'a StorageKey,
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let key = *key;
-        self.run(move |inner| inner.claim(&key, lease))
+        self.flag(Write::Claim { key: *key, lease })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

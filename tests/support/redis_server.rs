@@ -27,15 +27,22 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        RedisServer::start_with(Vec::new()).await
+    }
+
+    /// The same with more command-line options (a TLS port, say).
+    pub async fn start_with(extra: Vec<String>) -> Self {
         let port = free_port();
         let mut server = RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            extra,
         };
         server.spawn().await;
         server
@@ -70,6 +77,7 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--dir", self.dir.path().to_str().unwrap()])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
