@@ -64,12 +64,8 @@ impl Handler for Gate {
 }
 
 impl Handler for Admin {
-    fn call(
-        &self,
-        request: Request<Incoming>,
-        _conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send {
-        async move { self.handle(&request).await }
+    async fn call(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        self.handle(&request).await
     }
 }
 

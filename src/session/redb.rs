@@ -127,9 +127,9 @@ impl RedbStore {
                 reason: other.to_string(),
             },
         })?;
-        let unreadable = |e: ::redb::Error| RedbOpenError::Unreadable {
+        let unreadable = |e: DbError| RedbOpenError::Unreadable {
             path: path.to_owned(),
-            reason: e.to_string(),
+            reason: e.0.to_string(),
         };
         create_tables(&db).map_err(unreadable)?;
         let inner = Arc::new(Inner { db, keys, clock });
@@ -271,7 +271,7 @@ fn create_private(path: &Path) -> Result<(), RedbOpenError> {
     }
 }
 
-fn create_tables(db: &Database) -> Result<(), ::redb::Error> {
+fn create_tables(db: &Database) -> Result<(), DbError> {
     let txn = db.begin_write()?;
     txn.open_table(SESSIONS)?;
     txn.open_table(EXPIRY)?;
@@ -281,8 +281,28 @@ fn create_tables(db: &Database) -> Result<(), ::redb::Error> {
     Ok(())
 }
 
-fn failed(e: impl Into<::redb::Error>) -> StoreError {
-    match e.into() {
+/// redb's error, boxed: it is large, and only its category leaves this module.
+struct DbError(Box<::redb::Error>);
+
+macro_rules! db_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self {
+                DbError(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+db_error_from!(
+    ::redb::Error,
+    ::redb::TableError,
+    ::redb::StorageError,
+    ::redb::CommitError,
+    ::redb::TransactionError
+);
+
+fn failed(e: impl Into<DbError>) -> StoreError {
+    match *e.into().0 {
         ::redb::Error::Corrupted(reason) => StoreError::Corrupt(reason),
         ::redb::Error::Io(io) => StoreError::Unavailable(format!("redb I/O: {}", io.kind())),
         other => StoreError::Unavailable(format!("redb: {other}")),
@@ -440,7 +460,7 @@ fn apply_one(
     txn: &WriteTransaction,
     write: &Write,
     now: SystemTime,
-) -> Result<Written, ::redb::Error> {
+) -> Result<Written, DbError> {
     Ok(match write {
         Write::Put { key, bytes, header } => {
             remove_record(txn, key)?;
@@ -471,7 +491,7 @@ fn touch_record(
     last_seen: SystemTime,
     expires_at: SystemTime,
     now: SystemTime,
-) -> Result<bool, ::redb::Error> {
+) -> Result<bool, DbError> {
     let mut sessions = txn.open_table(SESSIONS)?;
     let current = sessions.get(key.as_bytes())?.map(|b| b.value().to_vec());
     let Some((mut bytes, old)) =
@@ -496,7 +516,7 @@ fn remove_user(
     txn: &WriteTransaction,
     tag: &[u8; TAG_LEN],
     now: SystemTime,
-) -> Result<u64, ::redb::Error> {
+) -> Result<u64, DbError> {
     let keys: Vec<[u8; 32]> = {
         let users = txn.open_multimap_table(USERS)?;
         let values = users.get(tag)?;
@@ -519,7 +539,7 @@ fn claim_lease(
     key: &StorageKey,
     lease: Duration,
     now: SystemTime,
-) -> Result<bool, ::redb::Error> {
+) -> Result<bool, DbError> {
     let now = ms(now);
     let mut leases = txn.open_table(LEASES)?;
     let held = leases
@@ -537,7 +557,7 @@ fn insert_record(
     key: &StorageKey,
     bytes: &[u8],
     header: &Header,
-) -> Result<(), ::redb::Error> {
+) -> Result<(), DbError> {
     txn.open_table(SESSIONS)?.insert(key.as_bytes(), bytes)?;
     txn.open_table(EXPIRY)?
         .insert((ms(header.expires_at), key.as_bytes()), ())?;
@@ -546,7 +566,7 @@ fn insert_record(
     Ok(())
 }
 
-fn remove_ended_leases(txn: &WriteTransaction, now_ms: u64) -> Result<(), ::redb::Error> {
+fn remove_ended_leases(txn: &WriteTransaction, now_ms: u64) -> Result<(), DbError> {
     txn.open_table(LEASES)?.retain(|_, ends| ends > now_ms)?;
     Ok(())
 }
@@ -555,7 +575,7 @@ fn remove_ended_leases(txn: &WriteTransaction, now_ms: u64) -> Result<(), ::redb
 fn remove_record(
     txn: &WriteTransaction,
     key: &StorageKey,
-) -> Result<Option<Header>, ::redb::Error> {
+) -> Result<Option<Header>, DbError> {
     let removed = txn
         .open_table(SESSIONS)?
         .remove(key.as_bytes())?
