@@ -456,11 +456,7 @@ impl Inner {
     }
 }
 
-fn apply_one(
-    txn: &WriteTransaction,
-    write: &Write,
-    now: SystemTime,
-) -> Result<Written, DbError> {
+fn apply_one(txn: &WriteTransaction, write: &Write, now: SystemTime) -> Result<Written, DbError> {
     Ok(match write {
         Write::Put { key, bytes, header } => {
             remove_record(txn, key)?;
@@ -572,10 +568,7 @@ fn remove_ended_leases(txn: &WriteTransaction, now_ms: u64) -> Result<(), DbErro
 }
 
 /// Removes one record and its index entries; its header if there was one.
-fn remove_record(
-    txn: &WriteTransaction,
-    key: &StorageKey,
-) -> Result<Option<Header>, DbError> {
+fn remove_record(txn: &WriteTransaction, key: &StorageKey) -> Result<Option<Header>, DbError> {
     let removed = txn
         .open_table(SESSIONS)?
         .remove(key.as_bytes())?
