@@ -1,5 +1,5 @@
-//! The command line: `wxgate run`, `wxgate check`, `wxgate sessions`… `main.rs` only calls
-//! `main` here.
+//! The command line: `wxgate run`, `check`, `demo`, `mock-wechat`, `keygen`, `verify`,
+//! `sessions`. `main.rs` only calls `main` here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +25,9 @@ enum Command {
     Run(ConfigArg),
     /// Validate a configuration and print it with every secret redacted.
     Check(ConfigArg),
+    /// Try the whole login on this machine: the gateway, the mock WeChat and a demo app in
+    /// one process, nothing to configure. Prints the URL to open.
+    Demo(crate::demo::DemoArgs),
     /// Run the mock WeChat (authorize page and JSON API) for tests and the demo.
     MockWechat(crate::mock::MockArgs),
     /// Write a new identity signing key (PKCS#8 PEM, mode 0600).
@@ -109,6 +112,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(arg) => run(&arg.config),
         Command::Check(arg) => check(&arg.config),
+        Command::Demo(args) => demo(args),
         Command::MockWechat(args) => mock_wechat(args),
         Command::Keygen(args) => keygen(&args),
         Command::Verify(args) => verify(&args),
@@ -157,7 +161,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(crate::server::run(&config)) {
+    match runtime.block_on(crate::server::run(&config, Some(path))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -173,6 +177,20 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         Err(e) => {
             eprintln!("wxgate: cannot start the async runtime: {e}");
             None
+        }
+    }
+}
+
+fn demo(args: crate::demo::DemoArgs) -> ExitCode {
+    crate::telemetry::init(config::LogFormat::Text);
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(crate::demo::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wxgate demo: {e}");
+            ExitCode::FAILURE
         }
     }
 }

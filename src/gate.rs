@@ -16,10 +16,11 @@ use crate::body::Body;
 use crate::config::{Config, LimitsConfig, Scope};
 use crate::identity::is_identity_header;
 use crate::login::flow::{Access, Login, LoginSetupError};
-use crate::metrics::{Metrics, RouteSeries};
+use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
 use crate::pages::{self, Failure};
 use crate::proxy::{self, Peer, Proxy};
 use crate::route::{self, Route, RouteTable, path::NormalPath};
+use crate::session::SessionCache;
 
 /// How a connection reached the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +34,7 @@ pub struct Gate {
     routes: RouteTable,
     proxy: Proxy,
     metrics: Arc<Metrics>,
+    route_metrics: RouteMetrics,
     limits: LimitsConfig,
     trusted_proxies: Vec<IpNet>,
     access_log: bool,
@@ -59,20 +61,36 @@ enum Target<'a> {
 
 impl Gate {
     pub fn new(config: &Config) -> Result<Self, GateError> {
+        Gate::build(config, Metrics::new(), None)
+    }
+
+    /// A gate for a changed configuration that keeps this one's metrics and sessions: a
+    /// reload logs nobody out. The caller has checked that `session.*` did not change.
+    pub fn reloaded(&self, config: &Config) -> Result<Self, GateError> {
+        let sessions = self.login.as_ref().map(|login| login.sessions().clone());
+        Gate::build(config, self.metrics.clone(), sessions)
+    }
+
+    fn build(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        sessions: Option<Arc<SessionCache>>,
+    ) -> Result<Self, GateError> {
         let routes = RouteTable::from_config(config)?;
-        let metrics = Metrics::new(&routes);
+        let login = if config.needs_login() {
+            Some(Login::with_sessions(config, &metrics, sessions)?)
+        } else {
+            None
+        };
         Ok(Self {
             proxy: Proxy::new(&config.upstream),
+            route_metrics: metrics.for_routes(&routes),
             metrics,
             routes,
             limits: config.server.limits.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
             access_log: config.log.access_log,
-            login: if config.has_protected_routes() {
-                Some(Login::new(config)?)
-            } else {
-                None
-            },
+            login,
             identity_header: config.identity.header.clone(),
         })
     }
@@ -97,7 +115,7 @@ impl Gate {
         let response = result.unwrap_or_else(|failure| pages::render(&failure, json_errors));
         let elapsed = started.elapsed();
         let (series, label) = match target {
-            Target::Route(route) => (self.metrics.route(route.index), route.label.as_str()),
+            Target::Route(route) => (self.route_metrics.route(route.index), route.label.as_str()),
             Target::Endpoint => (&self.metrics.endpoints, "_wxgate"),
             Target::Unrouted => (&self.metrics.unrouted, "-"),
         };
@@ -172,6 +190,9 @@ impl Gate {
                 Access::Anonymous => {}
                 Access::Respond(response) => return (Target::Route(route), Ok(response)),
             }
+        }
+        if let Some(login) = &self.login {
+            login.remove_own_cookies(request.headers_mut());
         }
         let client_upgrade = match upgrade_of(&request) {
             Upgrade::None => None,

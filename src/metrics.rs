@@ -1,9 +1,12 @@
 //! Prometheus metrics of the gateway, served on the admin listener. Per-route series are
 //! created once at start and handed out as handles, so recording a request takes no lock
-//! on a shared map and allocates nothing.
+//! on a shared map and allocates nothing. Rarer events (logins, WeChat calls, store calls)
+//! go through labelled families.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::route::RouteTable;
+use crate::session::{Session, SessionStore, StorageKey, StoreError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -42,18 +46,153 @@ impl RouteSeries {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabel {
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WeChatCallLabels {
+    endpoint: &'static str,
+    errcode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabel {
+    what: &'static str,
+}
+
+/// Logins, profile refreshes and the session count, as the login flow records them.
+#[derive(Clone)]
+pub struct LoginMetrics {
+    started: Family<ScopeLabel, Counter>,
+    completed: Family<ScopeLabel, Counter>,
+    failed: Family<ReasonLabel, Counter>,
+    refreshes: Family<ResultLabel, Counter>,
+    sessions_active: Gauge,
+}
+
+impl LoginMetrics {
+    /// A redirect to WeChat's authorize page (`snsapi_base` or `snsapi_userinfo`).
+    pub fn started(&self, scope: &'static str) {
+        self.started.get_or_create(&ScopeLabel { scope }).inc();
+    }
+
+    /// A callback that created a session of `scope`.
+    pub fn completed(&self, scope: &'static str) {
+        self.completed.get_or_create(&ScopeLabel { scope }).inc();
+    }
+
+    /// A callback that did not: `declined`, `state`, `bad_code`, `wechat_unavailable`,
+    /// `wechat_timeout`, `wechat_error`, `store`.
+    pub fn failed(&self, reason: &'static str) {
+        self.failed.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// A background profile refresh ended: `ok`, `dead_grant` or `failed`.
+    pub fn refreshed(&self, result: &'static str) {
+        self.refreshes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn set_sessions_active(&self, count: u64) {
+        self.sessions_active
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+}
+
+/// Calls to WeChat's API, one per attempt (a retry counts again).
+#[derive(Clone)]
+pub struct WeChatMetrics {
+    calls: Family<WeChatCallLabels, Counter>,
+    latency: Family<EndpointLabel, Histogram>,
+}
+
+impl WeChatMetrics {
+    /// `outcome`: `"0"` for success, the errcode WeChat answered, or `timeout`,
+    /// `http_4xx`/`http_5xx`, `transport`, `malformed`.
+    pub fn call(&self, endpoint: &'static str, outcome: String, elapsed: Duration) {
+        self.calls
+            .get_or_create(&WeChatCallLabels {
+                endpoint,
+                errcode: outcome,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&EndpointLabel { endpoint })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Calls to the session store, by operation.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    errors: Family<OpLabel, Counter>,
+    latency: Family<OpLabel, Histogram>,
+}
+
+impl StoreMetrics {
+    pub fn call(&self, op: &'static str, failed: bool, elapsed: Duration) {
+        if failed {
+            self.errors.get_or_create(&OpLabel { op }).inc();
+        }
+        self.latency
+            .get_or_create(&OpLabel { op })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     open_connections: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub login: LoginMetrics,
+    pub wechat: WeChatMetrics,
+    pub store: StoreMetrics,
+    rate_limited: Family<WhatLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabel, Histogram>,
     /// Requests that matched no route.
     pub unrouted: RouteSeries,
     /// Requests to the gateway's own `/_wxgate/` endpoints.
     pub endpoints: RouteSeries,
+}
+
+/// The series of every route of one configuration, by route index. A reload builds a new
+/// set from the same families, so a route that stays keeps counting where it was.
+pub struct RouteMetrics {
     routes: Vec<RouteSeries>,
+    unrouted: RouteSeries,
+}
+
+impl RouteMetrics {
+    /// The series of route number `index` of the configuration.
+    pub fn route(&self, index: usize) -> &RouteSeries {
+        self.routes.get(index).unwrap_or(&self.unrouted)
+    }
 }
 
 impl Metrics {
-    pub fn new(routes: &RouteTable) -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("wxgate");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -75,25 +214,108 @@ impl Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
-        let series = |label: &str| series_for(&requests, &latency, label);
-        let unrouted = series("-");
-        let endpoints = series("_wxgate");
-        let mut by_index = Vec::new();
-        for label in routes.labels_in_order() {
-            by_index.push(series(label));
-        }
+        let login = LoginMetrics {
+            started: registered(
+                &mut registry,
+                "logins_started",
+                "Redirects to WeChat's authorize page, by scope",
+            ),
+            completed: registered(
+                &mut registry,
+                "logins_completed",
+                "Callbacks that created a session, by scope",
+            ),
+            failed: registered(
+                &mut registry,
+                "logins_failed",
+                "Callbacks that did not create a session, by reason",
+            ),
+            refreshes: registered(
+                &mut registry,
+                "profile_refreshes",
+                "Background profile refreshes through the refresh_token, by result",
+            ),
+            sessions_active: Gauge::default(),
+        };
+        registry.register(
+            "sessions_active",
+            "Live sessions in the store (sampled)",
+            login.sessions_active.clone(),
+        );
+        let wechat = WeChatMetrics {
+            calls: registered(
+                &mut registry,
+                "wechat_calls",
+                "Calls to WeChat's API by endpoint and errcode (0: success; timeout, http_5xx, transport, malformed)",
+            ),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            "wechat_call_duration_seconds",
+            "Time of one call to WeChat's API, by endpoint",
+            wechat.latency.clone(),
+        );
+        let store = StoreMetrics {
+            errors: registered(
+                &mut registry,
+                "session_store_errors",
+                "Session store calls that failed, by operation",
+            ),
+            latency: Family::new_with_constructor(store_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            "session_store_duration_seconds",
+            "Time of one session store call, by operation",
+            store.latency.clone(),
+        );
+        let rate_limited = registered(
+            &mut registry,
+            "rate_limited",
+            "Requests refused by a rate limit, by what was limited",
+        );
+        let reloads = registered(
+            &mut registry,
+            "config_reloads",
+            "Configuration reloads, by result (ok, refused)",
+        );
+        zero_series(&login, &wechat, &store, &rate_limited, &reloads);
+        let unrouted = series_for(&requests, &latency, "-");
+        let endpoints = series_for(&requests, &latency, "_wxgate");
         Arc::new(Self {
             registry,
             open_connections,
+            login,
+            wechat,
+            store,
+            rate_limited,
+            reloads,
+            requests,
+            latency,
             unrouted,
             endpoints,
-            routes: by_index,
         })
     }
 
-    /// The series of route number `index` of the configuration.
-    pub fn route(&self, index: usize) -> &RouteSeries {
-        self.routes.get(index).unwrap_or(&self.unrouted)
+    /// The series of `routes`, created now so that recording a request takes no lock.
+    pub fn for_routes(&self, routes: &RouteTable) -> RouteMetrics {
+        RouteMetrics {
+            routes: routes
+                .labels_in_order()
+                .into_iter()
+                .map(|label| series_for(&self.requests, &self.latency, label))
+                .collect(),
+            unrouted: self.unrouted.clone(),
+        }
+    }
+
+    /// A request refused by a rate limit (`login`, `callback`, …).
+    pub fn rate_limited(&self, what: &'static str) {
+        self.rate_limited.get_or_create(&WhatLabel { what }).inc();
+    }
+
+    /// A configuration reload: `ok` or `refused`.
+    pub fn reloaded(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn connection_opened(&self) {
@@ -135,7 +357,157 @@ fn series_for(
     RouteSeries { by_class, latency }
 }
 
+/// Creates the series dashboards expect from the start, at zero: a family with no series is
+/// not exposed at all, and a rate over a series that appears late misses its first events.
+fn zero_series(
+    login: &LoginMetrics,
+    wechat: &WeChatMetrics,
+    store: &StoreMetrics,
+    rate_limited: &Family<WhatLabel, Counter>,
+    reloads: &Family<ResultLabel, Counter>,
+) {
+    for scope in ["snsapi_base", "snsapi_userinfo"] {
+        let _ = login.started.get_or_create(&ScopeLabel { scope });
+        let _ = login.completed.get_or_create(&ScopeLabel { scope });
+    }
+    for reason in [
+        "declined",
+        "state",
+        "bad_code",
+        "wechat_unavailable",
+        "wechat_timeout",
+        "wechat_error",
+        "store",
+    ] {
+        let _ = login.failed.get_or_create(&ReasonLabel { reason });
+    }
+    for result in ["ok", "dead_grant", "failed"] {
+        let _ = login.refreshes.get_or_create(&ResultLabel { result });
+    }
+    for endpoint in [
+        "/sns/oauth2/access_token",
+        "/sns/oauth2/refresh_token",
+        "/sns/userinfo",
+        "/sns/auth",
+    ] {
+        let _ = wechat.calls.get_or_create(&WeChatCallLabels {
+            endpoint,
+            errcode: "0".to_owned(),
+        });
+        let _ = wechat.latency.get_or_create(&EndpointLabel { endpoint });
+    }
+    for op in ["get", "put", "touch", "delete"] {
+        let _ = store.errors.get_or_create(&OpLabel { op });
+        let _ = store.latency.get_or_create(&OpLabel { op });
+    }
+    for what in ["login", "callback"] {
+        let _ = rate_limited.get_or_create(&WhatLabel { what });
+    }
+    for result in ["ok", "refused"] {
+        let _ = reloads.get_or_create(&ResultLabel { result });
+    }
+}
+
+/// A counter family registered under `name` (exposed as `wxgate_<name>_total`).
+fn registered<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Counter>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// 50 µs to ~1.6 s: an in-memory store answers in microseconds, Redis in a millisecond.
+fn store_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
 /// 0.5 ms to ~16 s: a proxied request's whole range, from cache hit to slow upstream.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// A session store that times every call into [`StoreMetrics`]; the gateway puts it around
+/// whichever backend is configured.
+pub struct MeteredStore {
+    inner: Arc<dyn SessionStore>,
+    metrics: StoreMetrics,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn SessionStore>, metrics: StoreMetrics) -> Self {
+        MeteredStore { inner, metrics }
+    }
+
+    fn timed<'a, T: Send + 'a>(
+        &'a self,
+        op: &'static str,
+        call: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = call.await;
+            self.metrics.call(op, result.is_err(), started.elapsed());
+            result
+        })
+    }
+}
+
+impl SessionStore for MeteredStore {
+    fn get<'a>(
+        &'a self,
+        key: &'a StorageKey,
+    ) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
+        self.timed("get", self.inner.get(key))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        session: &'a Session,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.timed("put", self.inner.put(key, session))
+    }
+
+    fn touch<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        last_seen: SystemTime,
+        expires_at: SystemTime,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.timed("touch", self.inner.touch(key, last_seen, expires_at))
+    }
+
+    fn delete<'a>(&'a self, key: &'a StorageKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.timed("delete", self.inner.delete(key))
+    }
+
+    fn delete_user<'a>(
+        &'a self,
+        appid: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.timed("delete_user", self.inner.delete_user(appid, openid))
+    }
+
+    fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.timed("count", self.inner.count())
+    }
+
+    fn sweep_expired(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.timed("sweep", self.inner.sweep_expired())
+    }
+
+    fn claim_refresh<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.timed("claim_refresh", self.inner.claim_refresh(key, lease))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.timed("ping", self.inner.ping())
+    }
 }

@@ -3,117 +3,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
-use support::upstream::Upstream;
-use wxgate::config::{Config, NonWeChat, Scope};
-use wxgate::mock::{MockConfig, MockWeChat};
-
-const WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 \
-    (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47(0x18002f2c) NetType/WIFI Language/zh_CN";
-const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
-
-struct World {
-    gw: wxgate::server::Running,
-    up: Upstream,
-    mock: SocketAddr,
-    origin: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn world() -> World {
-    let up = Upstream::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock = listener.local_addr().unwrap();
-    let mock_config = MockConfig {
-        auto_consent: true,
-        ..MockConfig::default()
-    };
-    tokio::spawn(MockWeChat::new(mock_config.clone()).serve(listener, std::future::pending()));
-    let port = free_port();
-    let origin = format!("http://127.0.0.1:{port}");
-    let mut config: Config = support::config_with_routes(&[("/", up.addr)]);
-    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    config.server.public_url = Some(url::Url::parse(&origin).unwrap());
-    config.wechat.appid = mock_config.appid.clone();
-    config.wechat.secret = mock_config.secret.clone();
-    config.wechat.authorize_url =
-        url::Url::parse(&format!("http://{mock}/connect/oauth2/authorize")).unwrap();
-    config.wechat.api_base = url::Url::parse(&format!("http://{mock}")).unwrap();
-    config.session.store = wxgate::config::StoreKind::Memory;
-    config.session.cookie_secure = false;
-    config.session.secret =
-        wxgate::config::Secret::new("test-session-secret-0123456789-abcdefghij");
-    config.identity.algorithm = wxgate::identity::Algorithm::HS256;
-    config.identity.secret =
-        wxgate::config::Secret::new("test-identity-secret-0123456789-abcdefghij");
-    config.identity.key_file = None;
-    config.identity.plain_headers = true;
-    config
-        .routes
-        .push(support::route("/base/", up.addr, Scope::SnsapiBase));
-    config
-        .routes
-        .push(support::route("/vip/", up.addr, Scope::SnsapiUserinfo));
-    let mut deny = support::route("/deny/", up.addr, Scope::SnsapiBase);
-    deny.non_wechat = NonWeChat::Deny;
-    config.routes.push(deny);
-    let mut anon = support::route("/anon/", up.addr, Scope::SnsapiBase);
-    anon.non_wechat = NonWeChat::Anonymous;
-    config.routes.push(anon);
-    let gw = support::start(&config).await;
-    World {
-        gw,
-        up,
-        mock,
-        origin,
-    }
-}
-
-/// A browser: a cookie jar, WeChat's User-Agent, no automatic redirects.
-fn browser(ua: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .user_agent(ua)
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
-/// Follows redirects by hand (WeChat's `#wechat_redirect` fragment is not sent), returning
-/// every Location seen and the final response.
-async fn follow(client: &reqwest::Client, start: &str) -> (Vec<String>, reqwest::Response) {
-    let mut url = start.to_owned();
-    let mut seen = Vec::new();
-    for _ in 0..10 {
-        let resp = client.get(&url).send().await.unwrap();
-        if !resp.status().is_redirection() {
-            return (seen, resp);
-        }
-        let location = resp.headers()["location"].to_str().unwrap().to_owned();
-        let next = reqwest::Url::parse(&url).unwrap().join(&location).unwrap();
-        seen.push(location);
-        url = next.to_string();
-    }
-    panic!("redirect loop: {seen:?}");
-}
-
-async fn mock_stats(mock: SocketAddr) -> serde_json::Value {
-    reqwest::get(format!("http://{mock}/_mock/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use support::wechat::{
+    DESKTOP_UA, WECHAT_UA, browser, browser_with_jar, follow, mock_stats, world,
+};
 
 #[tokio::test]
 async fn base_login_lands_on_the_exact_url_with_a_verified_identity() {
@@ -327,7 +219,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 #[tokio::test]
 async fn logout_revokes_a_copied_cookie() {
     let w = world().await;
-    let b = browser(WECHAT_UA);
+    let (b, jar) = browser_with_jar(WECHAT_UA);
     follow(&b, &format!("{}/base/x", w.origin)).await;
     let me = b
         .get(format!("{}/_wxgate/me", w.origin))
@@ -336,10 +228,15 @@ async fn logout_revokes_a_copied_cookie() {
         .unwrap();
     assert_eq!(me.status(), 200);
     let session_cookie = {
-        // Read the cookie the browser holds by asking the gateway's echo of it.
-        b.get(format!("{}/echo", w.origin)).send().await.unwrap();
-        w.up.last().headers["cookie"].to_str().unwrap().to_owned()
+        use reqwest::cookie::CookieStore;
+        let url = reqwest::Url::parse(&w.origin).unwrap();
+        let held = jar.cookies(&url).unwrap();
+        held.to_str().unwrap().to_owned()
     };
+    assert!(
+        session_cookie.contains("wxgate_session="),
+        "{session_cookie}"
+    );
     let out = b
         .get(format!("{}/_wxgate/logout?rd=/bye", w.origin))
         .send()

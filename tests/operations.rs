@@ -3,10 +3,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use support::process::spawn_gateway;
 use support::upstream::Upstream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wxgate");
@@ -129,6 +129,13 @@ fn environment_overrides_the_file_secret_included() {
         &[("WXGATE_WECHAT__SECRET", "1234567890")],
     );
     assert_eq!(code, 0, "{err}");
+    // WXGATE_CONFIG names the file; it is not mistaken for a key of it.
+    let (code, out, err) = wxgate(
+        &["check"],
+        &[("WXGATE_CONFIG", path), ("WXGATE_WECHAT__SECRET", env_secret)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[wechat]"), "{out}");
 }
 
 #[test]
@@ -258,39 +265,6 @@ async fn admin_endpoints_report_health_and_count_requests() {
     // The admin listener is not the gateway: no route is served there.
     assert_eq!(c.get(admin("/api/x")).send().await.unwrap().status(), 404);
     gw.shutdown().await;
-}
-
-/// Starts the real binary on free ports and returns it with its main address.
-fn spawn_gateway(
-    config: &std::path::Path,
-) -> (
-    std::process::Child,
-    std::net::SocketAddr,
-    std::sync::mpsc::Receiver<String>,
-) {
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway prints its address");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    (child, addr, rx)
 }
 
 #[tokio::test]

@@ -81,3 +81,41 @@ fn readme_documents_every_configuration_key_and_no_other() {
         "README documents keys that do not exist: {stale:?}"
     );
 }
+
+/// The per-route example a newcomer copies is a configuration the gateway accepts, and it
+/// routes the way the text around it says.
+#[test]
+fn readme_route_example_is_a_valid_configuration() {
+    use wxgate::config::Scope;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Put it in front of your pages")
+        .expect("the section")..];
+    let start = section.find("```toml\n").expect("a TOML block") + "```toml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let mut config: wxgate::config::Config = toml::from_str(&section[start..end]).unwrap();
+    // What the example leaves to the environment and to `wxgate keygen`.
+    config.wechat.secret = wxgate::config::Secret::new("readme-appsecret");
+    config.session.secret =
+        wxgate::config::Secret::new("readme-session-secret-0123456789-abcdefghij");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("identity.pem");
+    let pem = wxgate::identity::generate_pem(wxgate::identity::Algorithm::ES256).unwrap();
+    std::fs::write(&key, pem).unwrap();
+    config.identity.key_file = Some(key);
+    let problems = wxgate::config::validate(&config);
+    assert!(problems.is_empty(), "{problems:?}");
+
+    let table = wxgate::route::RouteTable::from_config(&config).unwrap();
+    let scope = |path: &str| table.find(Some("m.example.com"), path).unwrap().scope;
+    assert_eq!(scope("/activity/spring/index.html"), Scope::Public);
+    assert_eq!(scope("/activity/spring/lottery/draw"), Scope::SnsapiBase);
+    assert_eq!(scope("/activity/spring/rank/"), Scope::SnsapiUserinfo);
+    assert_eq!(scope("/MP_verify_AbCdEf123456.txt"), Scope::Public);
+    assert!(
+        table
+            .find(Some("m.example.com"), "/MP_verify_other.txt")
+            .is_none()
+    );
+}

@@ -67,7 +67,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 fn env_provider() -> Env {
-    Env::prefixed("WXGATE_").split("__")
+    // `WXGATE_CONFIG` names the file (clap reads it); it is not a key of the file.
+    Env::prefixed("WXGATE_").ignore(&["CONFIG"]).split("__")
 }
 
 fn problems_of(error: figment::Error) -> Vec<Problem> {

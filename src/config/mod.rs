@@ -83,7 +83,7 @@ pub struct TlsConfig {
 }
 
 /// Limits against oversized and slow requests; the defaults follow nginx and Envoy's edge advice.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Total bytes of all request header lines (names and values); over it: 431.
@@ -150,6 +150,32 @@ pub struct WeChatConfig {
     /// Time limit of every WeChat API call.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Which of WeChat's relatives are sent to the authorize page like WeChat itself.
+    pub browsers: BrowsersConfig,
+}
+
+/// The in-app browsers besides WeChat's own that count as WeChat (see `login::client`).
+/// One that does not count gets the route's `non_wechat` behaviour.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrowsersConfig {
+    /// WeCom / 企业微信 (`wxwork`). It opens WeChat's authorize page, but may refuse an
+    /// Official Account appid; turn off for WeCom audiences that cannot log in there.
+    pub wecom: bool,
+    /// Mini-program `<web-view>` pages (`miniProgram`).
+    pub mini_program: bool,
+    /// WeChat for Windows and macOS (`WindowsWechat`, `MacWechat`).
+    pub desktop: bool,
+}
+
+impl Default for BrowsersConfig {
+    fn default() -> Self {
+        Self {
+            wecom: true,
+            mini_program: true,
+            desktop: true,
+        }
+    }
 }
 
 impl Default for WeChatConfig {
@@ -161,6 +187,7 @@ impl Default for WeChatConfig {
             api_base: fixed_url("https://api.weixin.qq.com"),
             lang: "zh_CN".to_owned(),
             timeout: Duration::from_secs(5),
+            browsers: BrowsersConfig::default(),
         }
     }
 }
@@ -181,7 +208,7 @@ pub enum StoreKind {
     Redis,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// `memory`, `redb` (embedded file, the default) or `redis`.
@@ -448,5 +475,11 @@ impl Config {
     /// True when some route needs a WeChat login, so the WeChat and session keys must be set.
     pub fn has_protected_routes(&self) -> bool {
         self.routes.iter().any(|r| r.scope != Scope::Public)
+    }
+
+    /// Whether the gateway runs the WeChat login: for its own protected routes, or, with
+    /// `wechat.appid` set, for a proxy in front that asks `/_wxgate/auth` (forward-auth).
+    pub fn needs_login(&self) -> bool {
+        self.has_protected_routes() || !self.wechat.appid.is_empty()
     }
 }

@@ -11,8 +11,7 @@ use crate::route::path;
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
     server(config, &mut p);
-    let protected = config.has_protected_routes();
-    if protected {
+    if config.needs_login() {
         wechat(config, &mut p);
         session(config, &mut p);
         identity(config, &mut p);
@@ -28,9 +27,9 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
                 p.push(Problem::new("server.public_url", m));
             }
         }
-        None if c.has_protected_routes() => p.push(Problem::new(
+        None if c.needs_login() => p.push(Problem::new(
             "server.public_url",
-            "required when a route has scope snsapi_base or snsapi_userinfo (it builds WeChat's redirect_uri)",
+            "required with a WeChat login (a route with scope snsapi_base or snsapi_userinfo, or wechat.appid for forward-auth): it builds WeChat's redirect_uri",
         )),
         None => {}
     }

@@ -65,6 +65,14 @@ pub enum ClientKind {
 }
 
 impl ClientSettings {
+    pub fn from_config(browsers: &crate::config::BrowsersConfig) -> Self {
+        ClientSettings {
+            wecom_is_wechat: browsers.wecom,
+            mini_program_is_wechat: browsers.mini_program,
+            desktop_is_wechat: browsers.desktop,
+        }
+    }
+
     /// Classifies a request from its method and headers.
     pub fn classify(&self, method: &Method, headers: &HeaderMap) -> Client {
         let browser = browser_from_headers(headers);

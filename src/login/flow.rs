@@ -15,14 +15,18 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
 use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
-use crate::login::{AuthScope, ClientSettings, PendingLogins, ReturnUrl, StateKey};
+use crate::login::refresh::{Freshness, ProfileRefresher, freshness, profile_of};
+use crate::login::{AuthScope, ClientSettings, Pending, PendingLogins, ReturnUrl, StateKey};
+use crate::metrics::{LoginMetrics, MeteredStore, Metrics};
 use crate::pages;
 use crate::route::Route;
 use crate::session::{
-    CachedSession, Lifetimes, NewSession, Profile, SessionCache, SessionId, WeChatToken,
-    WeChatTokens,
+    CachedSession, Lifetimes, NewSession, Session, SessionCache, SessionId, SessionStore,
+    WeChatToken, WeChatTokens,
 };
-use crate::wechat::{ClientSettings as WeChatSettings, ErrorKind, WeChatClient, WeChatError};
+use crate::wechat::{
+    CallObserver, ClientSettings as WeChatSettings, ErrorKind, WeChatClient, WeChatError,
+};
 
 /// What JavaScript's encodeURIComponent escapes: WeChat's documentation builds redirect_uri with it.
 const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -72,13 +76,19 @@ pub struct Login {
     state_key: StateKey,
     cookie_name: String,
     cookie_secure: bool,
-    sessions: SessionCache,
+    sessions: Arc<SessionCache>,
     wechat: WeChatClient,
+    refresher: ProfileRefresher,
+    profile_refresh: Duration,
+    metrics: LoginMetrics,
     keys: KeySet,
     identity_header: HeaderName,
     issuer: String,
     audience: String,
     identity_ttl: Duration,
+    /// Names this login's signing key and claim settings, so tokens cached with sessions
+    /// under another configuration are minted again after a reload.
+    signer: u64,
     plain_headers: bool,
     clients: ClientSettings,
     recent: Mutex<HashMap<String, (Instant, String)>>,
@@ -86,7 +96,16 @@ pub struct Login {
 
 impl Login {
     /// Built when the configuration has a WeChat route; `validate` has checked the keys.
-    pub fn new(config: &Config) -> Result<Self, LoginSetupError> {
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, LoginSetupError> {
+        Login::with_sessions(config, metrics, None)
+    }
+
+    /// The same, over `sessions` when given (a reload keeps the store and its cache).
+    pub fn with_sessions(
+        config: &Config,
+        metrics: &Metrics,
+        sessions: Option<Arc<SessionCache>>,
+    ) -> Result<Self, LoginSetupError> {
         let public_origin = config
             .server
             .public_url
@@ -96,19 +115,28 @@ impl Login {
             "{}/_wxgate/callback",
             public_origin.as_str().trim_end_matches('/')
         );
-        let sessions = SessionCache::new(
-            crate::session::open_store(&config.session)?,
-            crate::session::cache_settings(&config.session),
-            crate::session::lifetimes(&config.session),
-        );
-        let wechat = WeChatClient::new(WeChatSettings {
-            api_base: config.wechat.api_base.clone(),
-            appid: config.wechat.appid.clone(),
-            secret: config.wechat.secret.clone(),
-            timeout: config.wechat.timeout,
-            lang: config.wechat.lang.clone(),
-        })?;
+        let sessions = match sessions {
+            Some(sessions) => sessions,
+            None => open_sessions(config, metrics)?,
+        };
+        let wechat_metrics = metrics.wechat.clone();
+        let observer: CallObserver = Arc::new(move |endpoint, outcome, elapsed| {
+            let label = outcome.map_or_else(WeChatError::metric_label, |()| "0".to_owned());
+            wechat_metrics.call(endpoint.path(), label, elapsed);
+        });
+        let wechat = WeChatClient::observed(
+            WeChatSettings {
+                api_base: config.wechat.api_base.clone(),
+                appid: config.wechat.appid.clone(),
+                secret: config.wechat.secret.clone(),
+                timeout: config.wechat.timeout,
+                lang: config.wechat.lang.clone(),
+            },
+            Some(observer),
+        )?;
         let (current, previous) = config.identity.key_sources();
+        let keys = KeySet::load(&current, &previous)?;
+        let signer = signer_of(&config.identity, &keys);
         let identity_header = HeaderName::from_bytes(config.identity.header.as_bytes())
             .unwrap_or_else(|_| HeaderName::from_static("x-wechat-identity"));
         Ok(Self {
@@ -119,27 +147,41 @@ impl Login {
             state_key: StateKey::derive(config.session.secret.expose().as_bytes())?,
             cookie_name: config.session.cookie_name.clone(),
             cookie_secure: config.session.cookie_secure,
+            refresher: ProfileRefresher::new(
+                wechat.clone(),
+                sessions.clone(),
+                metrics.login.clone(),
+            ),
+            metrics: metrics.login.clone(),
+            profile_refresh: config.session.profile_refresh,
             sessions,
             wechat,
-            keys: KeySet::load(&current, &previous)?,
+            keys,
             identity_header,
             issuer: config.identity.issuer.clone(),
             audience: config.identity.audience.clone(),
             identity_ttl: config.identity.ttl,
+            signer,
             plain_headers: config.identity.plain_headers,
-            clients: ClientSettings::default(),
+            clients: ClientSettings::from_config(&config.wechat.browsers),
             recent: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The sessions, for the admin listener's readiness probe.
-    pub fn sessions(&self) -> &SessionCache {
+    /// The sessions, to hand on to the gate of a reloaded configuration.
+    pub fn sessions(&self) -> &Arc<SessionCache> {
         &self.sessions
     }
 
     /// The header the identity JWT travels in; clients' copies of it are always stripped.
     pub fn identity_header(&self) -> &HeaderName {
         &self.identity_header
+    }
+
+    /// Takes the gateway's own cookies (session and pending logins) out of a request bound
+    /// upstream: the identity header is what upstreams get, never the session id.
+    pub fn remove_own_cookies(&self, headers: &mut HeaderMap) {
+        remove_cookies(headers, [&self.cookie_name, STATE_COOKIE]);
     }
 
     /// Decides a request on a protected route: identity, a login, or a refusal.
@@ -153,7 +195,7 @@ impl Login {
             Ok(session) => session,
             Err(response) => return Access::Respond(response),
         };
-        if let Some((_, cached)) = &session {
+        if let Some((id, cached)) = &session {
             let s = &cached.session;
             if s.snapshot && !route.allow_snapshot {
                 return Access::Respond(message_page(
@@ -165,38 +207,66 @@ impl Login {
                 ));
             }
             if s.scope.satisfies(required) {
-                return match self.identity_headers(cached) {
-                    Ok(headers) => Access::Granted(headers),
-                    Err(e) => {
-                        tracing::error!(error = %e, "identity token could not be signed");
-                        Access::Respond(pages::respond(
-                            &pages::Failure::Unavailable,
-                            request.headers(),
-                        ))
-                    }
-                };
+                if self.must_reauthorize(request, id, s) {
+                    // Ask again for what the session had, never less.
+                    return self.challenge(
+                        request,
+                        route.non_wechat,
+                        s.scope,
+                        requested_page(request),
+                    );
+                }
+                return self.grant(request, cached);
             }
         }
-        self.challenge(request, route, required)
+        self.challenge(request, route.non_wechat, required, requested_page(request))
+    }
+
+    fn grant<B>(&self, request: &Request<B>, cached: &CachedSession) -> Access {
+        match self.identity_headers(cached) {
+            Ok(headers) => Access::Granted(headers),
+            Err(e) => {
+                tracing::error!(error = %e, "identity token could not be signed");
+                Access::Respond(pages::respond(
+                    &pages::Failure::Unavailable,
+                    request.headers(),
+                ))
+            }
+        }
+    }
+
+    /// Looks after the profile of a session about to be served: a stale one is refreshed in
+    /// the background; one WeChat will no longer refresh sends a navigation back through
+    /// authorize (scripts keep the identity they have: a redirect cannot help them).
+    fn must_reauthorize<B>(&self, request: &Request<B>, id: &SessionId, session: &Session) -> bool {
+        match freshness(session, SystemTime::now(), self.profile_refresh) {
+            Freshness::Fresh => false,
+            Freshness::Refreshable => {
+                self.refresher.spawn(id.storage_key(), session.clone());
+                false
+            }
+            Freshness::Reauthorize => {
+                let client = self.clients.classify(request.method(), request.headers());
+                client.is_wechat_browser && !client.wants_json
+            }
+        }
     }
 
     /// No sufficient session: WeChat browsers go to authorize, scripts get 401 JSON,
     /// other browsers get the route's `non_wechat` behaviour.
-    fn challenge<B>(&self, request: &Request<B>, route: &Route, scope: AuthScope) -> Access {
+    fn challenge<B>(
+        &self,
+        request: &Request<B>,
+        non_wechat: NonWeChat,
+        scope: AuthScope,
+        return_url: ReturnUrl,
+    ) -> Access {
         let client = self.clients.classify(request.method(), request.headers());
-        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         if client.wants_json {
-            let page = same_site_referer(request.headers(), &self.public_origin)
-                .unwrap_or_else(|| "/".to_owned());
-            let login_url = format!(
-                "/_wxgate/start?rd={}",
-                utf8_percent_encode(&page, URI_COMPONENT)
-            );
-            let body = serde_json::json!({"error": "login_required", "status": 401, "login_url": login_url});
-            return Access::Respond(json(StatusCode::UNAUTHORIZED, &body));
+            return Access::Respond(self.login_required(request.headers(), None));
         }
         if !client.is_wechat_browser {
-            return match route.non_wechat {
+            return match non_wechat {
                 NonWeChat::Anonymous => Access::Anonymous,
                 NonWeChat::Deny => Access::Respond(message_page(
                     StatusCode::FORBIDDEN,
@@ -205,30 +275,46 @@ impl Login {
                     "此页面仅支持在微信客户端内访问。",
                     None,
                 )),
-                NonWeChat::Qrcode => {
-                    let url = format!(
-                        "{}{}",
-                        self.public_origin.as_str().trim_end_matches('/'),
-                        target
-                    );
-                    let mut response = html(StatusCode::OK, crate::pages::qr::render(&url));
-                    response.headers_mut().insert(
-                        "content-security-policy",
-                        HeaderValue::from_static(crate::pages::qr::CONTENT_SECURITY_POLICY),
-                    );
-                    Access::Respond(response)
-                }
+                NonWeChat::Qrcode => Access::Respond(self.qr_page(&return_url)),
             };
         }
-        let return_url =
-            ReturnUrl::from_request_target(target).or_else(|_| ReturnUrl::from_request_target("/"));
-        match return_url {
-            Ok(return_url) => Access::Respond(self.begin(request.headers(), return_url, scope)),
-            Err(_) => Access::Respond(pages::respond(
-                &pages::Failure::BadRequest("bad return url"),
-                request.headers(),
-            )),
-        }
+        Access::Respond(self.begin(request.headers(), return_url, scope))
+    }
+
+    /// 401 JSON for scripts, with the login URL a page's script can send the visitor to:
+    /// back to `page` if given, else to the page the script runs on (its Referer).
+    fn login_required(&self, headers: &HeaderMap, page: Option<&ReturnUrl>) -> Response<Body> {
+        let page = page
+            .map(|p| p.as_str().to_owned())
+            .or_else(|| same_site_referer(headers, &self.public_origin))
+            .unwrap_or_else(|| "/".to_owned());
+        let login_url = format!(
+            "/_wxgate/start?rd={}",
+            utf8_percent_encode(&page, URI_COMPONENT)
+        );
+        let body =
+            serde_json::json!({"error": "login_required", "status": 401, "login_url": login_url});
+        json(StatusCode::UNAUTHORIZED, &body)
+    }
+
+    /// The page for other browsers: a QR code of the page, to open in WeChat.
+    fn qr_page(&self, return_url: &ReturnUrl) -> Response<Body> {
+        let target = return_url.as_str();
+        let url = if target.starts_with('/') {
+            format!(
+                "{}{}",
+                self.public_origin.as_str().trim_end_matches('/'),
+                target
+            )
+        } else {
+            target.to_owned()
+        };
+        let mut response = html(StatusCode::OK, crate::pages::qr::render(&url));
+        response.headers_mut().insert(
+            "content-security-policy",
+            HeaderValue::from_static(crate::pages::qr::CONTENT_SECURITY_POLICY),
+        );
+        response
     }
 
     /// 302 to WeChat's authorize page, with a new state remembered in the state cookie.
@@ -242,6 +328,7 @@ impl Login {
         let mut pending =
             PendingLogins::from_cookie(&self.state_key, cookie(headers, STATE_COOKIE), now);
         let state = pending.begin(return_url, scope, now);
+        self.metrics.started(scope.as_str());
         // WeChat checks the order of these parameters: appid, redirect_uri, response_type, scope, state.
         let location = format!(
             "{}?appid={}&redirect_uri={}&response_type=code&scope={}&state={}&connect_redirect=1#wechat_redirect",
@@ -264,6 +351,7 @@ impl Login {
             "/_wxgate/me" => self.me(request).await,
             "/_wxgate/logout" => self.logout(request).await,
             "/_wxgate/start" => self.start(request),
+            "/_wxgate/auth" => self.forward_auth(request).await,
             "/_wxgate/jwks.json" => {
                 let mut r = Response::new(full(self.keys.jwks().clone()));
                 r.headers_mut()
@@ -288,28 +376,9 @@ impl Login {
         let Some(entry) = pending.take(&state, now) else {
             return self.callback_without_state(headers, &state).await;
         };
-        let retry = Some(entry.return_url.as_str().to_owned());
-        let mut response = match query.get("code").filter(|c| !c.is_empty()) {
-            None => message_page(
-                StatusCode::FORBIDDEN,
-                "你已拒绝授权",
-                "Authorization declined",
-                "需要你的授权才能继续访问此页面。",
-                retry,
-            ),
-            Some(code) => match self.complete(code, entry.scope).await {
-                Ok(id) => {
-                    self.remember(&state, entry.return_url.as_str());
-                    let mut r = redirect(entry.return_url.as_str());
-                    set_cookie(
-                        &mut r,
-                        &self.session_cookie(id.cookie_value().to_owned(), false),
-                    );
-                    r
-                }
-                Err(e) => wechat_failure_page(&e, retry),
-            },
-        };
+        let mut response = self
+            .finish(query.get("code").map(String::as_str), &state, &entry)
+            .await;
         set_cookie(
             &mut response,
             &pending.to_cookie(&self.state_key, STATE_COOKIE, self.cookie_secure),
@@ -318,6 +387,37 @@ impl Login {
             .headers_mut()
             .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
         response
+    }
+
+    /// The callback of a pending login this browser holds: the session and a redirect to
+    /// the page, or the page explaining why not.
+    async fn finish(&self, code: Option<&str>, state: &str, entry: &Pending) -> Response<Body> {
+        let retry = Some(entry.return_url.as_str().to_owned());
+        let Some(code) = code.filter(|c| !c.is_empty()) else {
+            self.metrics.failed("declined");
+            return message_page(
+                StatusCode::FORBIDDEN,
+                "你已拒绝授权",
+                "Authorization declined",
+                "需要你的授权才能继续访问此页面。",
+                retry,
+            );
+        };
+        match self.complete(code, entry.scope).await {
+            Ok(id) => {
+                self.remember(state, entry.return_url.as_str());
+                let mut r = redirect(entry.return_url.as_str());
+                set_cookie(
+                    &mut r,
+                    &self.session_cookie(id.cookie_value().to_owned(), false),
+                );
+                r
+            }
+            Err(e) => {
+                self.metrics.failed(e.reason());
+                wechat_failure_page(&e, retry)
+            }
+        }
     }
 
     /// A state this browser no longer holds: the second load of a finished callback lands on
@@ -330,6 +430,7 @@ impl Login {
                 .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
             return r;
         }
+        self.metrics.failed("state");
         let mut r = message_page(
             StatusCode::BAD_REQUEST,
             "登录已失效",
@@ -352,24 +453,26 @@ impl Login {
             AuthScope::Base
         };
         let mut unionid = grant.unionid.clone();
-        let profile = if granted == AuthScope::UserInfo
-            && scope == AuthScope::UserInfo
-            && !grant.is_snapshotuser
+        let mut snapshot = grant.is_snapshotuser;
+        let profile = if granted == AuthScope::UserInfo && scope == AuthScope::UserInfo && !snapshot
         {
-            let info = self
+            match self
                 .wechat
                 .userinfo(grant.access_token.expose(), &grant.openid)
-                .await?;
-            unionid = info.unionid.clone().or(unionid);
-            Some(Profile {
-                nickname: info.nickname,
-                headimgurl: info.headimgurl,
-                sex: info.sex,
-                province: info.province,
-                city: info.city,
-                country: info.country,
-                privilege: info.privilege,
-            })
+                .await
+            {
+                Ok(info) => {
+                    unionid = info.unionid.clone().or(unionid);
+                    Some(profile_of(info))
+                }
+                // A 快照页 visitor's token may be refused userinfo (48001) without the grant
+                // saying is_snapshotuser: a virtual account, not a failed login.
+                Err(e) if e.kind() == ErrorKind::Unauthorized => {
+                    snapshot = true;
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };
@@ -378,7 +481,7 @@ impl Login {
             openid: grant.openid.clone(),
             unionid,
             scope: granted,
-            snapshot: grant.is_snapshotuser,
+            snapshot,
             profile,
             tokens: WeChatTokens {
                 access_token: WeChatToken::new(grant.access_token.expose()),
@@ -392,6 +495,7 @@ impl Login {
             .create(login)
             .await
             .map_err(CallbackError::Store)?;
+        self.metrics.completed(granted.as_str());
         Ok(id)
     }
 
@@ -440,18 +544,60 @@ impl Login {
     /// Begins a login for a same-site `rd` (what a forward-auth 401 or an XHR client uses).
     fn start<B>(&self, request: &Request<B>) -> Response<Body> {
         let query = query_pairs(request.uri().query());
-        let return_url = query
-            .get("rd")
-            .and_then(|rd| ReturnUrl::from_rd(rd, &self.public_origin, &[]).ok())
-            .or_else(|| ReturnUrl::from_request_target("/").ok());
+        let return_url = return_url_of(request.headers(), &query, &self.public_origin);
         let scope = match query.get("scope").map(String::as_str) {
             Some("snsapi_base") => AuthScope::Base,
             _ => AuthScope::UserInfo,
         };
-        match return_url {
-            Some(url) => self.begin(request.headers(), url, scope),
-            None => pages::respond(&pages::Failure::BadRequest("bad rd"), request.headers()),
+        match self.challenge(request, NonWeChat::Qrcode, scope, return_url) {
+            Access::Respond(response) => response,
+            // Unreachable with Qrcode; a QR page of the home page is the safe answer.
+            Access::Granted(_) | Access::Anonymous => self.qr_page(&home()),
         }
+    }
+
+    /// Forward-auth for nginx `auth_request`, Traefik `ForwardAuth` and Caddy `forward_auth`:
+    /// 200 with the identity headers for a session of at least `?scope=` (default
+    /// `snsapi_base`), else 401 JSON — or, with `?redirect=true` (Traefik, Caddy: they hand
+    /// the answer to the browser), what a protected route would answer: a 302 to WeChat for
+    /// a WeChat navigation, 401 JSON for scripts, the QR page for other browsers. The page
+    /// to return to is `X-Forwarded-Uri` (or `rd`), checked like every return URL.
+    async fn forward_auth<B>(&self, request: &Request<B>) -> Response<Body> {
+        let query = query_pairs(request.uri().query());
+        let required = match query.get("scope").map(String::as_str) {
+            Some("snsapi_userinfo") => AuthScope::UserInfo,
+            _ => AuthScope::Base,
+        };
+        let allow_snapshot = query.get("allow_snapshot").is_none_or(|v| v != "false");
+        let session = match self.session_of(request.headers()).await {
+            Ok(session) => session,
+            Err(response) => return response,
+        };
+        let return_url = return_url_of(request.headers(), &query, &self.public_origin);
+        let mut scope = required;
+        if let Some((id, cached)) = &session {
+            let s = &cached.session;
+            let sufficient = s.scope.satisfies(required) && (allow_snapshot || !s.snapshot);
+            if sufficient && !self.must_reauthorize(request, id, s) {
+                return match self.grant(request, cached) {
+                    Access::Granted(headers) => identity_response(headers),
+                    Access::Respond(response) => response,
+                    Access::Anonymous => self.login_required(request.headers(), None),
+                };
+            }
+            if sufficient {
+                scope = s.scope;
+            }
+        }
+        if query.get("redirect").is_some_and(|v| v == "true") {
+            if let Access::Respond(response) =
+                self.challenge(request, NonWeChat::Qrcode, scope, return_url)
+            {
+                return response;
+            }
+            return self.login_required(request.headers(), None);
+        }
+        self.login_required(request.headers(), Some(&return_url))
     }
 
     /// The live session the request's cookie names, if any; a store failure is a 503.
@@ -483,7 +629,8 @@ impl Login {
         cached: &CachedSession,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, IdentityError> {
         let now = SystemTime::now();
-        let minted = cached.identity_or_mint(now, |s| self.keys.mint(&self.claims(s, now)))?;
+        let minted =
+            cached.identity_or_mint(now, self.signer, |s| self.keys.mint(&self.claims(s, now)))?;
         let mut headers = vec![(self.identity_header.clone(), minted.value().clone())];
         if self.plain_headers {
             headers.extend(plain_headers(&self.claims(&cached.session, now)));
@@ -550,6 +697,21 @@ enum CallbackError {
     WeChat(#[from] WeChatError),
     #[error("session store: {0}")]
     Store(crate::session::StoreError),
+}
+
+impl CallbackError {
+    /// The `reason` label of `wxgate_logins_failed_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            CallbackError::WeChat(e) => match e.kind() {
+                ErrorKind::BadCode => "bad_code",
+                ErrorKind::Unavailable => "wechat_unavailable",
+                ErrorKind::Timeout => "wechat_timeout",
+                _ => "wechat_error",
+            },
+            CallbackError::Store(_) => "store",
+        }
+    }
 }
 
 /// WeChat failures as the visitor sees them: 4xx when the browser's code is bad, 502/503/504
@@ -677,6 +839,142 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         }
     }
     found
+}
+
+/// A fingerprint of what a minted identity depends on: the signing key and the claims'
+/// envelope. HS256 keys share a kid scheme with their secret, so the secret's hash counts too.
+fn signer_of(identity: &crate::config::IdentityConfig, keys: &KeySet) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(keys.signing_kid().as_bytes())
+        .chain_update([0])
+        .chain_update(identity.secret.expose().as_bytes())
+        .chain_update([0])
+        .chain_update(identity.issuer.as_bytes())
+        .chain_update([0])
+        .chain_update(identity.audience.as_bytes())
+        .chain_update(identity.ttl.as_millis().to_le_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// The configured store behind its metrics and hot-path cache.
+fn open_sessions(config: &Config, metrics: &Metrics) -> Result<Arc<SessionCache>, LoginSetupError> {
+    let store = crate::session::open_store(&config.session)?;
+    let store: Arc<dyn SessionStore> = Arc::new(MeteredStore::new(store, metrics.store.clone()));
+    let sessions = Arc::new(SessionCache::new(
+        store,
+        crate::session::cache_settings(&config.session),
+        crate::session::lifetimes(&config.session),
+    ));
+    sample_session_count(&sessions, metrics.login.clone());
+    Ok(sessions)
+}
+
+/// Keeps `wxgate_sessions_active` current: a count at start, then every 15 seconds for as
+/// long as the sessions live (the task holds only a weak reference).
+fn sample_session_count(sessions: &Arc<SessionCache>, metrics: LoginMetrics) {
+    const EVERY: Duration = Duration::from_secs(15);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let sessions = Arc::downgrade(sessions);
+    runtime.spawn(async move {
+        loop {
+            let Some(live) = sessions.upgrade() else {
+                return;
+            };
+            match live.store().count().await {
+                Ok(count) => metrics.set_sessions_active(count),
+                Err(e) => tracing::debug!(error = %e, "session count unavailable"),
+            }
+            drop(live);
+            tokio::time::sleep(EVERY).await;
+        }
+    });
+}
+
+/// Removes the cookies named `names` from every `Cookie` header, dropping headers left empty.
+/// Headers that name none of them are left as they are, without an allocation.
+fn remove_cookies(headers: &mut HeaderMap, names: [&str; 2]) {
+    let mentions = |value: &HeaderValue| {
+        names.iter().any(|name| {
+            value
+                .as_bytes()
+                .windows(name.len())
+                .any(|w| w == name.as_bytes())
+        })
+    };
+    if !headers.get_all(COOKIE).iter().any(mentions) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                    !pair.is_empty() && !names.contains(&name)
+                })
+                .collect();
+            (!rest.is_empty())
+                .then(|| HeaderValue::from_str(&rest.join("; ")).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        headers.append(COOKIE, value);
+    }
+}
+
+/// The page a protected request asked for, to return to after login.
+fn requested_page<B>(request: &Request<B>) -> ReturnUrl {
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    ReturnUrl::from_request_target(target).unwrap_or_else(|_| home())
+}
+
+fn home() -> ReturnUrl {
+    match ReturnUrl::from_request_target("/") {
+        Ok(url) => url,
+        Err(e) => unreachable!("\"/\" is a valid return URL: {e}"),
+    }
+}
+
+/// Where a login started at `/_wxgate/start` or `/_wxgate/auth` returns to: the `rd`
+/// parameter, else the `X-Forwarded-Uri` a proxy in front set, else the home page. Anything
+/// off-site or malformed means the home page.
+fn return_url_of(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    public_origin: &url::Url,
+) -> ReturnUrl {
+    if let Some(rd) = query.get("rd") {
+        return ReturnUrl::from_rd(rd, public_origin, &[]).unwrap_or_else(|_| home());
+    }
+    headers
+        .get("x-forwarded-uri")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|uri| ReturnUrl::from_request_target(uri).ok())
+        .unwrap_or_else(home)
+}
+
+/// A forward-auth 200: no body, the identity in the headers for the proxy to pass on.
+fn identity_response(headers: Vec<(HeaderName, HeaderValue)>) -> Response<Body> {
+    let mut response = Response::new(crate::body::empty());
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value);
+    }
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn query_pairs(query: Option<&str>) -> HashMap<String, String> {

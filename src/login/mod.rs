@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod flow;
+pub mod refresh;
 pub mod return_url;
 pub mod scope;
 pub mod state;

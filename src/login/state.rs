@@ -20,8 +20,10 @@ pub const STATE_LEN: usize = 32;
 pub const STATE_TTL: Duration = Duration::from_secs(600);
 /// Pending logins kept per browser; starting one more drops the oldest.
 pub const MAX_PENDING: usize = 8;
-/// Path the cookie is scoped to: only the gateway's own endpoints (the callback) need it.
-pub const COOKIE_PATH: &str = "/_wxgate/";
+/// Path the cookie is scoped to. Every page that starts a login must see the pending set so
+/// that a second tab adds to it rather than replacing it, hence `/`; the gateway removes the
+/// cookie from requests it forwards upstream.
+pub const COOKIE_PATH: &str = "/";
 
 /// Clock skew tolerated for entries stamped in the future (several gateways, one cookie).
 const FUTURE_SKEW_SECS: u64 = 60;
@@ -492,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn cookie_attributes_bind_it_to_the_callback_path() {
+    fn cookie_attributes_keep_it_private_short_lived_and_sent_from_every_page() {
         let mut logins = PendingLogins::default();
         logins.begin(url("/x"), AuthScope::Base, t(0));
         let cookie = logins.to_cookie(&key(), NAME, true);

@@ -177,7 +177,10 @@ fn userinfo(shared: &Shared, params: &Params, behaviour: &Faults, now: u64) -> A
     let (nickname, headimgurl) = if grant.snapshot {
         (SNAPSHOT_NICKNAME.to_owned(), SNAPSHOT_HEADIMGURL.to_owned())
     } else {
-        (user.nickname.to_owned(), user.headimgurl())
+        (
+            user.nickname.to_owned(),
+            user.headimgurl(shared.config.avatar_origin.as_deref()),
+        )
     };
     // Since 2021-10-20 sex is 0 and the regions are empty; there is no `language` field.
     let mut json = WxJson::new()

@@ -40,6 +40,10 @@ pub async fn handle(
             Err(message) => bad_request(&message),
         },
         (&Method::GET, "/_mock/users") => users_json(shared),
+        (&Method::GET, "/_mock/secrets") => {
+            let issued = lock(&shared.store).issued();
+            wire::json(StatusCode::OK, &issued)
+        }
         (&Method::GET, "/_mock/avatar") => avatar(query),
         _ => wire::plain(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -134,7 +134,7 @@ pub fn index_page(appid: &str) -> String {
         "<div style=\"padding:16px;font-size:14px;line-height:1.6\"><h3>wxgate mock WeChat</h3>\
          <p>appid <code>{}</code></p><ul>\
          <li>GET /connect/oauth2/authorize</li><li>/sns/oauth2/access_token, /sns/oauth2/refresh_token, /sns/userinfo, /sns/auth</li>\
-         <li>GET|POST /_mock/faults · POST /_mock/reset · GET /_mock/stats · GET|POST /_mock/clock · GET /_mock/users</li></ul>\
+         <li>GET|POST /_mock/faults · POST /_mock/reset · GET /_mock/stats · GET|POST /_mock/clock · GET /_mock/users · GET /_mock/secrets</li></ul>\
          <p>Users (cookie <code>mock_user=&lt;id&gt;</code>):</p><ul>{users}</ul></div>",
         escape(appid)
     );

@@ -124,6 +124,9 @@ pub struct MockConfig {
     pub accept_any_redirect: bool,
     pub auto_consent: bool,
     pub default_user: String,
+    /// `Some(origin)`: profiles point their `headimgurl` at this mock's own `/_mock/avatar`
+    /// (`wxgate demo` has no internet to reach qlogo.cn); `None`: qlogo.cn URLs like WeChat's.
+    pub avatar_origin: Option<String>,
     pub code_ttl: Duration,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
@@ -142,6 +145,7 @@ impl Default for MockConfig {
             accept_any_redirect: false,
             auto_consent: false,
             default_user: "lilei".into(),
+            avatar_origin: None,
             code_ttl: Duration::from_secs(300),
             access_token_ttl: Duration::from_secs(7200),
             refresh_token_ttl: Duration::from_secs(30 * 86_400),
@@ -296,7 +300,7 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
     println!("  authorize_url = \"http://{addr}/connect/oauth2/authorize\"");
     println!("  api_base      = \"http://{addr}\"");
     println!(
-        "  control       : http://{addr}/_mock/faults, /_mock/stats, /_mock/reset, /_mock/users"
+        "  control       : http://{addr}/_mock/faults, /_mock/stats, /_mock/reset, /_mock/users, /_mock/secrets"
     );
     let shutdown = async {
         if let Err(error) = tokio::signal::ctrl_c().await {

@@ -105,6 +105,21 @@ pub struct Store {
 }
 
 impl Store {
+    /// Every code and token issued since the last reset, for tests that check none of them
+    /// leaks (`GET /_mock/secrets`). The mock's own control plane; WeChat has no such thing.
+    pub fn issued(&self) -> serde_json::Value {
+        fn sorted<'a>(keys: impl Iterator<Item = &'a String>) -> serde_json::Value {
+            let mut v: Vec<&String> = keys.collect();
+            v.sort();
+            serde_json::json!(v)
+        }
+        serde_json::json!({
+            "codes": sorted(self.codes.keys()),
+            "access_tokens": sorted(self.access.keys()),
+            "refresh_tokens": sorted(self.refresh.keys()),
+        })
+    }
+
     pub fn insert_code(&mut self, grant: Grant, now: u64, code_ttl: u64) -> String {
         let code = new_code();
         self.codes.insert(

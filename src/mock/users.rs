@@ -84,7 +84,15 @@ impl FixtureUser {
             .then(|| derive_id(&["unionid", platform, self.id, snapshot_tag(snapshot)]))
     }
 
-    pub fn headimgurl(&self) -> String {
+    /// A qlogo.cn URL shaped like WeChat's, or this user's avatar on the mock at `local_origin`.
+    pub fn headimgurl(&self, local_origin: Option<&str>) -> String {
+        if let Some(origin) = local_origin {
+            return format!(
+                "{}/_mock/avatar?user={}",
+                origin.trim_end_matches('/'),
+                self.id
+            );
+        }
         let digest = hex::encode(Sha256::digest(self.id.as_bytes()));
         format!("https://thirdwx.qlogo.cn/mmopen/vi_32/{digest}/132")
     }
@@ -121,6 +129,19 @@ mod tests {
         assert_ne!(openid, user.openid("wx1", true), "snapshot is virtual");
         assert_ne!(user.unionid("p", false), user.unionid("p", true));
         assert_eq!(find("bell").unwrap().unionid("p", false), None);
+    }
+
+    #[test]
+    fn avatars_are_qlogo_shaped_or_served_by_the_mock() {
+        let user = find("hanmeimei").unwrap();
+        assert!(
+            user.headimgurl(None)
+                .starts_with("https://thirdwx.qlogo.cn/mmopen/vi_32/")
+        );
+        assert_eq!(
+            user.headimgurl(Some("http://127.0.0.1:9100/")),
+            "http://127.0.0.1:9100/_mock/avatar?user=hanmeimei"
+        );
     }
 
     #[test]

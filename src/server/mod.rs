@@ -3,6 +3,7 @@
 
 mod admin;
 mod idle;
+pub mod reload;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -29,6 +30,7 @@ use crate::gate::{ConnInfo, Gate, GateError};
 use crate::session::StoreHealth;
 use admin::Admin;
 use idle::{Activity, Tracked};
+use reload::{LiveCert, LiveGate, ReloadError, Reloader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -53,13 +55,13 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
-impl Handler for Gate {
+impl<H: Handler> Handler for Arc<H> {
     fn call(
         &self,
         request: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
-        self.handle(request, conn)
+        H::call(self, request, conn)
     }
 }
 
@@ -77,9 +79,20 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     main: JoinHandle<()>,
     admin: JoinHandle<()>,
+    reloader: Arc<Reloader>,
 }
 
 impl Running {
+    /// Swaps in `config` (routes, upstreams, identity keys, TLS certificate) without dropping
+    /// a request, or refuses it and keeps serving the running one.
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        self.reloader.apply(config)
+    }
+
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), returns.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Relaxed);
@@ -91,25 +104,48 @@ impl Running {
 
 /// Binds both listeners and starts serving; returns once they accept connections.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let gate = Arc::new(Gate::new(config)?);
-    let tls = match &config.server.tls {
-        Some(tls) => Some(TlsAcceptor::from(tls::server_config(tls)?)),
+    let gate = Gate::new(config)?;
+    let listener = bind("server.listen", config.server.listen).await?;
+    start_with(config, gate, listener, |gate| gate).await
+}
+
+/// `start` on a main listener the caller bound, with `wrap` in front of the (reloadable)
+/// gate: the demo binds a friendly port itself and adds its simulated-WeChat marker this
+/// way, without a production setting for either.
+pub async fn start_with<H: Handler>(
+    config: &Config,
+    gate: Gate,
+    listener: TcpListener,
+    wrap: impl FnOnce(Arc<LiveGate>) -> H,
+) -> Result<Running, StartError> {
+    let gate = Arc::new(LiveGate::new(gate));
+    let cert = match &config.server.tls {
+        Some(tls) => Some(LiveCert::load(tls)?),
         None => None,
     };
-    let listener = bind("server.listen", config.server.listen).await?;
+    let tls = match &cert {
+        Some(cert) => Some(TlsAcceptor::from(tls::server_config(cert.clone())?)),
+        None => None,
+    };
+    let metrics = gate.current().metrics().clone();
+    let reloader = Arc::new(Reloader {
+        gate: gate.clone(),
+        cert,
+        running: std::sync::Mutex::new(config.clone()),
+    });
+    // Reloads keep the session store (session.* changes need a restart): probe this one.
+    let store = gate.current().session_store().cloned();
+    let handler = Arc::new(wrap(gate));
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let addr = local_addr("server.listen", &listener)?;
     let admin_addr = local_addr("admin.listen", &admin_listener)?;
     let ready = Arc::new(AtomicBool::new(true));
     let admin = Arc::new(Admin {
-        metrics: gate.metrics().clone(),
+        metrics: metrics.clone(),
         ready: ready.clone(),
-        store: gate
-            .session_store()
-            .map(|store| StoreHealth::new(store.clone(), config.session.store_timeout)),
+        store: store.map(|store| StoreHealth::new(store, config.session.store_timeout)),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let metrics = gate.metrics().clone();
     let listen = Listen {
         limits: config.server.limits.clone(),
         drain: config.server.drain_timeout,
@@ -122,7 +158,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             metrics.connection_closed()
         }
     });
-    let main = tokio::spawn(serve(listener, tls, gate, listen.clone(), Some(on_conn)));
+    let main = tokio::spawn(serve(listener, tls, handler, listen.clone(), Some(on_conn)));
     let admin = tokio::spawn(serve(admin_listener, None, admin, listen, None));
     tracing::info!(%addr, %admin_addr, "wxgate listening");
     Ok(Running {
@@ -132,12 +168,26 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         ready,
         main,
         admin,
+        reloader,
     })
 }
 
-/// Runs until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: &Config) -> Result<(), StartError> {
+/// How often the configuration file is checked for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs until SIGTERM or SIGINT, then drains and returns. With the file `config` came from,
+/// SIGHUP or a change of the file reloads it.
+pub async fn run(config: &Config, path: Option<&std::path::Path>) -> Result<(), StartError> {
     let running = start(config).await?;
+    if let Some(path) = path {
+        let path = path.to_path_buf();
+        tokio::spawn(reload::watch_file(
+            path.clone(),
+            running.reloader(),
+            WATCH_EVERY,
+        ));
+        tokio::spawn(reload_on_hangup(path, running.reloader()));
+    }
     shutdown_signal().await;
     tracing::info!(drain = ?config.server.drain_timeout, "shutting down: draining in-flight requests");
     running.shutdown().await;
@@ -145,7 +195,25 @@ pub async fn run(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+async fn reload_on_hangup(path: std::path::PathBuf, reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be watched; reload by changing the file instead");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = reloader.reload_from(&path);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, reloader);
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -78,7 +78,8 @@ impl CacheSettings {
 /// request of the session; a changed session is a new `CachedSession`, never a mutated one.
 pub struct CachedSession {
     pub session: Session,
-    identity: Mutex<Option<MintedIdentity>>,
+    /// The JWT and the signer it was minted by (see [`CachedSession::identity_or_mint`]).
+    identity: Mutex<Option<(u64, MintedIdentity)>>,
     /// Set by the request that writes `last_seen` back, so a burst of requests makes one write.
     touching: AtomicBool,
 }
@@ -88,7 +89,7 @@ impl CachedSession {
         CachedSession::with_identity(session, None)
     }
 
-    fn with_identity(session: Session, identity: Option<MintedIdentity>) -> Self {
+    fn with_identity(session: Session, identity: Option<(u64, MintedIdentity)>) -> Self {
         CachedSession {
             session,
             identity: Mutex::new(identity),
@@ -96,7 +97,7 @@ impl CachedSession {
         }
     }
 
-    fn identity_slot(&self) -> std::sync::MutexGuard<'_, Option<MintedIdentity>> {
+    fn identity_slot(&self) -> std::sync::MutexGuard<'_, Option<(u64, MintedIdentity)>> {
         // The slot holds a whole value or none; a panic cannot leave it half-written.
         self.identity.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -105,23 +106,30 @@ impl CachedSession {
     pub fn identity(&self, now: SystemTime) -> Option<MintedIdentity> {
         self.identity_slot()
             .as_ref()
+            .map(|(_, minted)| minted)
             .filter(|minted| minted.is_fresh(now))
             .cloned()
     }
 
     /// The cached JWT, or a new one from `mint` (kept for the next requests). Concurrent
-    /// requests wait for one signature rather than each signing.
+    /// requests wait for one signature rather than each signing. `signer` names the key and
+    /// claim settings `mint` uses: a token minted by another signer (before a reload that
+    /// rotated the key, say) is minted again, not served.
     pub fn identity_or_mint<E>(
         &self,
         now: SystemTime,
+        signer: u64,
         mint: impl FnOnce(&Session) -> Result<MintedIdentity, E>,
     ) -> Result<MintedIdentity, E> {
         let mut slot = self.identity_slot();
-        if let Some(minted) = slot.as_ref().filter(|minted| minted.is_fresh(now)) {
+        if let Some((_, minted)) = slot
+            .as_ref()
+            .filter(|(by, minted)| *by == signer && minted.is_fresh(now))
+        {
             return Ok(minted.clone());
         }
         let minted = mint(&self.session)?;
-        *slot = Some(minted.clone());
+        *slot = Some((signer, minted.clone()));
         Ok(minted)
     }
 }
@@ -727,7 +735,7 @@ mod tests {
         };
         for _ in 0..10 {
             let cached = cache.load(&key).await.unwrap().unwrap();
-            let identity = cached.identity_or_mint(clock.now(), mint).unwrap();
+            let identity = cached.identity_or_mint(clock.now(), 1, mint).unwrap();
             assert_eq!(identity.value(), "h.p.s");
         }
         assert_eq!(signatures.load(Ordering::SeqCst), 1);
@@ -742,8 +750,16 @@ mod tests {
         // Close to the JWT's expiry it is signed again.
         clock.advance(Duration::from_secs(200));
         assert!(touched.identity(clock.now()).is_none());
-        touched.identity_or_mint(clock.now(), mint).unwrap();
+        touched.identity_or_mint(clock.now(), 1, mint).unwrap();
         assert_eq!(signatures.load(Ordering::SeqCst), 2);
+        touched.identity_or_mint(clock.now(), 1, mint).unwrap();
+        assert_eq!(signatures.load(Ordering::SeqCst), 2);
+        touched.identity_or_mint(clock.now(), 2, mint).unwrap();
+        assert_eq!(
+            signatures.load(Ordering::SeqCst),
+            3,
+            "another signer, a new token"
+        );
 
         let mut renamed = touched.session.clone();
         renamed.profile.as_mut().unwrap().nickname = "新名字".to_owned();
@@ -813,7 +829,7 @@ mod tests {
         let session = Session::new(login("o1"), at(0), LIFETIMES);
         let cached = CachedSession::new(session.clone());
         cached
-            .identity_or_mint(at(0), |s| {
+            .identity_or_mint(at(0), 1, |s| {
                 Ok::<_, ()>(minted(s, at(0), "jwt.secret.signature"))
             })
             .unwrap();

@@ -35,6 +35,10 @@ pub struct ClientSettings {
     pub lang: String,
 }
 
+/// Told of every attempt at a call, for metrics: the endpoint, its outcome and how long it
+/// took. It never sees a URL (the token request's holds the AppSecret), a token or a body.
+pub type CallObserver = Arc<dyn Fn(Endpoint, Result<(), &WeChatError>, Duration) + Send + Sync>;
+
 /// The WeChat web-authorization API client. Cheap to clone; build it once.
 #[derive(Clone)]
 pub struct WeChatClient {
@@ -48,6 +52,7 @@ struct Inner {
     secret: Secret,
     timeout: Duration,
     lang: String,
+    observer: Option<CallObserver>,
 }
 
 impl fmt::Debug for WeChatClient {
@@ -62,6 +67,14 @@ impl fmt::Debug for WeChatClient {
 
 impl WeChatClient {
     pub fn new(settings: ClientSettings) -> Result<Self, WeChatError> {
+        WeChatClient::observed(settings, None)
+    }
+
+    /// The same, telling `observer` of every attempt.
+    pub fn observed(
+        settings: ClientSettings,
+        observer: Option<CallObserver>,
+    ) -> Result<Self, WeChatError> {
         validate(&settings)?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -79,6 +92,7 @@ impl WeChatClient {
                 secret: settings.secret,
                 timeout: settings.timeout,
                 lang: settings.lang,
+                observer,
             }),
         })
     }
@@ -187,9 +201,14 @@ impl WeChatClient {
                 }),
             }
         };
-        tokio::time::timeout_at(deadline, exchange)
+        let started = Instant::now();
+        let result = tokio::time::timeout_at(deadline, exchange)
             .await
-            .unwrap_or(Err(WeChatError::Timeout { endpoint }))
+            .unwrap_or(Err(WeChatError::Timeout { endpoint }));
+        if let Some(observe) = &self.inner.observer {
+            observe(endpoint, result.as_ref().map(|_| ()), started.elapsed());
+        }
+        result
     }
 
     fn url(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Url {

@@ -279,6 +279,19 @@ impl WeChatError {
     }
 
     /// The errcode WeChat answered with, if this failure is one.
+    /// What a metric calls this failure: WeChat's errcode, or the kind of transport failure.
+    /// Never a URL, a token or WeChat's text.
+    pub fn metric_label(&self) -> String {
+        match self {
+            WeChatError::Api { errcode, .. } => errcode.code().to_string(),
+            WeChatError::Timeout { .. } => "timeout".to_owned(),
+            WeChatError::Status { status, .. } => format!("http_{}xx", status.as_u16() / 100),
+            WeChatError::Transport { .. } => "transport".to_owned(),
+            WeChatError::Malformed { .. } => "malformed".to_owned(),
+            WeChatError::Build(_) | WeChatError::Settings(_) => "client".to_owned(),
+        }
+    }
+
     pub fn errcode(&self) -> Option<Errcode> {
         match self {
             WeChatError::Api { errcode, .. } => Some(*errcode),

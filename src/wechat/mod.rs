@@ -8,6 +8,6 @@ mod model;
 mod parse;
 
 pub use crate::secret::Secret;
-pub use client::{ClientSettings, WeChatClient};
+pub use client::{CallObserver, ClientSettings, WeChatClient};
 pub use error::{Endpoint, Errcode, ErrorKind, Malformed, WeChatError};
 pub use model::{TokenGrant, UserInfo};

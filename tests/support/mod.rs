@@ -2,8 +2,11 @@
 //! what reached it, and the gateway started in-process on free ports.
 #![allow(dead_code)]
 
+pub mod nginx;
+pub mod process;
 pub mod redis_server;
 pub mod upstream;
+pub mod wechat;
 
 use std::net::SocketAddr;
 

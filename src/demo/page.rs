@@ -1,0 +1,411 @@
+//! The demo upstream's one page: what the application behind the gateway received — the
+//! verified identity claims, the plain `X-WeChat-*` headers, the avatar and nickname, every
+//! other header — with links to try each kind of route. Chinese and English, mobile first,
+//! no script; everything printed is escaped.
+
+use crate::config::Scope;
+use crate::identity::Claims;
+use crate::pages::escape;
+
+/// One route of the demo, shown on the page and configured on the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoRoute {
+    pub path: &'static str,
+    pub scope: Scope,
+    pub title_zh: &'static str,
+    pub title_en: &'static str,
+}
+
+/// The demo's routes, the most specific last; `/` is the page the demo prints.
+pub const ROUTES: [DemoRoute; 3] = [
+    DemoRoute {
+        path: "/",
+        scope: Scope::SnsapiUserinfo,
+        title_zh: "需要昵称头像的页面",
+        title_en: "A page that needs the profile",
+    },
+    DemoRoute {
+        path: "/base/",
+        scope: Scope::SnsapiBase,
+        title_zh: "只需 openid 的页面（静默授权）",
+        title_en: "A page that needs only the openid (silent)",
+    },
+    DemoRoute {
+        path: "/public/",
+        scope: Scope::Public,
+        title_zh: "公开页面",
+        title_en: "A public page",
+    },
+];
+
+/// The demo route a path falls under (longest prefix, as the gateway matches).
+pub fn route_of(path: &str) -> &'static DemoRoute {
+    ROUTES
+        .iter()
+        .filter(|route| path.starts_with(route.path))
+        .max_by_key(|route| route.path.len())
+        .unwrap_or(&ROUTES[0])
+}
+
+pub fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Public => "public",
+        Scope::SnsapiBase => "snsapi_base",
+        Scope::SnsapiUserinfo => "snsapi_userinfo",
+    }
+}
+
+/// What became of the identity header.
+pub enum Identity {
+    /// No identity header arrived (a public route).
+    Absent,
+    /// The signature, issuer, audience and expiry all check out.
+    Verified {
+        claims: Box<Claims>,
+        algorithm: String,
+        kid: String,
+        /// Where the key came from: the JWKS URL or "the shared HS256 secret".
+        against: String,
+        token_bytes: usize,
+    },
+    /// The header arrived but did not verify; `reason` never holds the token.
+    Rejected { reason: String, against: String },
+}
+
+/// Everything the page shows; built by the upstream from the request it received.
+pub struct Received {
+    /// Path and query exactly as the upstream received them.
+    pub target: String,
+    pub route: &'static DemoRoute,
+    pub identity: Identity,
+    /// `X-WeChat-OpenID` and the other plain headers: name, raw value, decoded value.
+    pub plain: Vec<(String, String, Option<String>)>,
+    /// Every header, the secret-bearing ones masked.
+    pub headers: Vec<(String, String)>,
+    /// The demo appended its WeChat marker to the browser's User-Agent.
+    pub simulated_wechat: bool,
+}
+
+const STYLE: &str = "*{box-sizing:border-box}body{margin:0;font-family:-apple-system,BlinkMacSystemFont,'PingFang SC',\
+'Noto Sans CJK SC','Microsoft YaHei',sans-serif;background:#ededed;color:#191919;-webkit-text-size-adjust:100%}\
+main{max-width:560px;margin:0 auto;padding:16px 12px 40px}h1{font-size:19px;margin:4px 0 2px}\
+.en{color:#7f7f7f;font-size:13px;font-weight:400}section{background:#fff;border-radius:10px;padding:14px;margin:12px 0}\
+h2{font-size:15px;margin:0 0 8px}.who{display:flex;align-items:center;gap:14px}\
+.avatar{width:64px;height:64px;border-radius:8px;background:#d8d8d8;flex:none}\
+.nickname{font-size:22px;font-weight:600;word-break:break-all}.openid{font:12px monospace;color:#7f7f7f;word-break:break-all}\
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;background:#07c160;color:#fff;font-size:12px}\
+.badge.public{background:#888}.badge.base{background:#10aeff}\
+.ok{border-left:4px solid #07c160}.bad{border-left:4px solid #e64340}.muted{color:#7f7f7f;font-size:13px}\
+pre{margin:0;padding:10px;background:#f7f7f7;border-radius:6px;overflow-x:auto;font-size:12px;line-height:1.5;white-space:pre-wrap;word-break:break-all}\
+table{width:100%;border-collapse:collapse;font-size:12px}td{padding:4px 6px;border-top:1px solid #eee;vertical-align:top;word-break:break-all}\
+td:first-child{font-family:monospace;white-space:nowrap;color:#576b95;width:1%}\
+nav a{display:block;padding:10px 0;border-top:1px solid #eee;color:#576b95;text-decoration:none;font-size:15px}\
+nav a:first-of-type{border-top:0}nav code{font-size:12px;color:#7f7f7f}p{font-size:14px;line-height:1.6;margin:6px 0}";
+
+/// The whole page.
+pub fn render(received: &Received) -> String {
+    let route = received.route;
+    let body = [
+        header(route),
+        who(received),
+        verification(&received.identity),
+        links(),
+        claims(&received.identity),
+        plain_headers(&received.plain),
+        all_headers(received),
+    ]
+    .concat();
+    format!(
+        "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<link rel=\"icon\" href=\"data:,\"><title>wxgate 演示 · demo</title><style>{STYLE}</style></head>\
+<body><main>{body}</main></body></html>"
+    )
+}
+
+fn header(route: &DemoRoute) -> String {
+    let class = match route.scope {
+        Scope::Public => "badge public",
+        Scope::SnsapiBase => "badge base",
+        Scope::SnsapiUserinfo => "badge",
+    };
+    format!(
+        "<h1>wxgate 演示：上游应用收到了什么 <span class=\"en\">what the upstream app received</span></h1>\
+<p>{zh} <span class=\"en\">{en}</span> · <code>{path}</code> <span class=\"{class}\">{scope}</span></p>",
+        zh = escape(route.title_zh),
+        en = escape(route.title_en),
+        path = escape(route.path),
+        scope = scope_name(route.scope),
+    )
+}
+
+fn who(received: &Received) -> String {
+    let Identity::Verified { claims, .. } = &received.identity else {
+        let text = match received.identity {
+            Identity::Absent => {
+                "公开路由：网关不要求登录，也不向上游转发身份。<span class=\"en\">Public route: \
+                 no login is required and no identity is forwarded.</span>"
+            }
+            _ => "身份未通过验证。<span class=\"en\">The identity did not verify.</span>",
+        };
+        return format!(
+            "<section><h2>访客 <span class=\"en\">Visitor</span></h2><p>{text}</p></section>"
+        );
+    };
+    let avatar = claims
+        .headimgurl
+        .as_deref()
+        .filter(|url| url.starts_with("http://") || url.starts_with("https://"))
+        .map(|url| {
+            format!(
+                "<img class=\"avatar\" alt=\"\" referrerpolicy=\"no-referrer\" src=\"{}\">",
+                escape(url)
+            )
+        })
+        .unwrap_or_else(|| "<div class=\"avatar\"></div>".to_owned());
+    let name = match claims.nickname.as_deref() {
+        Some(nickname) => format!(
+            "<div class=\"nickname\">{}</div>",
+            escape(&printable(nickname))
+        ),
+        None => "<div class=\"muted\">snsapi_base：没有昵称和头像，只有 openid \
+                 <span class=\"en\">no nickname or avatar, only the openid</span></div>"
+            .to_owned(),
+    };
+    let snapshot = if claims.snapshot == Some(true) {
+        "<p class=\"muted\">快照页虚拟账号 <span class=\"en\">a snapshot-page virtual account</span></p>"
+    } else {
+        ""
+    };
+    let marker = if received.simulated_wechat {
+        "<p class=\"muted\">演示把你的浏览器模拟成了微信（User-Agent 末尾加了 <code>MicroMessenger/8.0.50</code>）。\
+         <span class=\"en\">The demo made your browser look like WeChat (it appended \
+         <code>MicroMessenger/8.0.50</code> to the User-Agent).</span></p>"
+    } else {
+        ""
+    };
+    format!(
+        "<section><div class=\"who\">{avatar}<div>{name}<div class=\"openid\">openid {openid}</div>\
+<div class=\"openid\">unionid {unionid}</div></div></div>{snapshot}{marker}</section>",
+        openid = escape(&claims.openid),
+        unionid = escape(claims.unionid.as_deref().unwrap_or("—")),
+    )
+}
+
+fn verification(identity: &Identity) -> String {
+    match identity {
+        Identity::Absent => String::new(),
+        Identity::Verified {
+            algorithm,
+            kid,
+            against,
+            token_bytes,
+            claims,
+        } => format!(
+            "<section class=\"ok verified\"><h2>✓ 签名已验证 <span class=\"en\">Signature verified</span></h2>\
+<p>{algorithm}, kid <code>{kid}</code>, 密钥来自 <span class=\"en\">key from</span> <code>{against}</code></p>\
+<p class=\"muted\">iss <code>{iss}</code> · aud <code>{aud}</code> · exp {exp} · \
+JWT {token_bytes} bytes, 不在页面上显示：它是访问上游的凭证 \
+<span class=\"en\">not shown: it is a credential for the upstream</span></p></section>",
+            algorithm = escape(algorithm),
+            kid = escape(kid),
+            against = escape(against),
+            iss = escape(&claims.iss),
+            aud = escape(&claims.aud),
+            exp = claims.exp,
+        ),
+        Identity::Rejected { reason, against } => format!(
+            "<section class=\"bad\"><h2>✗ 签名验证失败 <span class=\"en\">Signature not verified</span></h2>\
+<p>{} <span class=\"muted\">({})</span></p></section>",
+            escape(reason),
+            escape(against)
+        ),
+    }
+}
+
+fn claims(identity: &Identity) -> String {
+    let Identity::Verified { claims, .. } = identity else {
+        return String::new();
+    };
+    // serde_json writes control characters as \u escapes, so the nickname's bytes stay visible.
+    let json = serde_json::to_string_pretty(claims).unwrap_or_default();
+    format!(
+        "<section><h2>JWT 声明 <span class=\"en\">JWT claims</span></h2><pre class=\"claims\">{}</pre></section>",
+        escape(&json)
+    )
+}
+
+fn plain_headers(plain: &[(String, String, Option<String>)]) -> String {
+    if plain.is_empty() {
+        return String::new();
+    }
+    let rows: String = plain
+        .iter()
+        .map(|(name, raw, decoded)| {
+            let decoded = decoded
+                .as_deref()
+                .filter(|d| d != raw)
+                .map(|d| format!("<br>→ {}", escape(&printable(d))))
+                .unwrap_or_default();
+            format!(
+                "<tr><td>{}</td><td>{}{decoded}</td></tr>",
+                escape(name),
+                escape(raw)
+            )
+        })
+        .collect();
+    format!(
+        "<section><h2>明文身份头 <span class=\"en\">Plain identity headers</span></h2>\
+<p class=\"muted\">昵称按 UTF-8 百分号编码 <span class=\"en\">the nickname is percent-encoded UTF-8</span></p>\
+<table>{rows}</table></section>"
+    )
+}
+
+fn all_headers(received: &Received) -> String {
+    let rows: String = received
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "<tr><td>{}</td><td>{}</td></tr>",
+                escape(name),
+                escape(&printable(value))
+            )
+        })
+        .collect();
+    format!(
+        "<section><h2>上游收到的请求 <span class=\"en\">The request the upstream received</span></h2>\
+<p><code>GET {}</code></p><table>{rows}</table></section>",
+        escape(&received.target)
+    )
+}
+
+fn links() -> String {
+    let routes: String = ROUTES
+        .iter()
+        .map(|route| {
+            let href = if route.path == "/" {
+                "/?from=singlemessage&isappinstalled=0"
+            } else {
+                route.path
+            };
+            format!(
+                "<a href=\"{}\">{} <span class=\"en\">{}</span> <code>{}</code></a>",
+                escape(href),
+                escape(route.title_zh),
+                escape(route.title_en),
+                scope_name(route.scope)
+            )
+        })
+        .collect();
+    format!(
+        "<section><nav>{routes}\
+<a class=\"logout\" href=\"/_wxgate/logout?rd=/\">退出登录 <span class=\"en\">Log out</span> <code>/_wxgate/logout?rd=/</code></a>\
+<a href=\"/_wxgate/me\">访客信息 JSON <span class=\"en\">the visitor as JSON</span> <code>/_wxgate/me</code></a>\
+<a href=\"/_wxgate/jwks.json\">验签公钥 <span class=\"en\">verification keys</span> <code>/_wxgate/jwks.json</code></a>\
+<a class=\"desktop\" href=\"/_demo/view?as=desktop\">以桌面浏览器查看（会先退出登录）<span class=\"en\">See it as a desktop browser (logs you out)</span></a>\
+<a href=\"/_demo/view?as=wechat\">恢复模拟微信 <span class=\"en\">Back to the simulated WeChat</span></a>\
+</nav></section>"
+    )
+}
+
+/// Control characters mean nothing on screen; show them as `\u{7}` so nothing is hidden.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::IdentityFacts;
+    use std::time::{Duration, SystemTime};
+
+    fn claims(nickname: &str, headimgurl: &str) -> Claims {
+        Claims::new(
+            IdentityFacts {
+                appid: "wx1".into(),
+                scope: "snsapi_userinfo".into(),
+                openid: "o<openid>".into(),
+                nickname: Some(nickname.into()),
+                headimgurl: Some(headimgurl.into()),
+                ..IdentityFacts::default()
+            },
+            "wxgate",
+            "wxgate-upstream",
+            Duration::from_secs(300),
+            SystemTime::now(),
+        )
+    }
+
+    fn received(identity: Identity) -> Received {
+        Received {
+            target: "/?q=<b>".into(),
+            route: route_of("/"),
+            identity,
+            plain: vec![(
+                "x-wechat-nickname".into(),
+                "%3Cb%3E".into(),
+                Some("<b>\u{7}".into()),
+            )],
+            headers: vec![("user-agent".into(), "<script>".into())],
+            simulated_wechat: true,
+        }
+    }
+
+    #[test]
+    fn routes_match_by_longest_prefix() {
+        assert_eq!(route_of("/").scope, Scope::SnsapiUserinfo);
+        assert_eq!(route_of("/base/x?y").scope, Scope::SnsapiBase);
+        assert_eq!(route_of("/public/").scope, Scope::Public);
+        assert_eq!(route_of("/other").scope, Scope::SnsapiUserinfo);
+    }
+
+    #[test]
+    fn everything_printed_is_escaped_and_control_bytes_are_shown() {
+        let identity = Identity::Verified {
+            claims: Box::new(claims("阿\u{7}铃<i>😀", "javascript:alert(1)")),
+            algorithm: "ES256".into(),
+            kid: "k\"1".into(),
+            against: "http://127.0.0.1/_wxgate/jwks.json".into(),
+            token_bytes: 600,
+        };
+        let html = render(&received(identity));
+        for raw in ["<i>", "<b>", "<script>", "k\"1", "\u{7}"] {
+            assert!(!html.contains(raw), "{raw:?} printed raw");
+        }
+        assert!(
+            !html.contains("src=\"javascript:"),
+            "only http(s) avatars load"
+        );
+        assert!(
+            html.contains("<div class=\"nickname\">阿\\u{7}铃&lt;i&gt;😀</div>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("\\u0007"),
+            "claims JSON keeps the escape: {html}"
+        );
+        assert!(html.contains("Signature verified"));
+        assert!(html.contains("href=\"/_wxgate/logout?rd=/\""));
+    }
+
+    #[test]
+    fn a_rejected_or_absent_identity_says_so() {
+        let html = render(&received(Identity::Rejected {
+            reason: "token has expired".into(),
+            against: "jwks".into(),
+        }));
+        assert!(html.contains("Signature not verified") && html.contains("token has expired"));
+        assert!(!html.contains("Signature verified"));
+        let html = render(&received(Identity::Absent));
+        assert!(html.contains("no identity is forwarded"));
+    }
+}

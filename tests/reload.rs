@@ -1,0 +1,306 @@
+//! Reloading without downtime: routes and identity keys change under traffic, requests in
+//! flight finish on the old configuration, sessions survive, a bad configuration is refused
+//! with the key named and the old one keeps serving — in process and through the real
+//! binary's SIGHUP and file watch.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::process::spawn_gateway;
+use support::upstream::Upstream;
+use support::wechat::{WECHAT_UA, browser, follow, world};
+use wxgate::config::{Config, Scope};
+use wxgate::identity::{Algorithm, KeySet, KeySource};
+
+/// Who answered: the recording upstreams count what reached each.
+async fn upstream_pair() -> (Upstream, Upstream) {
+    (Upstream::start().await, Upstream::start().await)
+}
+
+#[tokio::test]
+async fn routes_change_under_traffic_and_nothing_in_flight_fails() {
+    let (old, new) = upstream_pair().await;
+    let config = support::config_with_routes(&[("/", old.addr)]);
+    let gw = support::start(&config).await;
+    let addr = gw.addr;
+
+    // A slow request is inside the old configuration when the reload happens.
+    let slow = tokio::spawn(async move {
+        let resp = support::client()
+            .get(format!("http://{addr}/slow/800"))
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    });
+    // Steady traffic all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, sent) = (stop.clone(), failures.clone(), sent.clone());
+        load.push(tokio::spawn(async move {
+            let client = support::client();
+            while !stop.load(Ordering::Relaxed) {
+                let ok = client
+                    .get(format!("http://{addr}/page"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut next = config.clone();
+    next.routes[0].upstream = url::Url::parse(&format!("http://{}", new.addr)).unwrap();
+    gw.reload(next).expect("a valid configuration is taken");
+    let reached_new = async {
+        while new.count() < 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reached_new)
+        .await
+        .expect("traffic moves to the new upstream");
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let (status, body) = slow.await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "slow done"));
+    assert!(old.seen().iter().any(|s| s.uri == "/slow/800"));
+    assert!(sent.load(Ordering::Relaxed) > 20);
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed");
+    let before = new.count();
+    support::get(&gw, "/after").await;
+    assert_eq!(new.count(), before + 1, "the new route serves");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_configuration_is_refused_by_key_and_the_old_one_keeps_serving() {
+    let (up, _) = upstream_pair().await;
+    let config = support::config_with_routes(&[("/", up.addr)]);
+    let gw = support::start(&config).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wxgate.toml");
+    std::fs::write(
+        &file,
+        "[[routes]]\npath = \"/\"\nupstream = \"http://127.0.0.1:1\"\nscope = \"snsapi_everything\"\n",
+    )
+    .unwrap();
+    let refused = gw.reloader().reload_from(&file).unwrap_err().to_string();
+    assert!(refused.contains("routes[0].scope"), "{refused}");
+
+    let mut moved = config.clone();
+    moved.server.limits.max_body_bytes += 1;
+    let refused = gw.reload(moved).unwrap_err().to_string();
+    assert!(
+        refused.contains("server.limits") && refused.contains("restart"),
+        "{refused}"
+    );
+
+    assert_eq!(support::get(&gw, "/still").await.status(), 200);
+    assert_eq!(up.last().uri, "/still");
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wxgate_config_reloads_total{result=\"refused\"} 2"),
+        "{metrics}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_survive_a_reload_and_new_identity_keys_sign_at_once() {
+    let w = world().await;
+    let b = browser(WECHAT_UA);
+    let (_, last) = follow(&b, &format!("{}/base/in", w.origin)).await;
+    assert_eq!(last.status(), 200);
+
+    // The running configuration, rebuilt the way the harness built it, with a new route and
+    // a rotated identity secret.
+    let mut next: Config = running_config_of(&w);
+    next.identity.secret = "rotated-identity-secret-0123456789-abcdefghijkl".into();
+    next.routes
+        .push(support::route("/new/", w.up.addr, Scope::SnsapiBase));
+    w.gw.reload(next).expect("reload");
+
+    let resp = b
+        .get(format!("{}/new/page", w.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "still logged in, on a route that did not exist"
+    );
+    let token = w.up.last().headers["x-wechat-identity"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let rotated = KeySet::load(
+        &KeySource {
+            algorithm: Algorithm::HS256,
+            key_file: None,
+            secret: Some("rotated-identity-secret-0123456789-abcdefghijkl".into()),
+        },
+        &[],
+    )
+    .unwrap();
+    rotated
+        .verify(&token, "wxgate", "wxgate-upstream")
+        .expect("signed with the new key");
+    w.gw.shutdown().await;
+}
+
+/// The configuration `world()` starts with, as the reloader holds it.
+fn running_config_of(w: &support::wechat::World) -> Config {
+    w.gw.reloader().running_config()
+}
+
+#[tokio::test]
+async fn the_binary_reloads_on_sighup_and_when_its_file_changes() {
+    let (old, new) = upstream_pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wxgate.toml");
+    let write = |upstream: std::net::SocketAddr, extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [[routes]]\npath = \"/\"\nupstream = \"http://{upstream}\"\n{extra}"
+            ),
+        )
+        .unwrap();
+    };
+    write(old.addr, "");
+    let (mut child, addr, _logs) = spawn_gateway(&file);
+    reaches(addr, &old, "first").await;
+
+    // A changed file is picked up by itself.
+    write(new.addr, "");
+    reaches(addr, &new, "watched").await;
+
+    // SIGHUP reloads too; a broken file is refused and the last good one keeps serving.
+    write(old.addr, "[bogus]\n");
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reaches(addr, &new, "kept").await;
+    write(old.addr, "");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    reaches(addr, &old, "hup").await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends requests until one reaches `up`; panics after ten seconds.
+async fn reaches(addr: std::net::SocketAddr, up: &Upstream, label: &str) {
+    let before = up.count();
+    for _ in 0..100 {
+        let _ = support::client()
+            .get(format!("http://{addr}/{label}"))
+            .send()
+            .await;
+        if up.count() > before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{label}: never reached the expected upstream");
+}
+
+#[tokio::test]
+async fn a_renewed_tls_certificate_is_presented_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let issue = |name: &str| {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert_file = dir.path().join(format!("{name}.pem"));
+        let key_file = dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+        std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+        let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+        (
+            wxgate::config::TlsConfig {
+                cert: cert_file,
+                key: key_file,
+            },
+            root,
+        )
+    };
+    let (first, first_root) = issue("first");
+    let (second, second_root) = issue("second");
+    let up = Upstream::start().await;
+    let mut config = support::config_with_routes(&[("/", up.addr)]);
+    config.server.tls = Some(first);
+    let gw = support::start(&config).await;
+    let trusting = |root: reqwest::Certificate| {
+        reqwest::Client::builder()
+            .tls_certs_only([root])
+            .resolve("localhost", gw.addr)
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{}/tls", gw.addr.port());
+    assert!(trusting(first_root.clone()).get(&url).send().await.is_ok());
+    assert!(
+        trusting(second_root.clone())
+            .get(&url)
+            .send()
+            .await
+            .is_err()
+    );
+
+    let mut next = config.clone();
+    next.server.tls = Some(second);
+    gw.reload(next)
+        .expect("reload with the renewed certificate");
+    assert_eq!(
+        trusting(second_root)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        trusting(first_root).get(&url).send().await.is_err(),
+        "new handshakes get the new certificate"
+    );
+
+    // A key that does not match its certificate is refused; the renewed one stays.
+    let mut broken = gw.reloader().running_config();
+    let tls = broken.server.tls.as_mut().unwrap();
+    tls.key = dir.path().join("first.key");
+    let refused = gw.reload(broken).unwrap_err().to_string();
+    assert!(refused.contains("server.tls"), "{refused}");
+    gw.shutdown().await;
+}

@@ -1,0 +1,130 @@
+//! A whole login world for integration tests: the in-process mock WeChat (automatic
+//! consent), a recording upstream, and the gateway in front with routes of every scope.
+
+use std::net::SocketAddr;
+
+use super::upstream::Upstream;
+use wxgate::config::{Config, NonWeChat, Scope};
+use wxgate::mock::{MockConfig, MockWeChat};
+
+pub const WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 \
+    (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47(0x18002f2c) NetType/WIFI Language/zh_CN";
+pub const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
+
+pub struct World {
+    pub gw: wxgate::server::Running,
+    pub up: Upstream,
+    pub mock: SocketAddr,
+    pub origin: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The default world; see [`world_with`].
+pub async fn world() -> World {
+    world_with(|_, _| {}).await
+}
+
+/// A world whose mock and gateway configurations `tune` may change before they start.
+/// Routes: `/` public, `/base/` and `/vip/` (snsapi_userinfo) with the QR page,
+/// `/deny/` and `/anon/` with those `non_wechat` behaviours.
+pub async fn world_with(tune: impl FnOnce(&mut MockConfig, &mut Config)) -> World {
+    let up = Upstream::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = listener.local_addr().unwrap();
+    let mut mock_config = MockConfig {
+        auto_consent: true,
+        ..MockConfig::default()
+    };
+    let port = free_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let mut config: Config = super::config_with_routes(&[("/", up.addr)]);
+    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.server.public_url = Some(url::Url::parse(&origin).unwrap());
+    config.wechat.appid = mock_config.appid.clone();
+    config.wechat.secret = mock_config.secret.clone();
+    config.wechat.authorize_url =
+        url::Url::parse(&format!("http://{mock}/connect/oauth2/authorize")).unwrap();
+    config.wechat.api_base = url::Url::parse(&format!("http://{mock}")).unwrap();
+    config.session.store = wxgate::config::StoreKind::Memory;
+    config.session.cookie_secure = false;
+    config.session.secret =
+        wxgate::config::Secret::new("test-session-secret-0123456789-abcdefghij");
+    config.identity.algorithm = wxgate::identity::Algorithm::HS256;
+    config.identity.secret =
+        wxgate::config::Secret::new("test-identity-secret-0123456789-abcdefghij");
+    config.identity.key_file = None;
+    config.identity.plain_headers = true;
+    config
+        .routes
+        .push(super::route("/base/", up.addr, Scope::SnsapiBase));
+    config
+        .routes
+        .push(super::route("/vip/", up.addr, Scope::SnsapiUserinfo));
+    let mut deny = super::route("/deny/", up.addr, Scope::SnsapiBase);
+    deny.non_wechat = NonWeChat::Deny;
+    config.routes.push(deny);
+    let mut anon = super::route("/anon/", up.addr, Scope::SnsapiBase);
+    anon.non_wechat = NonWeChat::Anonymous;
+    config.routes.push(anon);
+    tune(&mut mock_config, &mut config);
+    tokio::spawn(MockWeChat::new(mock_config.clone()).serve(listener, std::future::pending()));
+    let gw = super::start(&config).await;
+    World {
+        gw,
+        up,
+        mock,
+        origin,
+    }
+}
+
+/// A browser: a cookie jar, WeChat's User-Agent, no automatic redirects.
+pub fn browser(ua: &str) -> reqwest::Client {
+    browser_with_jar(ua).0
+}
+
+/// The same, with its cookie jar in hand (to read what the browser holds).
+pub fn browser_with_jar(ua: &str) -> (reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>) {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_provider(jar.clone())
+        .user_agent(ua)
+        .no_proxy()
+        .build()
+        .unwrap();
+    (client, jar)
+}
+
+/// Follows redirects by hand (WeChat's `#wechat_redirect` fragment is not sent), returning
+/// every Location seen and the final response.
+pub async fn follow(client: &reqwest::Client, start: &str) -> (Vec<String>, reqwest::Response) {
+    let mut url = start.to_owned();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let resp = client.get(&url).send().await.unwrap();
+        if !resp.status().is_redirection() {
+            return (seen, resp);
+        }
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let next = reqwest::Url::parse(&url).unwrap().join(&location).unwrap();
+        seen.push(location);
+        url = next.to_string();
+    }
+    panic!("redirect loop: {seen:?}");
+}
+
+pub async fn mock_stats(mock: SocketAddr) -> serde_json::Value {
+    reqwest::get(format!("http://{mock}/_mock/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
