@@ -132,7 +132,10 @@ fn environment_overrides_the_file_secret_included() {
     // WXGATE_CONFIG names the file; it is not mistaken for a key of it.
     let (code, out, err) = wxgate(
         &["check"],
-        &[("WXGATE_CONFIG", path), ("WXGATE_WECHAT__SECRET", env_secret)],
+        &[
+            ("WXGATE_CONFIG", path),
+            ("WXGATE_WECHAT__SECRET", env_secret),
+        ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("[wechat]"), "{out}");
