@@ -211,6 +211,8 @@ impl RedbStore {
                 jobs.send(Job { write, reply })
                     .await
                     .map_err(|_| stopped())?;
+                // Only the store keeps the queue open, so dropping it always ends the writer.
+                drop(jobs);
                 answer.await.map_err(|_| stopped())?
             };
             tokio::time::timeout(timeout, committed)
@@ -387,16 +389,24 @@ impl Inner {
         Ok(results)
     }
 
+    /// Records held minus those already expired: every record has one expiry entry, and
+    /// the expired ones are few (the sweep removes them every minute), so this reads a
+    /// handful of entries rather than every live session (metrics sample it often).
     fn count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
+        let held = txn
+            .open_table(SESSIONS)
+            .map_err(failed)?
+            .len()
+            .map_err(failed)?;
         let expiry = txn.open_table(EXPIRY).map_err(failed)?;
-        let first_live = (ms(self.now()).saturating_add(1), &[0u8; 32]);
-        let mut live = 0;
-        for entry in expiry.range(first_live..).map_err(failed)? {
+        let last_dead = (ms(self.now()), &[0xffu8; 32]);
+        let mut dead = 0;
+        for entry in expiry.range(..=last_dead).map_err(failed)? {
             entry.map_err(failed)?;
-            live += 1;
+            dead += 1;
         }
-        Ok(live)
+        Ok(held.saturating_sub(dead))
     }
 
     /// Removes every expired session and ended lease, a batch per transaction.
