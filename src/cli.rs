@@ -137,6 +137,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::from(2);
     };
+    if config.needs_login() {
+        if let Err(e) = crate::session::check_existing_store(&config.session) {
+            eprintln!("wxgate: invalid configuration ({}):", path.display());
+            eprintln!("  {e}");
+            return ExitCode::from(2);
+        }
+    }
     match toml::to_string_pretty(&config) {
         Ok(text) => {
             println!(

@@ -359,11 +359,23 @@ async fn a_corrupt_redb_file_stops_the_gateway_with_an_error_naming_it() {
     let (code, _, err) = wxgate(&file, &config, &["sessions", "count"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
+    let (code, _, err) = wxgate(&file, &config, &["check"]);
+    assert_eq!(code, 2, "check reports it too: {err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
     assert_eq!(
         std::fs::read(&path).unwrap(),
         garbage,
         "never silently reset"
     );
+
+    // A sound file passes check, also while a gateway holds it.
+    std::fs::remove_file(&path).unwrap();
+    let gw = support::start(&config).await;
+    let (code, _, err) = wxgate(&file, &config, &["check"]);
+    assert_eq!(code, 0, "{err}");
+    gw.shutdown().await;
+    let (code, _, err) = wxgate(&file, &config, &["check"]);
+    assert_eq!(code, 0, "{err}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ pub use health::StoreHealth;
 pub use id::{SessionId, StorageKey};
 pub use memory::MemoryStore;
 pub use open::{
-    Backend, StoreOpenError, cache_settings, lifetimes, open_backend, open_store, sharing,
+    Backend, StoreOpenError, cache_settings, check_existing_store, lifetimes, open_backend,
+    open_store, sharing,
 };
 pub use record::{Lifetimes, NewSession, Profile, Session, WeChatToken, WeChatTokens};
 pub use redb::{RedbOpenError, RedbStore};

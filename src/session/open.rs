@@ -75,6 +75,19 @@ pub fn open_backend(config: &SessionConfig, timeout: Duration) -> Result<Backend
     })
 }
 
+/// For `wxgate check`: an existing redb file must open, so a corrupt one is reported by
+/// name before a start fails on it. Nothing is created, and a file locked by a running
+/// gateway is fine (the gateway opened it).
+pub fn check_existing_store(config: &SessionConfig) -> Result<(), StoreOpenError> {
+    if config.store != StoreKind::Redb || !config.path.exists() {
+        return Ok(());
+    }
+    match open_backend(config, config.store_timeout) {
+        Ok(_) | Err(StoreOpenError::Redb(RedbOpenError::Locked(_))) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn record_keys(config: &SessionConfig) -> Result<RecordKeys, SecretTooShort> {
     RecordKeys::derive(config.secret.expose().as_bytes())
 }
