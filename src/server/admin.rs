@@ -40,9 +40,7 @@ impl Admin {
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
-}
 
-impl Admin {
     async fn readiness(&self) -> Response<Body> {
         if !self.ready.load(Ordering::Relaxed) {
             return text(
