@@ -1,5 +1,5 @@
-//! The command line: `wxgate run`, `check`, `demo`, `mock-wechat`, `keygen`, `verify`.
-//! `main.rs` only calls `main` here.
+//! The command line: `wxgate run`, `check`, `demo`, `mock-wechat`, `keygen`, `verify`,
+//! `sessions`. `main.rs` only calls `main` here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,46 @@ enum Command {
     Keygen(KeygenArgs),
     /// Verify an identity JWT with the keys, issuer and audience of a configuration.
     Verify(VerifyArgs),
+    /// Count, inspect, revoke or purge sessions in the configured redb or Redis store.
+    /// (A redb file is locked by a running gateway: stop it first.)
+    Sessions(SessionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SessionsArgs {
+    #[command(subcommand)]
+    action: SessionsAction,
+    /// TOML configuration file; `WXGATE_*` environment variables override it.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config/wxgate.toml",
+        env = "WXGATE_CONFIG"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsAction {
+    /// How many live sessions the store holds.
+    Count,
+    /// One user's live sessions: times, scope, nickname (never a token or session id).
+    Inspect(UserArg),
+    /// Log every session of one user out.
+    Revoke(UserArg),
+    /// Remove expired sessions now.
+    PurgeExpired,
+}
+
+#[derive(Debug, clap::Args)]
+struct UserArg {
+    /// The user's openid.
+    #[arg(long)]
+    openid: String,
+    /// The app the openid belongs to; default `wechat.appid`.
+    #[arg(long)]
+    appid: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +116,7 @@ pub fn main() -> ExitCode {
         Command::MockWechat(args) => mock_wechat(args),
         Command::Keygen(args) => keygen(&args),
         Command::Verify(args) => verify(&args),
+        Command::Sessions(args) => sessions(args),
     }
 }
 
@@ -96,6 +137,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::from(2);
     };
+    if config.needs_login() {
+        if let Err(e) = crate::session::check_existing_store(&config.session) {
+            eprintln!("wxgate: invalid configuration ({}):", path.display());
+            eprintln!("  {e}");
+            return ExitCode::from(2);
+        }
+    }
     match toml::to_string_pretty(&config) {
         Ok(text) => {
             println!(
@@ -228,6 +276,48 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("wxgate verify: invalid token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sessions(args: SessionsArgs) -> ExitCode {
+    use crate::session::manage::{self, Command as Manage};
+    let Some(config) = load_or_report(&args.config) else {
+        return ExitCode::from(2);
+    };
+    let user = |arg: UserArg| {
+        (
+            arg.appid.unwrap_or_else(|| config.wechat.appid.clone()),
+            arg.openid,
+        )
+    };
+    let command = match args.action {
+        SessionsAction::Count => Manage::Count,
+        SessionsAction::Inspect(arg) => {
+            let (appid, openid) = user(arg);
+            Manage::Inspect { appid, openid }
+        }
+        SessionsAction::Revoke(arg) => {
+            let (appid, openid) = user(arg);
+            Manage::Revoke { appid, openid }
+        }
+        SessionsAction::PurgeExpired => Manage::PurgeExpired,
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(manage::run(&config.session, &command)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ manage::ManageError::MemoryStore) => {
+            eprintln!("wxgate sessions: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("wxgate sessions: {e}");
             ExitCode::FAILURE
         }
     }

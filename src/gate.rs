@@ -99,6 +99,11 @@ impl Gate {
         &self.metrics
     }
 
+    /// The session store, when some route needs a login: `/readyz` depends on it.
+    pub fn session_store(&self) -> Option<&Arc<dyn crate::session::SessionStore>> {
+        self.login.as_ref().map(|login| login.sessions().store())
+    }
+
     /// Answers one request; never fails, every failure becomes a page or JSON.
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();

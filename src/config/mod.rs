@@ -224,7 +224,15 @@ pub struct SessionConfig {
     /// Sliding lifetime of an idle session.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
-    /// Keys the state and session cookies; at least 32 bytes.
+    /// Absolute lifetime: no session outlives its login by more than this, however busy
+    /// (WeChat's refresh_token lives 30 days, so a longer session could not be refreshed).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Time limit of one session-store operation (a Redis command, a redb transaction);
+    /// past it the request fails closed with 503.
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
+    /// Keys the state cookie and the encryption of session records at rest; at least 32 bytes.
     pub secret: Secret,
     /// Re-fetch the WeChat profile (through the refresh_token) when older than this.
     #[serde(with = "humantime_serde")]
@@ -240,6 +248,8 @@ impl Default for SessionConfig {
             cookie_name: "wxgate_session".to_owned(),
             cookie_secure: true,
             ttl: Duration::from_secs(7 * 24 * 3600),
+            max_lifetime: Duration::from_secs(30 * 24 * 3600),
+            store_timeout: Duration::from_millis(500),
             secret: Secret::default(),
             profile_refresh: Duration::from_secs(24 * 3600),
         }

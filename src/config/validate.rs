@@ -116,7 +116,15 @@ fn session(c: &Config, p: &mut Vec<Problem>) {
             ));
         }
     }
+    if s.store == StoreKind::Redb && s.path.as_os_str().is_empty() {
+        p.push(Problem::new(
+            "session.path",
+            "required with store = \"redb\"",
+        ));
+    }
     nonzero(s.ttl, "session.ttl", p);
+    nonzero(s.max_lifetime, "session.max_lifetime", p);
+    nonzero(s.store_timeout, "session.store_timeout", p);
 }
 
 fn identity(c: &Config, p: &mut Vec<Problem>) {

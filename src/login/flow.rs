@@ -21,8 +21,8 @@ use crate::metrics::{LoginMetrics, MeteredStore, Metrics};
 use crate::pages;
 use crate::route::Route;
 use crate::session::{
-    CacheSettings, CachedSession, Lifetimes, MemoryStore, NewSession, Session, SessionCache,
-    SessionId, SessionStore, StoreSharing, WeChatToken, WeChatTokens,
+    CachedSession, Lifetimes, NewSession, Session, SessionCache, SessionId, SessionStore,
+    WeChatToken, WeChatTokens,
 };
 use crate::wechat::{
     CallObserver, ClientSettings as WeChatSettings, ErrorKind, WeChatClient, WeChatError,
@@ -54,8 +54,8 @@ pub enum LoginSetupError {
     Identity(#[from] IdentityError),
     #[error("wechat: {0}")]
     WeChat(#[from] WeChatError),
-    #[error("session.store: {0:?} is not available in this build yet; use \"memory\"")]
-    Store(crate::config::StoreKind),
+    #[error("session store: {0}")]
+    Store(#[from] crate::session::StoreOpenError),
 }
 
 /// What the gate does with a request on a protected route.
@@ -862,16 +862,12 @@ fn signer_of(identity: &crate::config::IdentityConfig, keys: &KeySet) -> u64 {
 
 /// The configured store behind its metrics and hot-path cache.
 fn open_sessions(config: &Config, metrics: &Metrics) -> Result<Arc<SessionCache>, LoginSetupError> {
-    let store: Arc<dyn SessionStore> = match config.session.store {
-        crate::config::StoreKind::Memory => Arc::new(MemoryStore::new(1_000_000)),
-        other => return Err(LoginSetupError::Store(other)),
-    };
+    let store = crate::session::open_store(&config.session)?;
     let store: Arc<dyn SessionStore> = Arc::new(MeteredStore::new(store, metrics.store.clone()));
-    let lifetimes = Lifetimes::with_ttl(config.session.ttl);
     let sessions = Arc::new(SessionCache::new(
         store,
-        CacheSettings::for_store(StoreSharing::Exclusive),
-        lifetimes,
+        crate::session::cache_settings(&config.session),
+        crate::session::lifetimes(&config.session),
     ));
     sample_session_count(&sessions, metrics.login.clone());
     Ok(sessions)

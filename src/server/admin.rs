@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` (the process answers), `/readyz` (it can serve),
-//! `/metrics` (Prometheus text). Kept off the main listener so it is never public.
+//! The admin listener: `/healthz` (the process answers), `/readyz` (it can serve: not
+//! draining, and the session store answers), `/metrics` (Prometheus text). Kept off the main
+//! listener so it is never public.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,22 +11,22 @@ use hyper::body::Incoming;
 
 use crate::body::{Body, full};
 use crate::metrics::Metrics;
+use crate::session::StoreHealth;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// False while draining, so load balancers stop sending traffic first.
     pub ready: Arc<AtomicBool>,
+    /// The session store's health, when some route needs a login: a gateway that cannot
+    /// read sessions refuses every protected request, so it should get none.
+    pub store: Option<StoreHealth>,
 }
 
 impl Admin {
-    pub fn handle(&self, request: &Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, request: &Request<Incoming>) -> Response<Body> {
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
-            "/readyz" => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: shutting down\n",
-            ),
+            "/readyz" => self.readiness().await,
             "/metrics" => {
                 let mut response = Response::new(full(self.metrics.encode()));
                 response.headers_mut().insert(
@@ -38,6 +39,25 @@ impl Admin {
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+
+    async fn readiness(&self) -> Response<Body> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: shutting down\n",
+            );
+        }
+        if let Some(store) = &self.store {
+            if let Err(e) = store.check().await {
+                tracing::debug!(error = %e, "not ready: session store unavailable");
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: session store unavailable\n",
+                );
+            }
+        }
+        text(StatusCode::OK, "ready\n")
     }
 }
 

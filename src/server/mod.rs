@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::Body;
 use crate::config::{Config, LimitsConfig};
 use crate::gate::{ConnInfo, Gate, GateError};
+use crate::session::StoreHealth;
 use admin::Admin;
 use idle::{Activity, Tracked};
 use reload::{LiveCert, LiveGate, ReloadError, Reloader};
@@ -65,12 +66,8 @@ impl<H: Handler> Handler for Arc<H> {
 }
 
 impl Handler for Admin {
-    fn call(
-        &self,
-        request: Request<Incoming>,
-        _conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send {
-        std::future::ready(self.handle(&request))
+    async fn call(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        self.handle(&request).await
     }
 }
 
@@ -136,6 +133,8 @@ pub async fn start_with<H: Handler>(
         cert,
         running: std::sync::Mutex::new(config.clone()),
     });
+    // Reloads keep the session store (session.* changes need a restart): probe this one.
+    let store = gate.current().session_store().cloned();
     let handler = Arc::new(wrap(gate));
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let addr = local_addr("server.listen", &listener)?;
@@ -144,6 +143,7 @@ pub async fn start_with<H: Handler>(
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        store: store.map(|store| StoreHealth::new(store, config.session.store_timeout)),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listen = Listen {

@@ -1,11 +1,19 @@
 //! Sessions: the id in the browser's cookie, the record kept server-side under a hash of
-//! it, the store trait every backend implements (one file per backend), and the hot-path
-//! cache the gateway puts in front of whichever store is configured.
+//! it, the store trait every backend implements (one file per backend: memory, redb, redis),
+//! the sealed record format of the persistent ones, the one place a store is opened from
+//! the configuration, and the hot-path cache the gateway puts in front of it.
 
 mod cache;
+mod encoding;
+mod health;
 mod id;
+pub mod manage;
 mod memory;
+mod open;
 mod record;
+mod redb;
+mod redis;
+mod sealing;
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,9 +22,17 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::BoxFuture;
 
 pub use cache::{CacheSettings, CachedSession, MAX_SHARED_STALENESS, SessionCache, StoreSharing};
+pub use health::StoreHealth;
 pub use id::{SessionId, StorageKey};
 pub use memory::MemoryStore;
+pub use open::{
+    Backend, StoreOpenError, cache_settings, check_existing_store, lifetimes, open_backend,
+    open_store, sharing,
+};
 pub use record::{Lifetimes, NewSession, Profile, Session, WeChatToken, WeChatTokens};
+pub use redb::{RedbOpenError, RedbStore};
+pub use redis::{RedisOpenError, RedisStore};
+pub use sealing::RecordKeys;
 
 /// A session store failed. Messages are built from static reasons and error kinds only:
 /// never a key, a token, a record's bytes or a connection URL (it may hold a password).

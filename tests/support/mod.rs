@@ -4,6 +4,7 @@
 
 pub mod nginx;
 pub mod process;
+pub mod redis_server;
 pub mod upstream;
 pub mod wechat;
 

@@ -1,0 +1,400 @@
+//! The shared session store: Redis, for several gateways behind one load balancer. A login
+//! on one gateway is a session on all; a logout on one reaches the others through the
+//! cache's one-second staleness bound (`StoreSharing::Shared`).
+//!
+//! Keys: `wxgate:s:{storage key hex}` holds the sealed record (see `encoding`) and expires
+//! natively at the session's `expires_at` (`PXAT`/`PEXPIREAT`); `wxgate:u:{user tag hex}` is
+//! the set of one user's storage keys (for `delete_user`), kept alive as long as its longest
+//! session; `wxgate:l:{storage key hex}` is a refresh lease (`SET NX PX`). Multi-key
+//! changes are Lua scripts, so each is atomic. Standalone Redis (or a Sentinel-managed
+//! primary behind one address); Redis Cluster is not supported.
+//!
+//! One multiplexed connection, reconnected with backoff by `ConnectionManager`; every
+//! command is bounded by the store timeout, so a dead Redis costs a request that long at most.
+
+use std::time::{Duration, SystemTime};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, FromRedisValue, RedisError, Script};
+use futures_util::future::BoxFuture;
+
+use super::encoding::{self, CLOCK_OFFSET};
+use super::sealing::RecordKeys;
+use super::{Clock, Session, SessionStore, StorageKey, StoreError};
+
+const SESSION_PREFIX: &str = "wxgate:s:";
+const USER_PREFIX: &str = "wxgate:u:";
+const LEASE_PREFIX: &str = "wxgate:l:";
+/// Keys looked at per `SCAN` step when counting.
+const SCAN_BATCH: usize = 1000;
+
+/// Lua turning the user tag stored in a record (header bytes 17..32) into its set's key.
+const USER_KEY_OF_RECORD: &str = r"
+local function user_key(prefix, record_key)
+  local tag = redis.call('GETRANGE', record_key, 17, 32)
+  if #tag ~= 16 then return nil end
+  return prefix .. tag:gsub('.', function(c) return string.format('%02x', string.byte(c)) end)
+end
+";
+
+/// KEYS: record, user set. ARGV: record bytes, expires_at ms, storage key hex.
+const PUT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PEXPIREAT', KEYS[2], ARGV[2], 'NX')
+redis.call('PEXPIREAT', KEYS[2], ARGV[2], 'GT')
+return 1
+";
+
+/// KEYS: record. ARGV: clock bytes, expires_at ms, user prefix. Never revives a record.
+const TOUCH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SETRANGE', KEYS[1], 1, ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+local users = user_key(ARGV[3], KEYS[1])
+if users then redis.call('PEXPIREAT', users, ARGV[2], 'GT') end
+return 1
+";
+
+/// KEYS: record. ARGV: user prefix, storage key hex.
+const DELETE: &str = r"
+local users = user_key(ARGV[1], KEYS[1])
+local removed = redis.call('DEL', KEYS[1])
+if removed == 1 and users then redis.call('SREM', users, ARGV[2]) end
+return removed
+";
+
+/// KEYS: user set. ARGV: record prefix.
+const DELETE_USER: &str = r"
+local removed = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  removed = removed + redis.call('DEL', ARGV[1] .. member)
+end
+redis.call('DEL', KEYS[1])
+return removed
+";
+
+/// Why the Redis store cannot be set up (connecting happens later, on first use).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisOpenError {
+    /// The URL is never repeated: it may hold a password.
+    #[error("session.redis_url is not a usable redis:// or rediss:// URL ({0})")]
+    BadUrl(String),
+    #[error("the Redis store needs a running tokio runtime")]
+    NoRuntime,
+}
+
+/// Sessions in Redis.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: RecordKeys,
+    clock: Clock,
+    timeout: Duration,
+    put: Script,
+    touch: Script,
+    delete: Script,
+    delete_user: Script,
+}
+
+impl RedisStore {
+    /// A store for `url`; it connects on first use and reconnects by itself, so a gateway
+    /// starts (and reports not ready) while Redis is down.
+    pub fn open(
+        url: &str,
+        keys: RecordKeys,
+        timeout: Duration,
+        clock: Clock,
+    ) -> Result<Self, RedisOpenError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(RedisOpenError::NoRuntime);
+        }
+        let client = Client::open(url).map_err(|e| RedisOpenError::BadUrl(category(&e)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(5);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| RedisOpenError::BadUrl(category(&e)))?;
+        let with_user_key = |body: &str| Script::new(&format!("{USER_KEY_OF_RECORD}{body}"));
+        Ok(RedisStore {
+            conn,
+            keys,
+            clock,
+            timeout,
+            put: Script::new(PUT),
+            touch: with_user_key(TOUCH),
+            delete: with_user_key(DELETE),
+            delete_user: Script::new(DELETE_USER),
+        })
+    }
+
+    /// The live sessions of one user, for `wxgate sessions inspect`.
+    pub async fn user_sessions(
+        &self,
+        appid: &str,
+        openid: &str,
+    ) -> Result<Vec<Session>, StoreError> {
+        let users = user_key(&self.keys.user_tag(appid, openid));
+        let members: Vec<String> = self
+            .bounded(
+                ::redis::cmd("SMEMBERS")
+                    .arg(&users)
+                    .query_async(&mut self.conn.clone()),
+            )
+            .await?;
+        let mut found = Vec::new();
+        for member in members {
+            let Some(key) = parse_key(&member) else {
+                continue;
+            };
+            if let Some(session) = self.get_now(&key).await? {
+                found.push(session);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn get_now(&self, key: &StorageKey) -> Result<Option<Session>, StoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .bounded(
+                ::redis::cmd("GET")
+                    .arg(session_key(key))
+                    .query_async(&mut self.conn.clone()),
+            )
+            .await?;
+        let Some(bytes) = bytes else { return Ok(None) };
+        match encoding::decode(&self.keys, key, &bytes) {
+            Ok(session) if !session.is_expired(self.clock.now()) => Ok(Some(session)),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                // Most likely written under another session.secret: its visitor logs in again.
+                tracing::warn!(key = %key, reason = %e, "stored session ignored");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn put_now(&self, key: &StorageKey, session: &Session) -> Result<(), StoreError> {
+        if session.is_expired(self.clock.now()) {
+            self.delete_now(key).await?;
+            return Ok(());
+        }
+        let bytes = encoding::encode(&self.keys, key, session)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let users = user_key(&self.keys.user_tag(&session.appid, &session.openid));
+        let mut call = self.put.prepare_invoke();
+        call.key(session_key(key))
+            .key(users)
+            .arg(bytes)
+            .arg(encoding::to_ms(session.expires_at))
+            .arg(key.to_string());
+        let _: i64 = self
+            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .await?;
+        Ok(())
+    }
+
+    async fn touch_now(
+        &self,
+        key: &StorageKey,
+        last_seen: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let mut call = self.touch.prepare_invoke();
+        call.key(session_key(key))
+            .arg(encoding::clock_bytes(last_seen, expires_at).to_vec())
+            .arg(encoding::to_ms(expires_at))
+            .arg(USER_PREFIX);
+        let touched: i64 = self
+            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .await?;
+        Ok(touched == 1)
+    }
+
+    async fn delete_now(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let mut call = self.delete.prepare_invoke();
+        call.key(session_key(key))
+            .arg(USER_PREFIX)
+            .arg(key.to_string());
+        let removed: i64 = self
+            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .await?;
+        Ok(removed == 1)
+    }
+
+    async fn delete_user_now(&self, appid: &str, openid: &str) -> Result<u64, StoreError> {
+        let mut call = self.delete_user.prepare_invoke();
+        call.key(user_key(&self.keys.user_tag(appid, openid)))
+            .arg(SESSION_PREFIX);
+        let removed: u64 = self
+            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .await?;
+        Ok(removed)
+    }
+
+    /// Counts record keys with `SCAN`, a bounded step at a time: Redis keeps serving others
+    /// meanwhile, and keys it expires natively are not counted.
+    async fn count_now(&self) -> Result<u64, StoreError> {
+        let pattern = format!("{SESSION_PREFIX}*");
+        let mut cursor: u64 = 0;
+        let mut count = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .bounded(
+                    ::redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_BATCH)
+                        .query_async(&mut self.conn.clone()),
+                )
+                .await?;
+            count += keys.len() as u64;
+            if next == 0 {
+                return Ok(count);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn claim_now(&self, key: &StorageKey, lease: Duration) -> Result<bool, StoreError> {
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .bounded(
+                ::redis::cmd("SET")
+                    .arg(format!("{LEASE_PREFIX}{key}"))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease_ms)
+                    .query_async(&mut self.conn.clone()),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn ping_now(&self) -> Result<(), StoreError> {
+        let _: String = self
+            .bounded(::redis::cmd("PING").query_async(&mut self.conn.clone()))
+            .await?;
+        Ok(())
+    }
+
+    /// `command` within the store timeout, its error in the store's terms.
+    async fn bounded<T>(
+        &self,
+        command: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError>
+    where
+        T: FromRedisValue,
+    {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {}", category(&e)))),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What went wrong, from the error's kind, code and I/O kind only: a Redis error's text may
+/// quote a URL or a command argument.
+fn category(e: &RedisError) -> String {
+    let mut out = format!("{:?}", e.kind());
+    if let Some(code) = e.code() {
+        out.push(' ');
+        out.push_str(code);
+    }
+    if e.is_connection_refusal() {
+        out.push_str(" (connection refused)");
+    } else if e.is_io_error() {
+        out.push_str(" (I/O)");
+    }
+    out
+}
+
+fn session_key(key: &StorageKey) -> String {
+    format!("{SESSION_PREFIX}{key}")
+}
+
+fn user_key(tag: &[u8]) -> String {
+    format!("{USER_PREFIX}{}", hex::encode(tag))
+}
+
+fn parse_key(hex_key: &str) -> Option<StorageKey> {
+    let bytes: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
+    Some(StorageKey::from_bytes(bytes))
+}
+
+/// The record header's user tag sits where the Lua helper reads it.
+const _: () = assert!(CLOCK_OFFSET == 1 && encoding::HEADER_LEN == 33);
+
+impl SessionStore for RedisStore {
+    fn get<'a>(
+        &'a self,
+        key: &'a StorageKey,
+    ) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
+        Box::pin(self.get_now(key))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        session: &'a Session,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.put_now(key, session))
+    }
+
+    fn touch<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        last_seen: SystemTime,
+        expires_at: SystemTime,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.touch_now(key, last_seen, expires_at))
+    }
+
+    fn delete<'a>(&'a self, key: &'a StorageKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.delete_now(key))
+    }
+
+    fn delete_user<'a>(
+        &'a self,
+        appid: &'a str,
+        openid: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(self.delete_user_now(appid, openid))
+    }
+
+    fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.count_now())
+    }
+
+    fn sweep_expired(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        // Redis expires records itself at their PXAT.
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    fn claim_refresh<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.claim_now(key, lease))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.ping_now())
+    }
+}
