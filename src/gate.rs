@@ -150,7 +150,7 @@ impl Gate {
                 None => (Target::Endpoint, Err(Failure::NoRoute)),
             };
         }
-        let Some(route) = self.routes.find(Some(&host), path.as_str()) else {
+        let Some(route) = self.routes.route_for(Some(&host), path.as_str()) else {
             return (Target::Unrouted, Err(Failure::NoRoute));
         };
         if route.scope != Scope::Public {

@@ -50,6 +50,39 @@ pub struct RouteError {
 pub struct RouteTable {
     by_host: HashMap<String, HashMap<String, Arc<Route>>>,
     any_host: HashMap<String, Arc<Route>>,
+    /// The same routes under lower-cased prefixes (a protected one wins a clash), to find
+    /// case variants of protected paths; empty when every route is public.
+    folded: Folded,
+}
+
+#[derive(Debug, Default)]
+struct Folded {
+    by_host: HashMap<String, HashMap<String, Arc<Route>>>,
+    any_host: HashMap<String, Arc<Route>>,
+}
+
+impl Folded {
+    fn insert(&mut self, route: Arc<Route>) {
+        let prefixes = match &route.host {
+            Some(h) => self.by_host.entry(h.clone()).or_default(),
+            None => &mut self.any_host,
+        };
+        let key = route.prefix.to_ascii_lowercase();
+        let clash_with_protected = prefixes.get(&key).is_some_and(|r| r.scope != Scope::Public);
+        if !clash_with_protected {
+            prefixes.insert(key, route);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.any_host.is_empty() && self.by_host.is_empty()
+    }
+
+    fn find(&self, host: Option<&str>, lower_path: &str) -> Option<&Arc<Route>> {
+        host.and_then(|h| self.by_host.get(h))
+            .and_then(|prefixes| longest_prefix(prefixes, lower_path))
+            .or_else(|| longest_prefix(&self.any_host, lower_path))
+    }
 }
 
 impl RouteTable {
@@ -61,16 +94,49 @@ impl RouteTable {
                 Some(h) => table.by_host.entry(h.clone()).or_default(),
                 None => &mut table.any_host,
             };
-            prefixes.insert(route.prefix.clone(), route);
+            prefixes.insert(route.prefix.clone(), route.clone());
+            table.folded.insert(route);
+        }
+        if config.routes.iter().all(|r| r.scope == Scope::Public) {
+            table.folded = Folded::default();
         }
         Ok(table)
     }
 
-    /// The route for `host` (already lower-cased, without port) and a normalised `path`.
+    /// The route for `host` (already lower-cased, without port) and a normalised `path`,
+    /// by longest prefix alone; requests go through [`RouteTable::route_for`].
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         host.and_then(|h| self.by_host.get(h))
             .and_then(|prefixes| longest_prefix(prefixes, path))
             .or_else(|| longest_prefix(&self.any_host, path))
+    }
+
+    /// The route a request gets, decided as the most lenient upstream would read the path,
+    /// so that no reading of it reaches protected content unauthenticated: the path is
+    /// matched without `;` parameters (servlet containers serve `/admin;x/page` as
+    /// `/admin/page`); and when the path itself is public but its lower-cased form (a
+    /// case-insensitive upstream's `/ADMIN/`) or its directory form (`/admin` for a route
+    /// `/admin/`) falls under a protected route, that protected route it is.
+    /// `path` is a normalised path.
+    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let bare = without_parameters(path);
+        let exact = self.find(host, &bare);
+        if exact.is_some_and(|r| r.scope != Scope::Public) || self.folded.is_empty() {
+            return exact;
+        }
+        let protected = |r: &&Arc<Route>| r.scope != Scope::Public;
+        let directory = (!bare.ends_with('/')).then(|| format!("{bare}/"));
+        let lower = bare.to_ascii_lowercase();
+        directory
+            .as_deref()
+            .and_then(|dir| self.find(host, dir))
+            .filter(protected)
+            .or_else(|| self.folded.find(host, &lower).filter(protected))
+            .or_else(|| {
+                let lower_dir = directory?.to_ascii_lowercase();
+                self.folded.find(host, &lower_dir).filter(protected)
+            })
+            .or(exact)
     }
 
     /// Route labels by their position in the configuration.
@@ -149,6 +215,26 @@ fn longest_prefix<'a>(
         }
     }
     None
+}
+
+/// The path with each segment's `;parameters` removed and emptied segments merged.
+fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/') {
+        let bare = segment.split(';').next().unwrap_or("");
+        if !bare.is_empty() {
+            out.push('/');
+            out.push_str(bare);
+        }
+    }
+    let last = path.rsplit('/').next().unwrap_or("");
+    if out.is_empty() || last.split(';').next().is_some_and(str::is_empty) {
+        out.push('/');
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Lower-cases a Host value and drops its port and a trailing dot, so that
@@ -236,6 +322,68 @@ mod tests {
                 t.find(None, &path).unwrap().prefix,
                 format!("/campaign/{i}/")
             );
+        }
+    }
+
+    fn mixed(routes: &[(&str, Scope)]) -> RouteTable {
+        let mut config = Config::default();
+        for (path, scope) in routes {
+            config.routes.push(RouteConfig {
+                host: None,
+                path: (*path).to_owned(),
+                upstream: url::Url::parse("http://127.0.0.1:9000").unwrap(),
+                scope: *scope,
+                non_wechat: NonWeChat::Qrcode,
+                allow_snapshot: true,
+                timeout: None,
+            });
+        }
+        RouteTable::from_config(&config).unwrap()
+    }
+
+    #[test]
+    fn every_reading_of_a_protected_path_is_protected() {
+        let t = mixed(&[
+            ("/", Scope::Public),
+            ("/admin/", Scope::SnsapiBase),
+            ("/admin/public/", Scope::Public),
+            ("/Shop/", Scope::SnsapiUserinfo),
+        ]);
+        let cases = [
+            ("/x", "/"),
+            ("/admin/x", "/admin/"),
+            ("/admin", "/admin/"),
+            ("/ADMIN/x", "/admin/"),
+            ("/Admin", "/admin/"),
+            ("/admin;jsessionid=1/x", "/admin/"),
+            ("/admin;x", "/admin/"),
+            ("/;x/admin/x", "/admin/"),
+            ("/adminx", "/"),
+            ("/administration", "/"),
+            ("/admin/public/x", "/admin/public/"),
+            // Read case-insensitively this is /admin/public/x: public either way.
+            ("/ADMIN/PUBLIC/x", "/"),
+            ("/shop/x", "/Shop/"),
+            ("/SHOP", "/Shop/"),
+            ("/public;x/y", "/"),
+        ];
+        for (path, want) in cases {
+            let got = t.route_for(None, path).map(|r| r.prefix.as_str());
+            assert_eq!(got, Some(want), "{path}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_removed_segment_by_segment() {
+        for (path, want) in [
+            ("/a;x/b", "/a/b"),
+            ("/a/b;x", "/a/b"),
+            ("/a/b/;x", "/a/b/"),
+            ("/;x", "/"),
+            ("/a;x/", "/a/"),
+            ("/a/b", "/a/b"),
+        ] {
+            assert_eq!(without_parameters(path), want, "{path}");
         }
     }
 
