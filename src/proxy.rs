@@ -198,9 +198,9 @@ pub fn strip_client_forwarding(headers: &mut HeaderMap, trusted: bool) {
         .keys()
         .filter(|name| {
             let raw = name.as_str().as_bytes();
-            FORWARDING.iter().any(|known| {
-                crate::identity::folded_eq(raw, known) && (!trusted || raw != *known)
-            })
+            FORWARDING
+                .iter()
+                .any(|known| crate::identity::folded_eq(raw, known) && (!trusted || raw != *known))
         })
         .cloned()
         .collect();
@@ -391,7 +391,12 @@ mod tests {
         for gone in ["x_forwarded_for", "x.real.ip"] {
             assert!(!trusted.contains_key(gone), "{gone}");
         }
-        for kept in ["x-forwarded-for", "x-real-ip", "x-forwarded-port", "true-client-ip"] {
+        for kept in [
+            "x-forwarded-for",
+            "x-real-ip",
+            "x-forwarded-port",
+            "true-client-ip",
+        ] {
             assert!(trusted.contains_key(kept), "{kept}");
         }
     }

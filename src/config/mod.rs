@@ -127,8 +127,8 @@ impl Default for LimitsConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
             max_connections: 10_000,
-            login_rate: 60,
-            login_burst: 30,
+            login_rate: 120,
+            login_burst: 60,
         }
     }
 }

@@ -162,10 +162,7 @@ fn identity(c: &Config, p: &mut Vec<Problem>) {
     }
     if i.ttl < Duration::from_secs(10) || i.ttl > MAX_IDENTITY_TTL {
         // Short-lived tokens bound what a token leaked by an upstream's log is worth.
-        p.push(Problem::new(
-            "identity.ttl",
-            "must be between 10s and 10m",
-        ));
+        p.push(Problem::new("identity.ttl", "must be between 10s and 10m"));
     }
 }
 

@@ -163,7 +163,12 @@ mod tests {
         ] {
             assert!(is_foreign_identity_header(name), "{name}");
         }
-        for name in ["x-forwarded-for", "x-forwarded-proto", "x-user-agent", "x-auth-request"] {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-user-agent",
+            "x-auth-request",
+        ] {
             assert!(!is_foreign_identity_header(name), "{name}");
         }
     }

@@ -114,7 +114,12 @@ mod tests {
                 Some("example.com"),
             ),
             (false, None, "wxgate_session", None),
-            (false, Some("example.com"), "wxgate_session", Some("example.com")),
+            (
+                false,
+                Some("example.com"),
+                "wxgate_session",
+                Some("example.com"),
+            ),
         ];
         for (secure, domain, name, want_domain) in cases {
             let spec = CookieSpec::new("wxgate_session", secure, domain);

@@ -15,6 +15,8 @@ use crate::body::{Body, full};
 pub enum Failure {
     /// The request is malformed (bad path, bad framing…); the reason is safe to show.
     BadRequest(&'static str),
+    /// The request is understood and refused; the reason is safe to show.
+    Forbidden(&'static str),
     UriTooLong,
     HeadersTooLarge,
     PayloadTooLarge,
@@ -42,6 +44,7 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::Forbidden(_) => StatusCode::FORBIDDEN,
             Failure::UriTooLong => StatusCode::URI_TOO_LONG,
             Failure::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Failure::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -62,6 +65,7 @@ impl Failure {
         };
         match self {
             Failure::BadRequest(reason) => t("bad_request", "请求无效", "Bad request", reason),
+            Failure::Forbidden(reason) => t("forbidden", "禁止访问", "Forbidden", reason),
             Failure::UriTooLong => t(
                 "uri_too_long",
                 "链接过长",
@@ -270,6 +274,7 @@ mod tests {
     fn every_failure_has_its_status() {
         let table = [
             (Failure::BadRequest("x"), 400),
+            (Failure::Forbidden("x"), 403),
             (Failure::UriTooLong, 414),
             (Failure::HeadersTooLarge, 431),
             (Failure::PayloadTooLarge, 413),
@@ -288,7 +293,10 @@ mod tests {
             let json = respond(&failure, &headers(&[("accept", "application/json")]));
             assert_eq!(json.headers()[CONTENT_TYPE], "application/json");
             if let Failure::TooManyRequests(seconds) = failure {
-                assert_eq!(json.headers()[http::header::RETRY_AFTER], seconds.to_string());
+                assert_eq!(
+                    json.headers()[http::header::RETRY_AFTER],
+                    seconds.to_string()
+                );
             }
         }
     }
