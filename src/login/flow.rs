@@ -258,7 +258,7 @@ impl Login {
         scope: AuthScope,
     ) -> Response<Body> {
         let headers = request.headers();
-        if let Err(limited) = self.admit(request) {
+        if let Some(limited) = self.over_rate(request) {
             return limited;
         }
         let now = SystemTime::now();
@@ -280,23 +280,21 @@ impl Login {
         response
     }
 
-    /// The client's login rate: `Err` holds the 429 to answer with.
-    fn admit<B>(&self, request: &Request<B>) -> Result<(), Response<Body>> {
-        let Some(throttle) = &self.throttle else {
-            return Ok(());
-        };
+    /// Counts a login start or callback against the client's rate; `Some` is the 429 to
+    /// answer with.
+    fn over_rate<B>(&self, request: &Request<B>) -> Option<Response<Body>> {
+        let throttle = self.throttle.as_ref()?;
         // The gate always sets it; without it every caller shares the unspecified address.
         let ip = request
             .extensions()
             .get::<ClientIp>()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0);
-        throttle.check(ip).map_err(|wait| {
-            tracing::info!(client = %ip, "login rate exceeded");
-            pages::respond(
-                &pages::Failure::TooManyRequests(retry_after_secs(wait)),
-                request.headers(),
-            )
-        })
+        let wait = throttle.check(ip).err()?;
+        tracing::info!(client = %ip, "login rate exceeded");
+        Some(pages::respond(
+            &pages::Failure::TooManyRequests(retry_after_secs(wait)),
+            request.headers(),
+        ))
     }
 
     /// The gateway's own endpoints under `/_wxgate/`.
@@ -337,7 +335,7 @@ impl Login {
                 .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return r;
         }
-        if let Err(limited) = self.admit(request) {
+        if let Some(limited) = self.over_rate(request) {
             return limited;
         }
         let Some(CallbackQuery { state, code }) = CallbackQuery::parse(request.uri().query())
