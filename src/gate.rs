@@ -150,6 +150,7 @@ impl Gate {
         let peer = self.peer(conn);
         // Before anything reads them: a client must never pose as an identity, nor say where
         // it came from unless it is a trusted proxy.
+        proxy::drop_connection_options(request.headers_mut());
         strip_identity_headers(request.headers_mut(), &self.identity_header);
         proxy::strip_client_forwarding(request.headers_mut(), peer.trusted);
         let client = ClientIp(self.client_ip(peer, request.headers()));

@@ -172,6 +172,32 @@ fn set_forwarded(headers: &mut HeaderMap, peer: Peer) {
     }
 }
 
+/// Removes the headers a client's `Connection` names, and keeps of `Connection` only its
+/// `upgrade` token. Runs on the inbound request before the gateway adds identity headers,
+/// so `Connection: close, X-WeChat-Identity` cannot delete the gateway's own (Traefik
+/// CVE-2021-32813, CVE-2024-45410).
+pub fn drop_connection_options(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let upgrade = is_upgrade(headers);
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| name != header::UPGRADE)
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
 /// Headers that say where a request came from. Only a trusted proxy may send them; from
 /// anyone else every spelling goes, and the gateway writes its own `X-Forwarded-*`.
 const FORWARDING: [&[u8]; 13] = [
@@ -327,6 +353,24 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone} should be removed");
         }
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn connection_options_go_before_the_gateway_adds_its_headers() {
+        let mut h = map(&[
+            ("connection", "close, X-WeChat-Identity, x-secret"),
+            ("x-secret", "1"),
+            ("x-wechat-identity", "forged"),
+        ]);
+        drop_connection_options(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut ws = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        drop_connection_options(&mut ws);
+        assert_eq!(ws["connection"], "upgrade");
+        assert_eq!(ws["upgrade"], "websocket");
     }
 
     #[test]
