@@ -1596,3 +1596,248 @@ async fn t51_t54_identity_tokens_pin_alg_and_kid_and_survive_a_key_rotation() {
     );
     w.gw.shutdown().await;
 }
+
+/// Where `needle` occurs in `haystack`, as a short excerpt for the failure message.
+fn find_leak(haystack: &str, needle: &str) -> Option<String> {
+    haystack.find(needle).map(|i| {
+        let start = haystack[..i]
+            .char_indices()
+            .rev()
+            .nth(80)
+            .map_or(0, |(j, _)| j);
+        haystack[start..].chars().take(200).collect()
+    })
+}
+
+/// A WeChat web token as the mock mints them: `93_` and 107 base64url characters.
+fn find_token(haystack: &str) -> Option<String> {
+    let token_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    haystack.match_indices("93_").find_map(|(i, _)| {
+        let run = haystack[i + 3..]
+            .chars()
+            .take_while(|c| token_char(*c))
+            .count();
+        (run >= 40).then(|| haystack[i..].chars().take(60).collect())
+    })
+}
+
+/// T32: the real binary at `RUST_LOG=trace`, a full login through the mock and a few more
+/// requests; then no secret, code, token, state or session id in its stdout and stderr, in
+/// `/metrics`, in the pages it sent, or in `wxgate check`'s output.
+#[tokio::test]
+async fn t32_secrets_never_reach_logs_metrics_pages_or_check_output() {
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_wxgate");
+    let up = Upstream::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = listener.local_addr().unwrap();
+    let mock_config = MockConfig {
+        auto_consent: true,
+        ..MockConfig::default()
+    };
+    let appsecret = mock_config.secret.expose().to_owned();
+    tokio::spawn(MockWeChat::new(mock_config.clone()).serve(listener, std::future::pending()));
+    let (port, admin_port) = (free_port(), free_port());
+    let host = format!("127.0.0.1:{port}");
+    let origin = format!("http://{host}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wxgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "{host}"
+public_url = "{origin}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[wechat]
+appid = "{appid}"
+secret = "{appsecret}"
+authorize_url = "http://{mock}/connect/oauth2/authorize"
+api_base = "http://{mock}"
+[session]
+store = "memory"
+cookie_secure = false
+secret = "{SESSION_SECRET}"
+[identity]
+algorithm = "HS256"
+secret = "{IDENTITY_SECRET}"
+[[routes]]
+path = "/"
+upstream = "http://{up}"
+[[routes]]
+path = "/vip/"
+upstream = "http://{up}"
+scope = "snsapi_userinfo"
+"#,
+            appid = mock_config.appid,
+            up = up.addr,
+        ),
+    )
+    .unwrap();
+    let stdout = std::fs::File::create(dir.path().join("stdout")).unwrap();
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .unwrap();
+    // Kill on drop, whatever happens below.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id().to_string();
+    let child = Reap(child);
+    let mut up_yet = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&host).await.is_ok() {
+            up_yet = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up_yet, "the gateway did not start");
+
+    let mut pages = String::new();
+    let get = |url: String, cookie: Option<String>| async move {
+        let mut request = client().get(url).header("user-agent", WECHAT_UA);
+        if let Some(c) = cookie {
+            request = request.header("cookie", c);
+        }
+        request.send().await.unwrap()
+    };
+    let first = get(format!("{origin}/vip/page?from=singlemessage"), None).await;
+    assert_eq!(first.status(), 302);
+    let set: Vec<String> = first
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    let state_cookie = cookie_pair(&set, "wxgate_state").unwrap();
+    let authorize = first.headers()["location"].to_str().unwrap().to_owned();
+    let state = authorize
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let wechat = get(authorize, None).await;
+    let callback = wechat.headers()["location"].to_str().unwrap().to_owned();
+    let code = callback
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let done = get(callback.clone(), Some(state_cookie.clone())).await;
+    assert_eq!(done.status(), 302);
+    let set: Vec<String> = done
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    let session = cookie_pair(&set, "wxgate_session").unwrap();
+    let page = get(format!("{origin}/vip/page"), Some(session.clone())).await;
+    assert_eq!(page.status(), 200);
+    let jwt = identity_of(&up.last()).remove(0);
+    for (url, cookie) in [
+        (format!("{origin}/_wxgate/me"), Some(session.clone())),
+        // An error page: the used callback again.
+        (callback.clone(), Some(state_cookie.clone())),
+        (
+            format!("{origin}/_wxgate/callback?code={code}&state={state}"),
+            None,
+        ),
+        (format!("{origin}/missing%zz"), Some(session.clone())),
+        (
+            format!("{origin}/_wxgate/logout?rd=/bye"),
+            Some(session.clone()),
+        ),
+    ] {
+        let resp = get(url, cookie).await;
+        pages.push_str(&format!("{:?}\n", resp.headers()));
+        pages.push_str(&resp.text().await.unwrap());
+    }
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("wxgate_"), "{metrics:.200}");
+    let check = Command::new(BIN)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let check = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    drop(child);
+    let logs = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.path().join("stdout")).unwrap(),
+        std::fs::read_to_string(dir.path().join("stderr")).unwrap()
+    );
+    // The log is really at trace level and saw the login, so its silence means something.
+    assert!(logs.lines().count() > 25, "{logs:.500}");
+    assert!(logs.contains("TRACE"), "{logs:.500}");
+    assert!(
+        logs.contains("/_wxgate/callback"),
+        "the access log saw the callback"
+    );
+    let state_value = state_cookie.split_once('=').unwrap().1;
+    let session_value = session.split_once('=').unwrap().1;
+    let secrets = [
+        ("AppSecret", appsecret.as_str()),
+        ("session secret", SESSION_SECRET),
+        ("identity HMAC key", IDENTITY_SECRET),
+        ("code", code.as_str()),
+        ("state", state.as_str()),
+        ("state cookie", state_value),
+        ("session id", session_value),
+        ("identity JWT", jwt.as_str()),
+    ];
+    for (place, text) in [
+        ("logs", &logs),
+        ("/metrics", &metrics),
+        ("pages", &pages),
+        ("wxgate check", &check),
+    ] {
+        for (what, secret) in secrets {
+            assert!(secret.len() >= 20, "{what} is too short to search for");
+            if let Some(excerpt) = find_leak(text, secret) {
+                panic!("the {what} appears in {place}: …{excerpt}…");
+            }
+        }
+        if let Some(excerpt) = find_token(text) {
+            panic!("a WeChat token appears in {place}: {excerpt}…");
+        }
+    }
+}
