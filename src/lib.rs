@@ -6,6 +6,8 @@
 pub mod body;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod identity;
 pub mod login;

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use crate::secret::Secret;
-pub use load::{ConfigError, Problem, load};
+pub use load::{ConfigError, Problem, load, parse_toml};
 pub use validate::validate;
 
 pub use crate::identity::Algorithm;
