@@ -95,7 +95,9 @@ pub fn return_url(data: &[u8]) {
     for url in accepted.into_iter().flatten() {
         let location = url.as_str();
         assert!(
-            location.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\'),
+            location
+                .bytes()
+                .all(|b| (0x21..0x7f).contains(&b) && b != b'\\'),
             "{text:?} accepted as {location:?}"
         );
         assert!(
@@ -103,7 +105,10 @@ pub fn return_url(data: &[u8]) {
             "{location:?}"
         );
         let joined = origin.join(location);
-        let host = joined.as_ref().ok().and_then(|j| j.host_str().map(str::to_owned));
+        let host = joined
+            .as_ref()
+            .ok()
+            .and_then(|j| j.host_str().map(str::to_owned));
         assert!(
             matches!(host.as_deref(), Some("m.example.com" | "shop.example.com")),
             "{text:?} accepted as {location:?} → {joined:?}"
@@ -138,10 +143,12 @@ pub fn cookies(data: &[u8]) {
 
 fn state_key() -> &'static StateKey {
     static KEY: OnceLock<StateKey> = OnceLock::new();
-    KEY.get_or_init(|| match StateKey::derive(b"fuzzing-session-secret-0123456789-abcdef") {
-        Ok(key) => key,
-        Err(e) => unreachable!("a 40-byte secret derives a key: {e}"),
-    })
+    KEY.get_or_init(
+        || match StateKey::derive(b"fuzzing-session-secret-0123456789-abcdef") {
+            Ok(key) => key,
+            Err(e) => unreachable!("a 40-byte secret derives a key: {e}"),
+        },
+    )
 }
 
 /// WeChat's JSON answers: any body is a reply, an error or a `Malformed`, never a panic; a
