@@ -1842,3 +1842,58 @@ scope = "snsapi_userinfo"
         }
     }
 }
+
+/// The configuration keys this work added are validated, each problem named by its key.
+#[test]
+fn security_keys_are_validated_with_their_key_path() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/wxgate.toml"))
+            .unwrap();
+    let base = wxgate::config::parse_toml(&example).unwrap();
+    assert!(wxgate::config::validate(&base).is_empty());
+    type Tweak = fn(&mut Config);
+    let cases: &[(Tweak, &str)] = &[
+        (
+            |c| c.session.cookie_domain = Some("evil.com".into()),
+            "session.cookie_domain",
+        ),
+        (
+            |c| c.session.cookie_domain = Some("localhost".into()),
+            "session.cookie_domain",
+        ),
+        (
+            |c| c.session.cookie_name = "__Host-wxgate".into(),
+            "session.cookie_name",
+        ),
+        (
+            |c| {
+                c.server.websocket_origins =
+                    vec![url::Url::parse("https://app.example.com/page").unwrap()]
+            },
+            "server.websocket_origins[0]",
+        ),
+        (
+            |c| c.server.limits.login_burst = 0,
+            "server.limits.login_burst",
+        ),
+        (
+            |c| c.identity.ttl = Duration::from_secs(3600),
+            "identity.ttl",
+        ),
+    ];
+    for (tweak, key) in cases {
+        let mut config = base.clone();
+        tweak(&mut config);
+        let problems = wxgate::config::validate(&config);
+        assert!(
+            problems.iter().any(|p| p.key == *key),
+            "{key}: {problems:?}"
+        );
+    }
+    // Accepted: a parent domain of public_url's host, and the limit turned off.
+    let mut config = base.clone();
+    config.session.cookie_domain = Some(".example.com".into());
+    config.server.limits.login_rate = 0;
+    config.server.limits.login_burst = 0;
+    assert!(wxgate::config::validate(&config).is_empty());
+}
