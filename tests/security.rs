@@ -1897,3 +1897,34 @@ fn security_keys_are_validated_with_their_key_path() {
     config.server.limits.login_burst = 0;
     assert!(wxgate::config::validate(&config).is_empty());
 }
+
+#[tokio::test]
+async fn t88_an_idle_keep_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world(|c, _, _| {
+        c.server.limits.idle_timeout = Duration::from_millis(300);
+        c.server.limits.header_read_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(w.gw.addr).await.unwrap();
+    stream
+        .write_all(format!("GET /public/x HTTP/1.1\r\nHost: {}\r\n\r\n", w.host).as_bytes())
+        .await
+        .unwrap();
+    // Read the answer, then keep reading: the gateway must close the idle connection itself,
+    // long before the header timeout (60 s) or this test's bound (10 s) would.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle keep-alive connection stayed open");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    w.gw.shutdown().await;
+}
