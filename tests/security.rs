@@ -1928,3 +1928,35 @@ async fn t88_an_idle_keep_alive_connection_is_closed() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     w.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn t03_a_foreign_host_never_shapes_the_redirect_to_wechat() {
+    let w = default_world().await;
+    let callback: String =
+        url::form_urlencoded::byte_serialize(format!("{}/_wxgate/callback", w.origin).as_bytes())
+            .collect();
+    for headers in [
+        "Host: evil.test\r\n".to_owned(),
+        format!(
+            "Host: {}\r\nX-Forwarded-Host: evil.test\r\nX-Forwarded-Proto: https\r\n",
+            w.host
+        ),
+    ] {
+        let (head, answer) = raw(
+            &w,
+            &format!(
+                "GET /admin/x HTTP/1.1\r\n{headers}User-Agent: {WECHAT_UA}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(head.status, 302, "{headers}");
+        let location = head.get("location").unwrap();
+        assert!(
+            location.contains(&format!("redirect_uri={callback}&")),
+            "{location}"
+        );
+        let head_text = answer.split("\r\n\r\n").next().unwrap();
+        assert!(!head_text.contains("evil.test"), "{head_text}");
+    }
+    w.gw.shutdown().await;
+}
