@@ -50,27 +50,37 @@ pub struct RouteError {
 pub struct RouteTable {
     by_host: HashMap<String, HashMap<String, Arc<Route>>>,
     any_host: HashMap<String, Arc<Route>>,
-    /// The same routes under lower-cased prefixes (a protected one wins a clash), to find
-    /// case variants of protected paths; empty when every route is public.
-    folded: Folded,
+    /// What the lenient readings of a path need; empty when every route is public.
+    lenient: Lenient,
+}
+
+/// Prefix maps for the readings of a path other than its own: lower-cased prefixes (a
+/// protected route wins a clash), and protected directory prefixes without their slash.
+#[derive(Debug, Default)]
+struct Lenient {
+    folded: HostPrefixes,
+    dirs: HostPrefixes,
+    folded_dirs: HostPrefixes,
+    /// Some route prefix has an upper-case letter, so even a lower-case path may fold.
+    upper_prefix: bool,
 }
 
 #[derive(Debug, Default)]
-struct Folded {
+struct HostPrefixes {
     by_host: HashMap<String, HashMap<String, Arc<Route>>>,
     any_host: HashMap<String, Arc<Route>>,
 }
 
-impl Folded {
-    fn insert(&mut self, route: Arc<Route>) {
+impl HostPrefixes {
+    /// Files `route` under `key`; on a clash a protected route is kept.
+    fn insert(&mut self, key: String, route: &Arc<Route>) {
         let prefixes = match &route.host {
             Some(h) => self.by_host.entry(h.clone()).or_default(),
             None => &mut self.any_host,
         };
-        let key = route.prefix.to_ascii_lowercase();
-        let clash_with_protected = prefixes.get(&key).is_some_and(|r| r.scope != Scope::Public);
+        let clash_with_protected = prefixes.get(&key).is_some_and(|r| is_protected(r));
         if !clash_with_protected {
-            prefixes.insert(key, route);
+            prefixes.insert(key, route.clone());
         }
     }
 
@@ -78,11 +88,35 @@ impl Folded {
         self.any_host.is_empty() && self.by_host.is_empty()
     }
 
-    fn find(&self, host: Option<&str>, lower_path: &str) -> Option<&Arc<Route>> {
+    fn longest(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         host.and_then(|h| self.by_host.get(h))
-            .and_then(|prefixes| longest_prefix(prefixes, lower_path))
-            .or_else(|| longest_prefix(&self.any_host, lower_path))
+            .and_then(|prefixes| longest_prefix(prefixes, path))
+            .or_else(|| longest_prefix(&self.any_host, path))
     }
+
+    fn exact(&self, host: Option<&str>, key: &str) -> Option<&Arc<Route>> {
+        host.and_then(|h| self.by_host.get(h))
+            .and_then(|prefixes| prefixes.get(key))
+            .or_else(|| self.any_host.get(key))
+    }
+}
+
+impl Lenient {
+    fn add(&mut self, route: &Arc<Route>) {
+        let lower = route.prefix.to_ascii_lowercase();
+        self.upper_prefix |= lower != route.prefix;
+        self.folded.insert(lower.clone(), route);
+        if let (true, Some(dir)) = (is_protected(route), route.prefix.strip_suffix('/')) {
+            if !dir.is_empty() {
+                self.dirs.insert(dir.to_owned(), route);
+                self.folded_dirs.insert(dir.to_ascii_lowercase(), route);
+            }
+        }
+    }
+}
+
+fn is_protected(route: &Route) -> bool {
+    route.scope != Scope::Public
 }
 
 impl RouteTable {
@@ -90,15 +124,15 @@ impl RouteTable {
         let mut table = RouteTable::default();
         for (index, rc) in config.routes.iter().enumerate() {
             let route = Arc::new(build_route(index, rc, config.upstream.timeout)?);
+            table.lenient.add(&route);
             let prefixes = match &route.host {
                 Some(h) => table.by_host.entry(h.clone()).or_default(),
                 None => &mut table.any_host,
             };
-            prefixes.insert(route.prefix.clone(), route.clone());
-            table.folded.insert(route);
+            prefixes.insert(route.prefix.clone(), route);
         }
         if config.routes.iter().all(|r| r.scope == Scope::Public) {
-            table.folded = Folded::default();
+            table.lenient = Lenient::default();
         }
         Ok(table)
     }
@@ -114,28 +148,29 @@ impl RouteTable {
     /// The route a request gets, decided as the most lenient upstream would read the path,
     /// so that no reading of it reaches protected content unauthenticated: the path is
     /// matched without `;` parameters (servlet containers serve `/admin;x/page` as
-    /// `/admin/page`); and when the path itself is public but its lower-cased form (a
-    /// case-insensitive upstream's `/ADMIN/`) or its directory form (`/admin` for a route
-    /// `/admin/`) falls under a protected route, that protected route it is.
-    /// `path` is a normalised path.
+    /// `/admin/page`); and when the path itself is public but its directory form (`/admin`
+    /// for a route `/admin/`) or its lower-cased form (a case-insensitive upstream's
+    /// `/ADMIN/`) falls under a protected route, that protected route it is.
+    /// `path` is a normalised path. Allocates only for `;` parameters and upper case.
     pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         let bare = without_parameters(path);
         let exact = self.find(host, &bare);
-        if exact.is_some_and(|r| r.scope != Scope::Public) || self.folded.is_empty() {
+        if exact.is_some_and(|r| is_protected(r)) || self.lenient.folded.is_empty() {
             return exact;
         }
-        let protected = |r: &&Arc<Route>| r.scope != Scope::Public;
-        let directory = (!bare.ends_with('/')).then(|| format!("{bare}/"));
+        if let Some(dir) = self.lenient.dirs.exact(host, &bare) {
+            return Some(dir);
+        }
+        let has_upper = bare.bytes().any(|b| b.is_ascii_uppercase());
+        if !(has_upper || self.lenient.upper_prefix) {
+            return exact;
+        }
         let lower = bare.to_ascii_lowercase();
-        directory
-            .as_deref()
-            .and_then(|dir| self.find(host, dir))
-            .filter(protected)
-            .or_else(|| self.folded.find(host, &lower).filter(protected))
-            .or_else(|| {
-                let lower_dir = directory?.to_ascii_lowercase();
-                self.folded.find(host, &lower_dir).filter(protected)
-            })
+        self.lenient
+            .folded
+            .longest(host, &lower)
+            .filter(|r| is_protected(r))
+            .or_else(|| self.lenient.folded_dirs.exact(host, &lower))
             .or(exact)
     }
 
