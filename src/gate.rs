@@ -153,14 +153,15 @@ impl Gate {
         proxy::drop_connection_options(request.headers_mut());
         strip_identity_headers(request.headers_mut(), &self.identity_header);
         proxy::strip_client_forwarding(request.headers_mut(), peer.trusted);
-        let client = ClientIp(self.client_ip(peer, request.headers()));
-        request.extensions_mut().insert(client);
         if path.as_str().starts_with("/_wxgate/") {
             return match &self.login {
-                Some(login) => (
-                    Target::Endpoint,
-                    Ok(login.endpoint(path.as_str(), &request).await),
-                ),
+                Some(login) => {
+                    self.tag_client(&mut request, peer);
+                    (
+                        Target::Endpoint,
+                        Ok(login.endpoint(path.as_str(), &request).await),
+                    )
+                }
                 None => (Target::Endpoint, Err(Failure::NoRoute)),
             };
         }
@@ -174,6 +175,7 @@ impl Gate {
             let Some(login) = &self.login else {
                 return (Target::Route(route), Err(Failure::Unavailable));
             };
+            self.tag_client(&mut request, peer);
             match login.authenticate(&request, route).await {
                 Access::Granted(identity) => {
                     let headers = request.headers_mut();
@@ -263,6 +265,13 @@ impl Gate {
                 "This page may not open a connection here.",
             ))
         }
+    }
+
+    /// Tells the login flow who the client is (its rate limit is per client); only requests
+    /// that may start or finish a login carry it.
+    fn tag_client(&self, request: &mut Request<Incoming>, peer: Peer) {
+        let client = ClientIp(self.client_ip(peer, request.headers()));
+        request.extensions_mut().insert(client);
     }
 
     /// The client behind the connection: the peer, or when the peer is a trusted proxy the
