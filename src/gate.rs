@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{CONTENT_LENGTH, HOST, UPGRADE};
+use http::header::{CONTENT_LENGTH, HOST, ORIGIN, UPGRADE};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::Limited;
 use hyper::body::Incoming;
@@ -14,13 +14,16 @@ use ipnet::IpNet;
 
 use crate::body::Body;
 use crate::config::{Config, LimitsConfig, Scope};
-use crate::identity::is_identity_header;
+use crate::identity::{is_foreign_identity_header, is_identity_header};
 use crate::login::flow::{Access, Login, LoginSetupError};
+use crate::login::throttle::ClientIp;
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
 use crate::pages::{self, Failure};
 use crate::proxy::{self, Peer, Proxy};
 use crate::route::{self, Route, RouteTable, path::NormalPath};
 use crate::session::SessionCache;
+
+const X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwarded-uri");
 
 /// How a connection reached the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +45,8 @@ pub struct Gate {
     login: Option<Login>,
     /// The configured identity header, stripped from every client request.
     identity_header: String,
+    /// Origins whose pages may open a WebSocket to a protected route.
+    websocket_origins: Vec<url::Origin>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,13 @@ impl Gate {
             access_log: config.log.access_log,
             login,
             identity_header: config.identity.header.clone(),
+            websocket_origins: config
+                .server
+                .public_url
+                .iter()
+                .chain(&config.server.websocket_origins)
+                .map(url::Url::origin)
+                .collect(),
         })
     }
 
@@ -156,30 +168,47 @@ impl Gate {
                 );
             }
         };
-        let Some(host) = request_host(&request) else {
-            return (
-                Target::Unrouted,
-                Err(Failure::BadRequest("The request has no Host header.")),
-            );
+        let host = match request_host(&request) {
+            Ok(host) => host,
+            Err(reason) => return (Target::Unrouted, Err(Failure::BadRequest(reason))),
         };
-        // Before anything reads them: a client must never pose as an identity.
+        let peer = self.peer(conn);
+        // Before anything reads them: a client must never pose as an identity, nor say where
+        // it came from unless it is a trusted proxy.
+        proxy::drop_connection_options(request.headers_mut());
+        // A proxy in front that asks `/_wxgate/auth` or `/_wxgate/start` names the page to
+        // return to in X-Forwarded-Uri; believed from trusted peers only, never forwarded.
+        let return_page = (peer.trusted && path.as_str().starts_with("/_wxgate/"))
+            .then(|| request.headers_mut().remove(X_FORWARDED_URI))
+            .flatten();
         strip_identity_headers(request.headers_mut(), &self.identity_header);
+        proxy::strip_client_forwarding(request.headers_mut(), peer.trusted);
         if path.as_str().starts_with("/_wxgate/") {
             return match &self.login {
-                Some(login) => (
-                    Target::Endpoint,
-                    Ok(login.endpoint(path.as_str(), &request).await),
-                ),
+                Some(login) => {
+                    if let Some(page) = return_page {
+                        request.headers_mut().insert(X_FORWARDED_URI, page);
+                    }
+                    self.tag_client(&mut request, peer);
+                    (
+                        Target::Endpoint,
+                        Ok(login.endpoint(path.as_str(), &request).await),
+                    )
+                }
                 None => (Target::Endpoint, Err(Failure::NoRoute)),
             };
         }
-        let Some(route) = self.routes.find(Some(&host), path.as_str()) else {
+        let Some(route) = self.routes.route_for(Some(&host), path.as_str()) else {
             return (Target::Unrouted, Err(Failure::NoRoute));
         };
         if route.scope != Scope::Public {
+            if let Err(failure) = self.check_websocket_origin(request.headers()) {
+                return (Target::Route(route), Err(failure));
+            }
             let Some(login) = &self.login else {
                 return (Target::Route(route), Err(Failure::Unavailable));
             };
+            self.tag_client(&mut request, peer);
             match login.authenticate(&request, route).await {
                 Access::Granted(identity) => {
                     let headers = request.headers_mut();
@@ -204,12 +233,14 @@ impl Gate {
             }
             Upgrade::Tunnel => Some(hyper::upgrade::on(&mut request)),
         };
-        let peer = self.peer(conn);
         let request = request.map(|body| Limited::new(body, self.body_limit()));
-        let result = self
+        let mut result = self
             .proxy
             .forward(request, route, path.as_str(), peer, client_upgrade)
             .await;
+        if let (Some(login), Ok(response)) = (&self.login, &mut result) {
+            login.strip_own_cookies(response.headers_mut());
+        }
         (Target::Route(route), result)
     }
 
@@ -247,11 +278,72 @@ impl Gate {
         usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX)
     }
 
+    /// A WebSocket handshake carries the visitor's cookies whichever page opened it, so on a
+    /// protected route the opening page must be one of ours (cross-site WebSocket
+    /// hijacking). Clients that send no `Origin` are not browsers and are let through.
+    fn check_websocket_origin(&self, headers: &HeaderMap) -> Result<(), Failure> {
+        if !proxy::is_upgrade(headers) {
+            return Ok(());
+        }
+        let Some(origin) = headers.get(ORIGIN) else {
+            return Ok(());
+        };
+        let allowed = origin
+            .to_str()
+            .ok()
+            .and_then(|o| url::Url::parse(o).ok())
+            .is_some_and(|o| self.websocket_origins.contains(&o.origin()));
+        if allowed {
+            Ok(())
+        } else {
+            tracing::info!("WebSocket upgrade from a foreign origin refused");
+            Err(Failure::Forbidden(
+                "This page may not open a connection here.",
+            ))
+        }
+    }
+
+    /// Tells the login flow who the client is (its rate limit is per client); only requests
+    /// that may start or finish a login carry it.
+    fn tag_client(&self, request: &mut Request<Incoming>, peer: Peer) {
+        let client = ClientIp(self.client_ip(peer, request.headers()));
+        request.extensions_mut().insert(client);
+    }
+
+    /// The client behind the connection: the peer, or when the peer is a trusted proxy the
+    /// right-most `X-Forwarded-For` address that is not itself a trusted proxy.
+    fn client_ip(&self, peer: Peer, headers: &HeaderMap) -> std::net::IpAddr {
+        let mut client = peer.ip;
+        if !peer.trusted {
+            return client;
+        }
+        let hops: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        for hop in hops.iter().rev() {
+            if !self.is_trusted(client) {
+                break;
+            }
+            match hop.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => client = ip.to_canonical(),
+                Err(_) => break,
+            }
+        }
+        client
+    }
+
+    fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
     fn peer(&self, conn: ConnInfo) -> Peer {
         let ip = conn.peer.ip().to_canonical();
         Peer {
             ip,
-            trusted: self.trusted_proxies.iter().any(|net| net.contains(&ip)),
+            trusted: self.is_trusted(ip),
             tls: conn.tls,
         }
     }
@@ -280,24 +372,86 @@ fn upgrade_of(request: &Request<Incoming>) -> Upgrade {
     }
 }
 
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// The host a request is for: the URI's authority (HTTP/2, absolute form) or `Host`.
-/// An HTTP/1.1 request without one is malformed; HTTP/1.0 may omit it.
-fn request_host(request: &Request<Incoming>) -> Option<String> {
-    if let Some(authority) = request.uri().authority() {
-        return Some(route::normalize_host(authority.host()));
+/// RFC 9112 §3.2: an HTTP/1.1 request without exactly one valid `Host` is malformed (HTTP/1.0
+/// may omit it); and where both exist they must name the same host, or routing and the
+/// upstream would read different ones.
+fn request_host(request: &Request<Incoming>) -> Result<String, &'static str> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("The request has more than one Host header.");
     }
-    match request.headers().get(HOST).and_then(|v| v.to_str().ok()) {
-        Some(host) => Some(route::normalize_host(host)),
-        None if request.version() == Version::HTTP_10 => Some(String::new()),
+    let header = match header {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|h| is_valid_host_header(h))
+                .ok_or("The Host header is not a valid host.")?,
+        ),
         None => None,
+    };
+    match (request.uri().authority(), header) {
+        (Some(authority), Some(header)) => {
+            let target = route::normalize_host(authority.host());
+            if target == route::normalize_host(header) {
+                Ok(target)
+            } else {
+                Err("The Host header and the request target name different hosts.")
+            }
+        }
+        (Some(authority), None) => Ok(route::normalize_host(authority.host())),
+        (None, Some(header)) => Ok(route::normalize_host(header)),
+        (None, None) if request.version() == Version::HTTP_10 => Ok(String::new()),
+        (None, None) => Err("The request has no Host header."),
     }
 }
 
-/// Removes the configured identity header and every `x-wechat-*` header in any spelling.
+/// `host[:port]`: a registered name or IPv4 address, or a bracketed IPv6 literal.
+fn is_valid_host_header(value: &str) -> bool {
+    let (host_ok, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let Some((v6, after)) = rest.split_once(']') else {
+                return false;
+            };
+            if !(after.is_empty() || after.starts_with(':')) {
+                return false;
+            }
+            (
+                v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                after.strip_prefix(':'),
+            )
+        }
+        None => {
+            let (host, port) = match value.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (value, None),
+            };
+            let name_ok = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            (name_ok, port)
+        }
+    };
+    let port_ok =
+        port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
+}
+
+/// Removes the configured identity header, every `x-wechat-*` header and other gateways'
+/// identity headers, in any spelling.
 fn strip_identity_headers(headers: &mut HeaderMap, configured: &str) {
     let spoofed: Vec<http::header::HeaderName> = headers
         .keys()
-        .filter(|name| is_identity_header(name.as_str(), configured))
+        .filter(|name| {
+            is_identity_header(name.as_str(), configured)
+                || is_foreign_identity_header(name.as_str())
+        })
         .cloned()
         .collect();
     for name in spoofed {
@@ -327,4 +481,39 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_host_header;
+
+    #[test]
+    fn host_headers_must_be_a_host_and_an_optional_port() {
+        for good in [
+            "m.example.com",
+            "m.example.com:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "a_b.local",
+        ] {
+            assert!(is_valid_host_header(good), "{good}");
+        }
+        for bad in [
+            "",
+            "gw.test:abc",
+            "gw.test:",
+            "gw.test:123456",
+            "a b",
+            "a/b",
+            "evil.com@gw.test",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "gw.test:80:80",
+            "gw.test\\x",
+        ] {
+            assert!(!is_valid_host_header(bad), "{bad}");
+        }
+    }
 }

@@ -7,6 +7,8 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod identity;
 pub mod login;

@@ -172,6 +172,69 @@ fn set_forwarded(headers: &mut HeaderMap, peer: Peer) {
     }
 }
 
+/// Removes the headers a client's `Connection` names, and keeps of `Connection` only its
+/// `upgrade` token. Runs on the inbound request before the gateway adds identity headers,
+/// so `Connection: close, X-WeChat-Identity` cannot delete the gateway's own (Traefik
+/// CVE-2021-32813, CVE-2024-45410).
+pub fn drop_connection_options(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let upgrade = is_upgrade(headers);
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| name != header::UPGRADE)
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Headers that say where a request came from. Only a trusted proxy may send them; from
+/// anyone else every spelling goes, and the gateway writes its own `X-Forwarded-*`.
+const FORWARDING: [&[u8]; 13] = [
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-prefix",
+    b"x-forwarded-server",
+    b"x-forwarded-ssl",
+    b"x-real-ip",
+    b"forwarded",
+    b"true-client-ip",
+    b"cf-connecting-ip",
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+];
+
+/// Removes client-supplied forwarding headers: all of them from an untrusted peer; from a
+/// trusted proxy only the `_`/`.` spellings (`X_Forwarded_For`), which no proxy writes but
+/// PHP and WSGI upstreams read as the real one.
+pub fn strip_client_forwarding(headers: &mut HeaderMap, trusted: bool) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let raw = name.as_str().as_bytes();
+            FORWARDING
+                .iter()
+                .any(|known| crate::identity::folded_eq(raw, known) && (!trusted || raw != *known))
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
 /// All values of a header joined with ", ", as a list header is meant to be read.
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let values: Vec<&str> = headers
@@ -293,6 +356,24 @@ mod tests {
     }
 
     #[test]
+    fn connection_options_go_before_the_gateway_adds_its_headers() {
+        let mut h = map(&[
+            ("connection", "close, X-WeChat-Identity, x-secret"),
+            ("x-secret", "1"),
+            ("x-wechat-identity", "forged"),
+        ]);
+        drop_connection_options(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut ws = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        drop_connection_options(&mut ws);
+        assert_eq!(ws["connection"], "upgrade");
+        assert_eq!(ws["upgrade"], "websocket");
+    }
+
+    #[test]
     fn connection_cannot_delete_the_gateways_own_headers() {
         let mut h = map(&[
             ("connection", "x-forwarded-for, x-forwarded-proto"),
@@ -331,6 +412,37 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "m.example.com");
         assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn client_forwarding_headers_go_in_every_spelling_unless_a_trusted_proxy_wrote_them() {
+        let sent = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x.real.ip", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/public"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-kept", "yes"),
+        ];
+        let mut untrusted = map(&sent);
+        strip_client_forwarding(&mut untrusted, false);
+        let names: Vec<&str> = untrusted.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+        let mut trusted = map(&sent);
+        strip_client_forwarding(&mut trusted, true);
+        for gone in ["x_forwarded_for", "x.real.ip"] {
+            assert!(!trusted.contains_key(gone), "{gone}");
+        }
+        for kept in [
+            "x-forwarded-for",
+            "x-real-ip",
+            "x-forwarded-port",
+            "true-client-ip",
+        ] {
+            assert!(trusted.contains_key(kept), "{kept}");
+        }
     }
 
     #[test]

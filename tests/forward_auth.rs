@@ -34,6 +34,7 @@ async fn nginx_in_front() -> Option<(World, Nginx)> {
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let w = world_with(|_, config| {
         config.server.public_url = Some(url::Url::parse(&format!("http://{listen}")).unwrap());
+        trust_the_proxy(config);
     })
     .await;
     let include = (
@@ -42,6 +43,11 @@ async fn nginx_in_front() -> Option<(World, Nginx)> {
     );
     let ng = Nginx::start(&binary, listen, &example_config(&w, listen), &[include]).await;
     Some((w, ng))
+}
+
+/// The proxy in front sends X-Forwarded-Uri; the gateway believes it from trusted peers only.
+fn trust_the_proxy(config: &mut wxgate::config::Config) {
+    config.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
 }
 
 fn verify(token: &str) -> wxgate::identity::Claims {
@@ -172,7 +178,7 @@ async fn without_a_session_scripts_get_401_json_desktops_the_qr_page_and_assets_
 #[tokio::test]
 async fn the_auth_endpoint_answers_200_with_identity_or_401() {
     // Without nginx: the contract Traefik and Caddy rely on too.
-    let w = world_with(|_, _| {}).await;
+    let w = world_with(|_, config| trust_the_proxy(config)).await;
     let b = browser(WECHAT_UA);
     let anonymous = b
         .get(format!("{}/_wxgate/auth", w.origin))
@@ -215,5 +221,20 @@ async fn the_auth_endpoint_answers_200_with_identity_or_401() {
         401,
         "a base session is not enough for userinfo"
     );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn x_forwarded_uri_from_an_untrusted_peer_is_ignored() {
+    let w = world_with(|_, _| {}).await;
+    let resp = browser(WECHAT_UA)
+        .get(format!("{}/_wxgate/auth", w.origin))
+        .header("X-Forwarded-Uri", "/somewhere?else=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["login_url"], "/_wxgate/start?rd=%2F");
     w.gw.shutdown().await;
 }

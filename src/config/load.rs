@@ -66,6 +66,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// Parses TOML text alone (no file, no environment, no validation): what the fuzz target
+/// feeds arbitrary bytes to. Errors come back as problems named by key, as from `load`.
+pub fn parse_toml(text: &str) -> Result<Config, ConfigError> {
+    Figment::from(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::Invalid(problems_of(e)))
+}
+
 fn env_provider() -> Env {
     // `WXGATE_CONFIG` names the file (clap reads it); it is not a key of the file.
     Env::prefixed("WXGATE_").ignore(&["CONFIG"]).split("__")

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use crate::secret::Secret;
-pub use load::{ConfigError, Problem, load};
+pub use load::{ConfigError, Problem, load, parse_toml};
 pub use validate::validate;
 
 pub use crate::identity::Algorithm;
@@ -53,6 +53,10 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Peers whose `X-Forwarded-*` headers are believed; everyone else's are replaced.
     pub trusted_proxies: Vec<IpNet>,
+    /// Origins (`https://app.example.com`) besides `public_url`'s whose pages may open a
+    /// WebSocket to a protected route; any other `Origin` gets 403 (cross-site WebSocket
+    /// hijacking rides on the visitor's cookie).
+    pub websocket_origins: Vec<url::Url>,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -67,6 +71,7 @@ impl Default for ServerConfig {
             public_url: None,
             tls: None,
             trusted_proxies: Vec::new(),
+            websocket_origins: Vec::new(),
             drain_timeout: Duration::from_secs(30),
             limits: LimitsConfig::default(),
         }
@@ -103,6 +108,13 @@ pub struct LimitsConfig {
     pub idle_timeout: Duration,
     /// Open client connections at once; further clients wait in the accept queue.
     pub max_connections: usize,
+    /// Login starts (redirects to WeChat, `/_wxgate/start`) and callbacks one client may
+    /// make per minute, sustained; past it: 429 with `Retry-After`. 0 turns the limit off.
+    /// A client is the peer address, or the forwarded client address when the peer is one
+    /// of `server.trusted_proxies`.
+    pub login_rate: u32,
+    /// Login starts and callbacks one client may make at once before `login_rate` applies.
+    pub login_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -115,6 +127,8 @@ impl Default for LimitsConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
             max_connections: 10_000,
+            login_rate: 120,
+            login_burst: 60,
         }
     }
 }
@@ -219,8 +233,14 @@ pub struct SessionConfig {
     pub redis_url: Secret,
     /// Name of the session cookie.
     pub cookie_name: String,
-    /// Mark cookies `Secure` (HTTPS only).
+    /// Mark cookies `Secure` (HTTPS only). Without `cookie_domain` the session and state
+    /// cookies then carry the `__Host-` prefix (`__Host-wxgate_session`), which browsers
+    /// only accept from this exact host, so no sibling subdomain can plant or overwrite them.
     pub cookie_secure: bool,
+    /// Share the session cookie with this domain and its subdomains (`example.com`); absent:
+    /// the cookie belongs to the exact host only. With `cookie_secure` the prefix is then
+    /// `__Secure-`, since `__Host-` forbids a Domain.
+    pub cookie_domain: Option<String>,
     /// Sliding lifetime of an idle session.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
@@ -247,6 +267,7 @@ impl Default for SessionConfig {
             redis_url: Secret::new("redis://127.0.0.1:6379/0"),
             cookie_name: "wxgate_session".to_owned(),
             cookie_secure: true,
+            cookie_domain: None,
             ttl: Duration::from_secs(7 * 24 * 3600),
             max_lifetime: Duration::from_secs(30 * 24 * 3600),
             store_timeout: Duration::from_millis(500),

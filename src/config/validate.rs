@@ -7,6 +7,9 @@ use std::time::Duration;
 use super::{Algorithm, Config, Problem, Scope, StoreKind};
 use crate::route::path;
 
+/// Longest identity token lifetime accepted: a leaked token is worth no more than this.
+const MAX_IDENTITY_TTL: Duration = Duration::from_secs(600);
+
 /// Every problem of `config`, in file order; empty when it is usable.
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
@@ -52,6 +55,17 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
         p,
     );
     nonzero(l.idle_timeout, "server.limits.idle_timeout", p);
+    if l.login_rate > 0 && l.login_burst == 0 {
+        p.push(Problem::new(
+            "server.limits.login_burst",
+            "must be at least 1 while login_rate is on (0 would refuse every login)",
+        ));
+    }
+    for (n, origin) in c.server.websocket_origins.iter().enumerate() {
+        if let Err(m) = origin_only(origin) {
+            p.push(Problem::new(format!("server.websocket_origins[{n}]"), m));
+        }
+    }
     nonzero(c.upstream.connect_timeout, "upstream.connect_timeout", p);
     nonzero(c.upstream.timeout, "upstream.timeout", p);
 }
@@ -107,6 +121,15 @@ fn session(c: &Config, p: &mut Vec<Problem>) {
             format!("\"{}\" is not a valid cookie name", s.cookie_name),
         ));
     }
+    if s.cookie_name.starts_with("__Host-") || s.cookie_name.starts_with("__Secure-") {
+        p.push(Problem::new(
+            "session.cookie_name",
+            "must not start with __Host- or __Secure-: the gateway adds the prefix itself (see cookie_secure and cookie_domain)",
+        ));
+    }
+    if let Some(domain) = &s.cookie_domain {
+        cookie_domain(domain, c.server.public_url.as_ref(), p);
+    }
     if s.store == StoreKind::Redis {
         let url = s.redis_url.expose();
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -144,8 +167,9 @@ fn identity(c: &Config, p: &mut Vec<Problem>) {
         };
         p.push(Problem::new(key, e.to_string()));
     }
-    if i.ttl < Duration::from_secs(10) {
-        p.push(Problem::new("identity.ttl", "must be at least 10s"));
+    if i.ttl < Duration::from_secs(10) || i.ttl > MAX_IDENTITY_TTL {
+        // Short-lived tokens bound what a token leaked by an upstream's log is worth.
+        p.push(Problem::new("identity.ttl", "must be between 10s and 10m"));
     }
 }
 
@@ -220,6 +244,29 @@ fn origin_only(url: &url::Url) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A cookie Domain must be a host name that `public_url`'s host lies in, or browsers drop
+/// the cookie and every login loops.
+fn cookie_domain(domain: &str, public_url: Option<&url::Url>, p: &mut Vec<Problem>) {
+    let key = "session.cookie_domain";
+    let bare = domain.strip_prefix('.').unwrap_or(domain);
+    if !valid_host(bare) || !bare.contains('.') {
+        p.push(Problem::new(
+            key,
+            format!("\"{domain}\" is not a domain name (lower case, at least two labels, no port)"),
+        ));
+        return;
+    }
+    if let Some(host) = public_url.and_then(url::Url::host_str) {
+        let inside = host == bare || host.ends_with(&format!(".{bare}"));
+        if !inside {
+            p.push(Problem::new(
+                key,
+                format!("\"{domain}\" does not contain server.public_url's host \"{host}\""),
+            ));
+        }
+    }
 }
 
 fn valid_host(h: &str) -> bool {

@@ -46,11 +46,43 @@ fn encode(value: &str) -> HeaderValue {
 pub fn is_identity_header(name: &str, configured: &str) -> bool {
     const PREFIX: &[u8] = b"x-wechat-";
     let name = name.as_bytes();
-    let folded_eq = |a: &[u8], b: &[u8]| {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
-    };
     (name.len() >= PREFIX.len() && folded_eq(&name[..PREFIX.len()], PREFIX))
         || folded_eq(name, configured.as_bytes())
+}
+
+/// Identity headers of other gateways (oauth2-proxy, Authelia, Traefik forward-auth,
+/// Apache `REMOTE_USER`) and path overrides (`X-Original-URL` and kin) that upstreams once
+/// placed behind such a gateway may still believe. wxgate never sets them, so a client's
+/// copy, in any spelling, is always a forgery.
+const FOREIGN_IDENTITY: [&[u8]; 12] = [
+    b"remote-user",
+    b"x-remote-user",
+    b"x-forwarded-user",
+    b"x-forwarded-email",
+    b"x-forwarded-preferred-username",
+    b"x-forwarded-groups",
+    b"x-forwarded-access-token",
+    b"x-authenticated-user",
+    b"x-original-url",
+    b"x-original-uri",
+    b"x-rewrite-url",
+    b"x-forwarded-uri",
+];
+const FOREIGN_PREFIXES: [&[u8]; 1] = [b"x-auth-request-"];
+
+/// Whether a client-supplied header poses as another gateway's identity or path override
+/// (see [`FOREIGN_IDENTITY`]), compared under the same folding as [`is_identity_header`].
+pub fn is_foreign_identity_header(name: &str) -> bool {
+    let name = name.as_bytes();
+    FOREIGN_IDENTITY.iter().any(|known| folded_eq(name, known))
+        || FOREIGN_PREFIXES
+            .iter()
+            .any(|prefix| name.len() >= prefix.len() && folded_eq(&name[..prefix.len()], prefix))
+}
+
+/// `a` and `b` are the same name lower-cased with `_` and `.` read as `-`.
+pub fn folded_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
 }
 
 fn fold(b: u8) -> u8 {
@@ -113,6 +145,31 @@ mod tests {
         ];
         for (name, expected) in cases {
             assert_eq!(is_identity_header(name, configured), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn other_gateways_identity_headers_are_recognised_in_every_spelling() {
+        for name in [
+            "Remote-User",
+            "remote_user",
+            "X-Forwarded-User",
+            "x_forwarded_email",
+            "X.Authenticated.User",
+            "X-Auth-Request-User",
+            "x_auth_request_email",
+            "X-Original-URL",
+            "x.forwarded.uri",
+        ] {
+            assert!(is_foreign_identity_header(name), "{name}");
+        }
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-user-agent",
+            "x-auth-request",
+        ] {
+            assert!(!is_foreign_identity_header(name), "{name}");
         }
     }
 

@@ -140,7 +140,9 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 fn wants_json(method: &Method, headers: &HeaderMap) -> bool {
     // A redirect to authorize and back would lose a POST body; only GET/HEAD navigate.
     let replayable = method == Method::GET || method == Method::HEAD;
+    // A protocol upgrade (WebSocket handshake) is never a page the browser shows.
     !replayable
+        || headers.contains_key(http::header::UPGRADE)
         || headers.contains_key("x-requested-with")
         || is_non_navigation_fetch(headers)
         || accept_prefers_json(headers)

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use cookie::{Cookie, SameSite};
+use cookie::Cookie;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, REFERER, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -16,7 +16,12 @@ use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
 use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
 use crate::login::refresh::{Freshness, ProfileRefresher, freshness, profile_of};
-use crate::login::{AuthScope, ClientSettings, Pending, PendingLogins, ReturnUrl, StateKey};
+use crate::login::replay::{StateUse, UsedStates};
+use crate::login::throttle::{ClientIp, Throttle, retry_after_secs};
+use crate::login::{
+    AuthScope, ClientSettings, CookieSpec, Pending, PendingLogins, ReturnUrl, StateKey, cookies,
+    is_well_formed_state,
+};
 use crate::metrics::{LoginMetrics, MeteredStore, Metrics};
 use crate::pages;
 use crate::route::Route;
@@ -40,7 +45,7 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'(')
     .remove(b')');
 
-/// The pending-login cookie; its path limits it to the callback and start endpoints.
+/// The pending-login cookie's name before its `__Host-`/`__Secure-` prefix.
 const STATE_COOKIE: &str = "wxgate_state";
 /// How long a finished callback is remembered, so WeChat's double load lands on the page.
 const RECENT_CALLBACK: Duration = Duration::from_secs(120);
@@ -74,8 +79,12 @@ pub struct Login {
     redirect_uri: String,
     public_origin: url::Url,
     state_key: StateKey,
+    /// The session cookie's name on the wire (with its prefix).
     cookie_name: String,
-    cookie_secure: bool,
+    session_cookie_spec: CookieSpec,
+    state_cookie: CookieSpec,
+    throttle: Option<Throttle>,
+    used_states: UsedStates,
     sessions: Arc<SessionCache>,
     wechat: WeChatClient,
     refresher: ProfileRefresher,
@@ -139,14 +148,23 @@ impl Login {
         let signer = signer_of(&config.identity, &keys);
         let identity_header = HeaderName::from_bytes(config.identity.header.as_bytes())
             .unwrap_or_else(|_| HeaderName::from_static("x-wechat-identity"));
+        let s = &config.session;
+        let session_cookie_spec =
+            CookieSpec::new(&s.cookie_name, s.cookie_secure, s.cookie_domain.as_deref());
+        let state_cookie =
+            CookieSpec::new(STATE_COOKIE, s.cookie_secure, s.cookie_domain.as_deref());
+        let limits = &config.server.limits;
         Ok(Self {
             appid: config.wechat.appid.clone(),
             authorize_url: config.wechat.authorize_url.clone(),
             redirect_uri,
             public_origin,
             state_key: StateKey::derive(config.session.secret.expose().as_bytes())?,
-            cookie_name: config.session.cookie_name.clone(),
-            cookie_secure: config.session.cookie_secure,
+            cookie_name: session_cookie_spec.name().to_owned(),
+            session_cookie_spec,
+            state_cookie,
+            throttle: Throttle::new(limits.login_rate, limits.login_burst),
+            used_states: UsedStates::default(),
             refresher: ProfileRefresher::new(
                 wechat.clone(),
                 sessions.clone(),
@@ -181,7 +199,7 @@ impl Login {
     /// Takes the gateway's own cookies (session and pending logins) out of a request bound
     /// upstream: the identity header is what upstreams get, never the session id.
     pub fn remove_own_cookies(&self, headers: &mut HeaderMap) {
-        remove_cookies(headers, [&self.cookie_name, STATE_COOKIE]);
+        remove_cookies(headers, [&self.cookie_name, self.state_cookie.name()]);
     }
 
     /// Decides a request on a protected route: identity, a login, or a refusal.
@@ -278,7 +296,7 @@ impl Login {
                 NonWeChat::Qrcode => Access::Respond(self.qr_page(&return_url)),
             };
         }
-        Access::Respond(self.begin(request.headers(), return_url, scope))
+        Access::Respond(self.begin(request, return_url, scope))
     }
 
     /// 401 JSON for scripts, with the login URL a page's script can send the visitor to:
@@ -318,15 +336,20 @@ impl Login {
     }
 
     /// 302 to WeChat's authorize page, with a new state remembered in the state cookie.
-    fn begin(
+    /// Counted against the client's login rate.
+    fn begin<B>(
         &self,
-        headers: &HeaderMap,
+        request: &Request<B>,
         return_url: ReturnUrl,
         scope: AuthScope,
     ) -> Response<Body> {
+        let headers = request.headers();
+        if let Some(limited) = self.over_rate(request) {
+            return limited;
+        }
         let now = SystemTime::now();
         let mut pending =
-            PendingLogins::from_cookie(&self.state_key, cookie(headers, STATE_COOKIE), now);
+            PendingLogins::from_cookie(&self.state_key, self.state_cookie.read(headers), now);
         let state = pending.begin(return_url, scope, now);
         self.metrics.started(scope.as_str());
         // WeChat checks the order of these parameters: appid, redirect_uri, response_type, scope, state.
@@ -339,9 +362,26 @@ impl Login {
             state,
         );
         let mut response = redirect(&location);
-        let state_cookie = pending.to_cookie(&self.state_key, STATE_COOKIE, self.cookie_secure);
+        let state_cookie = pending.to_cookie(&self.state_key, &self.state_cookie);
         set_cookie(&mut response, &state_cookie);
         response
+    }
+
+    /// Counts a login start or callback against the client's rate; `Some` is the 429 to
+    /// answer with.
+    fn over_rate<B>(&self, request: &Request<B>) -> Option<Response<Body>> {
+        let throttle = self.throttle.as_ref()?;
+        // The gate always sets it; without it every caller shares the unspecified address.
+        let ip = request
+            .extensions()
+            .get::<ClientIp>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0);
+        let wait = throttle.check(ip).err()?;
+        tracing::info!(client = %ip, "login rate exceeded");
+        Some(pages::respond(
+            &pages::Failure::TooManyRequests(retry_after_secs(wait)),
+            request.headers(),
+        ))
     }
 
     /// The gateway's own endpoints under `/_wxgate/`.
@@ -366,22 +406,48 @@ impl Login {
         }
     }
 
+    /// WeChat's redirect back. In this order, so that nothing unverified reaches WeChat's
+    /// API: method, rate, one well-formed `state`, the state cookie holding it, not used
+    /// before; only then is the `code` exchanged.
     async fn callback<B>(&self, request: &Request<B>) -> Response<Body> {
         let headers = request.headers();
-        let query = query_pairs(request.uri().query());
-        let state = query.get("state").cloned().unwrap_or_default();
+        if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+            let mut r = message_page(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "请求无效",
+                "Method not allowed",
+                "The login callback only takes GET.",
+                None,
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        if let Some(limited) = self.over_rate(request) {
+            return limited;
+        }
+        let Some(CallbackQuery { state, code }) = CallbackQuery::parse(request.uri().query())
+        else {
+            return self.callback_without_state(headers, "").await;
+        };
         let now = SystemTime::now();
         let mut pending =
-            PendingLogins::from_cookie(&self.state_key, cookie(headers, STATE_COOKIE), now);
+            PendingLogins::from_cookie(&self.state_key, self.state_cookie.read(headers), now);
         let Some(entry) = pending.take(&state, now) else {
             return self.callback_without_state(headers, &state).await;
         };
-        let mut response = self
-            .finish(query.get("code").map(String::as_str), &state, &entry)
-            .await;
+        match self.used_states.consume(&state) {
+            StateUse::First => {}
+            StateUse::Replayed => return self.callback_without_state(headers, &state).await,
+            StateUse::Full => {
+                tracing::warn!("too many logins in flight to remember another used state");
+                return pages::respond(&pages::Failure::Unavailable, headers);
+            }
+        }
+        let mut response = self.finish(headers, code.as_deref(), &state, &entry).await;
         set_cookie(
             &mut response,
-            &pending.to_cookie(&self.state_key, STATE_COOKIE, self.cookie_secure),
+            &pending.to_cookie(&self.state_key, &self.state_cookie),
         );
         response
             .headers_mut()
@@ -391,7 +457,13 @@ impl Login {
 
     /// The callback of a pending login this browser holds: the session and a redirect to
     /// the page, or the page explaining why not.
-    async fn finish(&self, code: Option<&str>, state: &str, entry: &Pending) -> Response<Body> {
+    async fn finish(
+        &self,
+        headers: &HeaderMap,
+        code: Option<&str>,
+        state: &str,
+        entry: &Pending,
+    ) -> Response<Body> {
         let retry = Some(entry.return_url.as_str().to_owned());
         let Some(code) = code.filter(|c| !c.is_empty()) else {
             self.metrics.failed("declined");
@@ -405,6 +477,7 @@ impl Login {
         };
         match self.complete(code, entry.scope).await {
             Ok(id) => {
+                self.revoke_previous(headers).await;
                 self.remember(state, entry.return_url.as_str());
                 let mut r = redirect(entry.return_url.as_str());
                 set_cookie(
@@ -648,21 +721,46 @@ impl Login {
         )
     }
 
+    /// The session cookie (`__Host-` prefixed when secure without a domain), or its removal.
     fn session_cookie(&self, value: String, removal: bool) -> Cookie<'static> {
-        let mut c = Cookie::build((self.cookie_name.clone(), value))
-            .path("/")
-            .http_only(true)
-            .secure(self.cookie_secure)
-            .same_site(SameSite::Lax)
-            .build();
         if removal {
-            c.make_removal();
-        } else {
-            c.set_max_age(cookie::time::Duration::seconds(
-                i64::try_from(self.sessions.lifetimes().ttl.as_secs()).unwrap_or(i64::MAX),
-            ));
+            return self.session_cookie_spec.removal();
         }
+        let mut c = self.session_cookie_spec.build(value);
+        c.set_max_age(cookie::time::Duration::seconds(
+            i64::try_from(self.sessions.lifetimes().ttl.as_secs()).unwrap_or(i64::MAX),
+        ));
         c
+    }
+
+    /// A new login replaces the session the browser held: that one is revoked, so a copy of
+    /// the old cookie (or one planted before the login) is worth nothing afterwards.
+    async fn revoke_previous(&self, headers: &HeaderMap) {
+        let Some(old) = cookie(headers, &self.cookie_name).and_then(SessionId::from_cookie) else {
+            return;
+        };
+        if let Err(e) = self.sessions.delete(&old.storage_key()).await {
+            tracing::warn!(error = %e, "previous session could not be revoked");
+        }
+    }
+
+    /// Drops upstream `Set-Cookie`s for the gateway's own cookie names: an application
+    /// must not be able to replace or clear the visitor's session or pending logins.
+    pub fn strip_own_cookies(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(SET_COOKIE) {
+            return;
+        }
+        let own = [self.cookie_name.as_str(), self.state_cookie.name()];
+        let kept: Vec<HeaderValue> = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter(|v| !sets_one_of(v.as_bytes(), &own))
+            .cloned()
+            .collect();
+        headers.remove(SET_COOKIE);
+        for v in kept {
+            headers.append(SET_COOKIE, v);
+        }
     }
 
     fn remember(&self, state: &str, url: &str) {
@@ -792,6 +890,8 @@ fn html(status: StatusCode, body: String) -> Response<Body> {
     );
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert("x-frame-options", HeaderValue::from_static("DENY"));
     r
 }
 
@@ -824,21 +924,46 @@ fn set_cookie(response: &mut Response<Body>, cookie: &Cookie<'_>) {
 
 /// The value of cookie `name`; several cookies of that name mean none (a planted duplicate).
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let mut found = None;
-    for header in headers.get_all(COOKIE) {
-        let Ok(text) = header.to_str() else { continue };
-        for pair in text.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=') {
-                if k == name {
-                    if found.is_some() {
-                        return None;
-                    }
-                    found = Some(v);
-                }
+    cookies::read(headers, name)
+}
+
+/// Whether a `Set-Cookie` value sets one of `names` (prefixes compared without case, as
+/// browsers do).
+fn sets_one_of(set_cookie: &[u8], names: &[&str]) -> bool {
+    let name_end = set_cookie
+        .iter()
+        .position(|&b| b == b'=' || b == b';')
+        .unwrap_or(set_cookie.len());
+    let name = set_cookie[..name_end].trim_ascii();
+    names
+        .iter()
+        .any(|own| name.eq_ignore_ascii_case(own.as_bytes()))
+}
+
+/// The callback's query: exactly one `state` of the shape this gateway issues, at most one
+/// `code`. Anything else is not a callback WeChat made.
+struct CallbackQuery {
+    state: String,
+    code: Option<String>,
+}
+
+impl CallbackQuery {
+    fn parse(query: Option<&str>) -> Option<Self> {
+        let mut state = None;
+        let mut code = None;
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match k.as_ref() {
+                "state" => &mut state,
+                "code" => &mut code,
+                _ => continue,
+            };
+            if slot.replace(v.into_owned()).is_some() {
+                return None;
             }
         }
+        let state = state.filter(|s| is_well_formed_state(s))?;
+        Some(CallbackQuery { state, code })
     }
-    found
 }
 
 /// A fingerprint of what a minted identity depends on: the signing key and the claims'

@@ -3,13 +3,17 @@
 //! pending-login cookie, the authorize scopes and client classification.
 
 pub mod client;
+pub mod cookies;
 pub mod flow;
 pub mod refresh;
+pub mod replay;
 pub mod return_url;
 pub mod scope;
 pub mod state;
+pub mod throttle;
 
 pub use client::{Browser, Client, ClientKind, ClientSettings};
+pub use cookies::CookieSpec;
 pub use return_url::{RedirectError, ReturnUrl};
 pub use scope::AuthScope;
 pub use state::{Pending, PendingLogins, StateError, StateKey, is_well_formed_state};

@@ -5,12 +5,13 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cookie::{Cookie, CookieJar, Key, SameSite};
+use cookie::{Cookie, CookieJar, Key};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::cookies::CookieSpec;
 use super::return_url::ReturnUrl;
 use super::scope::AuthScope;
 
@@ -20,10 +21,6 @@ pub const STATE_LEN: usize = 32;
 pub const STATE_TTL: Duration = Duration::from_secs(600);
 /// Pending logins kept per browser; starting one more drops the oldest.
 pub const MAX_PENDING: usize = 8;
-/// Path the cookie is scoped to. Every page that starts a login must see the pending set so
-/// that a second tab adds to it rather than replacing it, hence `/`; the gateway removes the
-/// cookie from requests it forwards upstream.
-pub const COOKIE_PATH: &str = "/";
 
 /// Clock skew tolerated for entries stamped in the future (several gateways, one cookie).
 const FUTURE_SKEW_SECS: u64 = 60;
@@ -146,27 +143,22 @@ impl PendingLogins {
         self.entries.is_empty()
     }
 
-    /// The `Set-Cookie` to send: HttpOnly, SameSite=Lax (sent on WeChat's top-level 302 back
-    /// to the callback), Path=[`COOKIE_PATH`], Max-Age 600; a removal cookie when empty.
-    /// If the sealed value would exceed the browser's size limit, the oldest logins go first.
-    pub fn to_cookie(&self, key: &StateKey, name: &str, secure: bool) -> Cookie<'static> {
+    /// The `Set-Cookie` to send, shaped by `spec` (HttpOnly, SameSite=Lax so it comes back on
+    /// WeChat's top-level 302 to the callback, `Path=/` so every tab's login start sees the
+    /// logins already pending), Max-Age 600; a removal cookie when empty. If the sealed value
+    /// would exceed the browser's size limit, the oldest logins go first.
+    pub fn to_cookie(&self, key: &StateKey, spec: &CookieSpec) -> Cookie<'static> {
         let sealed = self
             .plaintext_that_fits()
             .and_then(|plain| seal(key, plain));
-        let mut cookie = Cookie::build((name.to_owned(), String::new()))
-            .path(COOKIE_PATH)
-            .http_only(true)
-            .same_site(SameSite::Lax)
-            .secure(secure)
-            .build();
         match sealed {
             Some(value) => {
-                cookie.set_value(value);
+                let mut cookie = spec.build(value);
                 cookie.set_max_age(cookie::time::Duration::seconds(STATE_TTL.as_secs() as i64));
+                cookie
             }
-            None => cookie.make_removal(),
+            None => spec.removal(),
         }
-        cookie
     }
 
     /// Serialises the newest entries whose sealed form stays under [`MAX_SEALED_LEN`].
@@ -283,6 +275,10 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-secret";
     const NAME: &str = "wxgate_state";
 
+    fn spec(secure: bool) -> CookieSpec {
+        CookieSpec::new(NAME, secure, None)
+    }
+
     fn key() -> StateKey {
         StateKey::derive(SECRET).unwrap()
     }
@@ -297,7 +293,7 @@ mod tests {
 
     /// Writes the cookie and reads it back as the next request would.
     fn round_trip(logins: &PendingLogins, now: SystemTime) -> PendingLogins {
-        let cookie = logins.to_cookie(&key(), NAME, true);
+        let cookie = logins.to_cookie(&key(), &spec(true));
         PendingLogins::from_cookie(&key(), Some(cookie.value()), now)
     }
 
@@ -343,7 +339,7 @@ mod tests {
         let state = logins.begin(url("/x"), AuthScope::Base, t(0));
         assert!(logins.take(&state, t(1)).is_some());
         assert!(logins.take(&state, t(1)).is_none());
-        let cookie = logins.to_cookie(&key(), NAME, true);
+        let cookie = logins.to_cookie(&key(), &spec(true));
         assert!(PendingLogins::from_cookie(&key(), Some(cookie.value()), t(1)).is_empty());
     }
 
@@ -387,9 +383,9 @@ mod tests {
     fn damaged_or_foreign_cookies_read_as_no_pending_login() {
         let mut logins = PendingLogins::default();
         logins.begin(url("/x"), AuthScope::Base, t(0));
-        let good = logins.to_cookie(&key(), NAME, true).value().to_owned();
+        let good = logins.to_cookie(&key(), &spec(true)).value().to_owned();
         let other_key = StateKey::derive(b"another-secret-of-at-least-32-bytes!!").unwrap();
-        let foreign = logins.to_cookie(&other_key, NAME, true).value().to_owned();
+        let foreign = logins.to_cookie(&other_key, &spec(true)).value().to_owned();
         let mut flipped = good.clone().into_bytes();
         flipped[20] = if flipped[20] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).unwrap();
@@ -461,7 +457,7 @@ mod tests {
         for i in 0..MAX_PENDING {
             newest = logins.begin(url(&long), AuthScope::Base, t(i as u64));
         }
-        let cookie = logins.to_cookie(&key(), NAME, true);
+        let cookie = logins.to_cookie(&key(), &spec(true));
         assert!(
             cookie.to_string().len() < 4096,
             "{} bytes",
@@ -479,8 +475,8 @@ mod tests {
         let mut logins = PendingLogins::default();
         let target = "/secret-campaign/page.html?from=singlemessage";
         let state = logins.begin(url(target), AuthScope::UserInfo, t(0));
-        let header = logins.to_cookie(&key(), NAME, true).to_string();
-        let value = logins.to_cookie(&key(), NAME, true).value().to_owned();
+        let header = logins.to_cookie(&key(), &spec(true)).to_string();
+        let value = logins.to_cookie(&key(), &spec(true)).value().to_owned();
         let raw = base64::engine::general_purpose::STANDARD
             .decode(&value)
             .unwrap();
@@ -494,27 +490,27 @@ mod tests {
     }
 
     #[test]
-    fn cookie_attributes_keep_it_private_short_lived_and_sent_from_every_page() {
+    fn cookie_attributes_follow_the_spec_with_a_ten_minute_life() {
         let mut logins = PendingLogins::default();
         logins.begin(url("/x"), AuthScope::Base, t(0));
-        let cookie = logins.to_cookie(&key(), NAME, true);
-        assert_eq!(cookie.name(), NAME);
-        assert_eq!(cookie.path(), Some(COOKIE_PATH));
+        let cookie = logins.to_cookie(&key(), &spec(true));
+        assert_eq!(cookie.name(), "__Host-wxgate_state");
+        assert_eq!(cookie.path(), Some("/"));
         assert_eq!(cookie.http_only(), Some(true));
         assert_eq!(cookie.secure(), Some(true));
-        assert_eq!(cookie.same_site(), Some(SameSite::Lax));
+        assert_eq!(cookie.same_site(), Some(cookie::SameSite::Lax));
         assert_eq!(cookie.max_age(), Some(cookie::time::Duration::seconds(600)));
         assert_eq!(cookie.domain(), None);
-        assert_eq!(logins.to_cookie(&key(), NAME, false).secure(), Some(false));
+        assert_eq!(logins.to_cookie(&key(), &spec(false)).secure(), Some(false));
     }
 
     #[test]
     fn an_empty_set_writes_a_removal_cookie() {
         let logins = PendingLogins::default();
-        let cookie = logins.to_cookie(&key(), NAME, true);
+        let cookie = logins.to_cookie(&key(), &spec(true));
         assert_eq!(cookie.value(), "");
         assert_eq!(cookie.max_age(), Some(cookie::time::Duration::ZERO));
-        assert_eq!(cookie.path(), Some(COOKIE_PATH));
+        assert_eq!(cookie.path(), Some("/"));
         let header = cookie.to_string();
         assert!(header.contains("Max-Age=0"), "{header}");
     }

@@ -15,6 +15,8 @@ use crate::body::{Body, full};
 pub enum Failure {
     /// The request is malformed (bad path, bad framing…); the reason is safe to show.
     BadRequest(&'static str),
+    /// The request is understood and refused; the reason is safe to show.
+    Forbidden(&'static str),
     UriTooLong,
     HeadersTooLarge,
     PayloadTooLarge,
@@ -27,6 +29,8 @@ pub enum Failure {
     UpstreamFailed,
     /// The gateway is shutting down or saturated.
     Unavailable,
+    /// The client started or finished too many logins; try again after this many seconds.
+    TooManyRequests(u64),
 }
 
 struct Text {
@@ -40,6 +44,7 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::Forbidden(_) => StatusCode::FORBIDDEN,
             Failure::UriTooLong => StatusCode::URI_TOO_LONG,
             Failure::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Failure::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -47,6 +52,7 @@ impl Failure {
             Failure::UpstreamUnreachable | Failure::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -59,6 +65,7 @@ impl Failure {
         };
         match self {
             Failure::BadRequest(reason) => t("bad_request", "请求无效", "Bad request", reason),
+            Failure::Forbidden(reason) => t("forbidden", "禁止访问", "Forbidden", reason),
             Failure::UriTooLong => t(
                 "uri_too_long",
                 "链接过长",
@@ -107,6 +114,12 @@ impl Failure {
                 "Service unavailable",
                 "The gateway cannot take this request now. Please try again shortly.",
             ),
+            Failure::TooManyRequests(_) => t(
+                "too_many_requests",
+                "操作过于频繁",
+                "Too many requests",
+                "Too many logins from this network in a short time. Please wait a moment and try again.",
+            ),
         }
     }
 }
@@ -118,11 +131,17 @@ pub fn respond(failure: &Failure, request_headers: &HeaderMap) -> Response<Body>
 
 /// `respond`, for a caller that decided JSON or HTML before the request moved on.
 pub fn render(failure: &Failure, as_json: bool) -> Response<Body> {
-    if as_json {
+    let mut response = if as_json {
         json(failure)
     } else {
         html(failure)
+    };
+    if let Failure::TooManyRequests(seconds) = failure {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(*seconds));
     }
+    response
 }
 
 /// True for XHR/fetch and API clients: `X-Requested-With`, or an `Accept` naming JSON and
@@ -180,6 +199,8 @@ fn build(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    // No other site may frame the gateway's pages (clickjacking, RFC 6819 §4.4.1.9).
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
     response
 }
 
@@ -253,6 +274,7 @@ mod tests {
     fn every_failure_has_its_status() {
         let table = [
             (Failure::BadRequest("x"), 400),
+            (Failure::Forbidden("x"), 403),
             (Failure::UriTooLong, 414),
             (Failure::HeadersTooLarge, 431),
             (Failure::PayloadTooLarge, 413),
@@ -261,6 +283,7 @@ mod tests {
             (Failure::UpstreamFailed, 502),
             (Failure::UpstreamTimeout, 504),
             (Failure::Unavailable, 503),
+            (Failure::TooManyRequests(7), 429),
         ];
         for (failure, status) in table {
             assert_eq!(
@@ -269,6 +292,12 @@ mod tests {
             );
             let json = respond(&failure, &headers(&[("accept", "application/json")]));
             assert_eq!(json.headers()[CONTENT_TYPE], "application/json");
+            if let Failure::TooManyRequests(seconds) = failure {
+                assert_eq!(
+                    json.headers()[http::header::RETRY_AFTER],
+                    seconds.to_string()
+                );
+            }
         }
     }
 

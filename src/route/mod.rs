@@ -50,6 +50,73 @@ pub struct RouteError {
 pub struct RouteTable {
     by_host: HashMap<String, HashMap<String, Arc<Route>>>,
     any_host: HashMap<String, Arc<Route>>,
+    /// What the lenient readings of a path need; empty when every route is public.
+    lenient: Lenient,
+}
+
+/// Prefix maps for the readings of a path other than its own: lower-cased prefixes (a
+/// protected route wins a clash), and protected directory prefixes without their slash.
+#[derive(Debug, Default)]
+struct Lenient {
+    folded: HostPrefixes,
+    dirs: HostPrefixes,
+    folded_dirs: HostPrefixes,
+    /// Some route prefix has an upper-case letter, so even a lower-case path may fold.
+    upper_prefix: bool,
+}
+
+#[derive(Debug, Default)]
+struct HostPrefixes {
+    by_host: HashMap<String, HashMap<String, Arc<Route>>>,
+    any_host: HashMap<String, Arc<Route>>,
+}
+
+impl HostPrefixes {
+    /// Files `route` under `key`; on a clash a protected route is kept.
+    fn insert(&mut self, key: String, route: &Arc<Route>) {
+        let prefixes = match &route.host {
+            Some(h) => self.by_host.entry(h.clone()).or_default(),
+            None => &mut self.any_host,
+        };
+        let clash_with_protected = prefixes.get(&key).is_some_and(|r| is_protected(r));
+        if !clash_with_protected {
+            prefixes.insert(key, route.clone());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.any_host.is_empty() && self.by_host.is_empty()
+    }
+
+    fn longest(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        host.and_then(|h| self.by_host.get(h))
+            .and_then(|prefixes| longest_prefix(prefixes, path))
+            .or_else(|| longest_prefix(&self.any_host, path))
+    }
+
+    fn exact(&self, host: Option<&str>, key: &str) -> Option<&Arc<Route>> {
+        host.and_then(|h| self.by_host.get(h))
+            .and_then(|prefixes| prefixes.get(key))
+            .or_else(|| self.any_host.get(key))
+    }
+}
+
+impl Lenient {
+    fn add(&mut self, route: &Arc<Route>) {
+        let lower = route.prefix.to_ascii_lowercase();
+        self.upper_prefix |= lower != route.prefix;
+        self.folded.insert(lower.clone(), route);
+        if let (true, Some(dir)) = (is_protected(route), route.prefix.strip_suffix('/')) {
+            if !dir.is_empty() {
+                self.dirs.insert(dir.to_owned(), route);
+                self.folded_dirs.insert(dir.to_ascii_lowercase(), route);
+            }
+        }
+    }
+}
+
+fn is_protected(route: &Route) -> bool {
+    route.scope != Scope::Public
 }
 
 impl RouteTable {
@@ -57,20 +124,54 @@ impl RouteTable {
         let mut table = RouteTable::default();
         for (index, rc) in config.routes.iter().enumerate() {
             let route = Arc::new(build_route(index, rc, config.upstream.timeout)?);
+            table.lenient.add(&route);
             let prefixes = match &route.host {
                 Some(h) => table.by_host.entry(h.clone()).or_default(),
                 None => &mut table.any_host,
             };
             prefixes.insert(route.prefix.clone(), route);
         }
+        if config.routes.iter().all(|r| r.scope == Scope::Public) {
+            table.lenient = Lenient::default();
+        }
         Ok(table)
     }
 
-    /// The route for `host` (already lower-cased, without port) and a normalised `path`.
+    /// The route for `host` (already lower-cased, without port) and a normalised `path`,
+    /// by longest prefix alone; requests go through [`RouteTable::route_for`].
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         host.and_then(|h| self.by_host.get(h))
             .and_then(|prefixes| longest_prefix(prefixes, path))
             .or_else(|| longest_prefix(&self.any_host, path))
+    }
+
+    /// The route a request gets, decided as the most lenient upstream would read the path,
+    /// so that no reading of it reaches protected content unauthenticated: the path is
+    /// matched without `;` parameters (servlet containers serve `/admin;x/page` as
+    /// `/admin/page`); and when the path itself is public but its directory form (`/admin`
+    /// for a route `/admin/`) or its lower-cased form (a case-insensitive upstream's
+    /// `/ADMIN/`) falls under a protected route, that protected route it is.
+    /// `path` is a normalised path. Allocates only for `;` parameters and upper case.
+    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let bare = without_parameters(path);
+        let exact = self.find(host, &bare);
+        if exact.is_some_and(|r| is_protected(r)) || self.lenient.folded.is_empty() {
+            return exact;
+        }
+        if let Some(dir) = self.lenient.dirs.exact(host, &bare) {
+            return Some(dir);
+        }
+        let has_upper = bare.bytes().any(|b| b.is_ascii_uppercase());
+        if !(has_upper || self.lenient.upper_prefix) {
+            return exact;
+        }
+        let lower = bare.to_ascii_lowercase();
+        self.lenient
+            .folded
+            .longest(host, &lower)
+            .filter(|r| is_protected(r))
+            .or_else(|| self.lenient.folded_dirs.exact(host, &lower))
+            .or(exact)
     }
 
     /// Route labels by their position in the configuration.
@@ -149,6 +250,26 @@ fn longest_prefix<'a>(
         }
     }
     None
+}
+
+/// The path with each segment's `;parameters` removed and emptied segments merged.
+fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/') {
+        let bare = segment.split(';').next().unwrap_or("");
+        if !bare.is_empty() {
+            out.push('/');
+            out.push_str(bare);
+        }
+    }
+    let last = path.rsplit('/').next().unwrap_or("");
+    if out.is_empty() || last.split(';').next().is_some_and(str::is_empty) {
+        out.push('/');
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Lower-cases a Host value and drops its port and a trailing dot, so that
@@ -236,6 +357,68 @@ mod tests {
                 t.find(None, &path).unwrap().prefix,
                 format!("/campaign/{i}/")
             );
+        }
+    }
+
+    fn mixed(routes: &[(&str, Scope)]) -> RouteTable {
+        let mut config = Config::default();
+        for (path, scope) in routes {
+            config.routes.push(RouteConfig {
+                host: None,
+                path: (*path).to_owned(),
+                upstream: url::Url::parse("http://127.0.0.1:9000").unwrap(),
+                scope: *scope,
+                non_wechat: NonWeChat::Qrcode,
+                allow_snapshot: true,
+                timeout: None,
+            });
+        }
+        RouteTable::from_config(&config).unwrap()
+    }
+
+    #[test]
+    fn every_reading_of_a_protected_path_is_protected() {
+        let t = mixed(&[
+            ("/", Scope::Public),
+            ("/admin/", Scope::SnsapiBase),
+            ("/admin/public/", Scope::Public),
+            ("/Shop/", Scope::SnsapiUserinfo),
+        ]);
+        let cases = [
+            ("/x", "/"),
+            ("/admin/x", "/admin/"),
+            ("/admin", "/admin/"),
+            ("/ADMIN/x", "/admin/"),
+            ("/Admin", "/admin/"),
+            ("/admin;jsessionid=1/x", "/admin/"),
+            ("/admin;x", "/admin/"),
+            ("/;x/admin/x", "/admin/"),
+            ("/adminx", "/"),
+            ("/administration", "/"),
+            ("/admin/public/x", "/admin/public/"),
+            // Read case-insensitively this is /admin/public/x: public either way.
+            ("/ADMIN/PUBLIC/x", "/"),
+            ("/shop/x", "/Shop/"),
+            ("/SHOP", "/Shop/"),
+            ("/public;x/y", "/"),
+        ];
+        for (path, want) in cases {
+            let got = t.route_for(None, path).map(|r| r.prefix.as_str());
+            assert_eq!(got, Some(want), "{path}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_removed_segment_by_segment() {
+        for (path, want) in [
+            ("/a;x/b", "/a/b"),
+            ("/a/b;x", "/a/b"),
+            ("/a/b/;x", "/a/b/"),
+            ("/;x", "/"),
+            ("/a;x/", "/a/"),
+            ("/a/b", "/a/b"),
+        ] {
+            assert_eq!(without_parameters(path), want, "{path}");
         }
     }
 

@@ -5,7 +5,7 @@
 mod client;
 mod error;
 mod model;
-mod parse;
+pub(crate) mod parse;
 
 pub use crate::secret::Secret;
 pub use client::{CallObserver, ClientSettings, WeChatClient};

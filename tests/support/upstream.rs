@@ -1,6 +1,7 @@
 //! A real HTTP upstream for tests. It records every request that reaches it and answers by
 //! path: `/status/N`, `/big/N` (N bytes streamed), `/slow/MS`, `/trailers`, `/hop`, `/ws`
-//! (WebSocket echo); anything else echoes the request as JSON.
+//! (WebSocket echo), `/set-cookie/NAME` (sets NAME and `app`); anything else echoes the
+//! request as JSON.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -134,6 +135,17 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Resp
             Response::new(full("slow done"))
         }
         ["trailers"] => with_trailers(),
+        ["set-cookie", name] => {
+            let mut r = Response::new(full("cookies"));
+            for cookie in [
+                format!("{name}=planted; Path=/"),
+                "app=1; Path=/".to_owned(),
+            ] {
+                r.headers_mut()
+                    .append("set-cookie", cookie.parse().unwrap());
+            }
+            r
+        }
         ["hop"] => {
             let mut r = Response::new(full("hop"));
             let h = r.headers_mut();
