@@ -72,6 +72,7 @@ fn routes() -> &'static RouteTable {
                 non_wechat: NonWeChat::Deny,
                 allow_snapshot: true,
                 timeout: None,
+                app: None,
             });
         }
         RouteTable::from_config(&config).unwrap_or_default()

@@ -15,7 +15,8 @@ use ipnet::IpNet;
 use crate::body::Body;
 use crate::config::{Config, LimitsConfig, Scope};
 use crate::identity::{is_foreign_identity_header, is_identity_header};
-use crate::login::flow::{Access, Login, LoginSetupError};
+use crate::login::apps::Logins;
+use crate::login::flow::{Access, LoginSetupError};
 use crate::login::throttle::ClientIp;
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
 use crate::pages::{self, Failure};
@@ -41,8 +42,8 @@ pub struct Gate {
     limits: LimitsConfig,
     trusted_proxies: Vec<IpNet>,
     access_log: bool,
-    /// Present when some route needs a WeChat login.
-    login: Option<Login>,
+    /// Present when some route needs a WeChat login: `[wechat]`'s and each `[[apps]]`'.
+    logins: Option<Logins>,
     /// The configured identity header, stripped from every client request.
     identity_header: String,
     /// Origins whose pages may open a WebSocket to a protected route.
@@ -72,7 +73,10 @@ impl Gate {
     /// A gate for a changed configuration that keeps this one's metrics and sessions: a
     /// reload logs nobody out. The caller has checked that `session.*` did not change.
     pub fn reloaded(&self, config: &Config) -> Result<Self, GateError> {
-        let sessions = self.login.as_ref().map(|login| login.sessions().clone());
+        let sessions = self
+            .logins
+            .as_ref()
+            .and_then(|logins| logins.sessions().cloned());
         Gate::build(config, self.metrics.clone(), sessions)
     }
 
@@ -82,11 +86,7 @@ impl Gate {
         sessions: Option<Arc<SessionCache>>,
     ) -> Result<Self, GateError> {
         let routes = RouteTable::from_config(config)?;
-        let login = if config.needs_login() {
-            Some(Login::with_sessions(config, &metrics, sessions)?)
-        } else {
-            None
-        };
+        let logins = Logins::build(config, &metrics, sessions)?;
         Ok(Self {
             proxy: Proxy::new(&config.upstream),
             route_metrics: metrics.for_routes(&routes),
@@ -95,7 +95,7 @@ impl Gate {
             limits: config.server.limits.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
             access_log: config.log.access_log,
-            login,
+            logins,
             identity_header: config.identity.header.clone(),
             websocket_origins: config
                 .server
@@ -113,7 +113,10 @@ impl Gate {
 
     /// The session store, when some route needs a login: `/readyz` depends on it.
     pub fn session_store(&self) -> Option<&Arc<dyn crate::session::SessionStore>> {
-        self.login.as_ref().map(|login| login.sessions().store())
+        self.logins
+            .as_ref()
+            .and_then(Logins::sessions)
+            .map(|sessions| sessions.store())
     }
 
     /// Answers one request; never fails, every failure becomes a page or JSON.
@@ -184,7 +187,11 @@ impl Gate {
         strip_identity_headers(request.headers_mut(), &self.identity_header);
         proxy::strip_client_forwarding(request.headers_mut(), peer.trusted);
         if path.as_str().starts_with("/_wxgate/") {
-            return match &self.login {
+            let login = self
+                .logins
+                .as_ref()
+                .and_then(|logins| logins.for_endpoint(path.as_str(), request.uri().query()));
+            return match login {
                 Some(login) => {
                     if let Some(page) = return_page {
                         request.headers_mut().insert(X_FORWARDED_URI, page);
@@ -205,7 +212,7 @@ impl Gate {
             if let Err(failure) = self.check_websocket_origin(request.headers()) {
                 return (Target::Route(route), Err(failure));
             }
-            let Some(login) = &self.login else {
+            let Some(login) = self.logins.as_ref().and_then(|l| l.for_route(route)) else {
                 return (Target::Route(route), Err(Failure::Unavailable));
             };
             self.tag_client(&mut request, peer);
@@ -220,7 +227,7 @@ impl Gate {
                 Access::Respond(response) => return (Target::Route(route), Ok(response)),
             }
         }
-        if let Some(login) = &self.login {
+        for login in self.logins.iter().flat_map(Logins::all) {
             login.remove_own_cookies(request.headers_mut());
         }
         let client_upgrade = match upgrade_of(&request) {
@@ -238,8 +245,10 @@ impl Gate {
             .proxy
             .forward(request, route, path.as_str(), peer, client_upgrade)
             .await;
-        if let (Some(login), Ok(response)) = (&self.login, &mut result) {
-            login.strip_own_cookies(response.headers_mut());
+        if let Ok(response) = &mut result {
+            for login in self.logins.iter().flat_map(Logins::all) {
+                login.strip_own_cookies(response.headers_mut());
+            }
         }
         (Target::Route(route), result)
     }

@@ -1317,6 +1317,7 @@ fn scraped_families() -> Families {
             non_wechat: wxgate::config::NonWeChat::Qrcode,
             allow_snapshot: true,
             timeout: None,
+            app: None,
         });
         let gateway = wxgate::server::start(&config)
             .await

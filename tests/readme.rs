@@ -36,6 +36,16 @@ fn real_keys() -> BTreeSet<String> {
         non_wechat: wxgate::config::NonWeChat::Qrcode,
         allow_snapshot: true,
         timeout: Some(std::time::Duration::from_secs(1)),
+        app: Some("shop".to_owned()),
+    });
+    config.apps.push(wxgate::config::AppConfig {
+        name: "shop".into(),
+        appid: "wx0000000000000002".into(),
+        secret: "s".into(),
+        authorize_url: Some(url::Url::parse("https://open.weixin.qq.com/x").unwrap()),
+        api_base: Some(url::Url::parse("https://api.weixin.qq.com").unwrap()),
+        lang: Some("en".into()),
+        timeout: Some(std::time::Duration::from_secs(1)),
     });
     let value = serde_json::to_value(&config).unwrap();
     let mut keys = BTreeSet::new();
@@ -55,9 +65,9 @@ fn collect(prefix: &str, value: &serde_json::Value, keys: &mut BTreeSet<String>)
                 collect(&key, v, keys);
             }
         }
-        serde_json::Value::Array(items) if prefix == "routes" => {
+        serde_json::Value::Array(items) if prefix == "routes" || prefix == "apps" => {
             for item in items {
-                collect("routes[]", item, keys);
+                collect(&format!("{prefix}[]"), item, keys);
             }
         }
         _ => {

@@ -39,6 +39,64 @@ pub struct Config {
     pub log: LogConfig,
     /// The route table; the most specific match wins, not the first in the file.
     pub routes: Vec<RouteConfig>,
+    /// More Official Accounts besides `[wechat]`, for routes that name them with `app`.
+    pub apps: Vec<AppConfig>,
+}
+
+/// Another Official Account served by the same gateway. Its routes say `app = "<name>"`;
+/// its visitors get a session of their own (cookie `<session.cookie_name>_<name>`), its
+/// WeChat callback is `/_wxgate/callback/<name>`. Unset keys take `[wechat]`'s values.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// How routes and endpoints (`?app=`) name it: lower-case letters, digits and `-`.
+    pub name: String,
+    /// Its AppID.
+    pub appid: String,
+    /// Its AppSecret; better `WXGATE_APPS__<index>__SECRET`.
+    #[serde(default)]
+    pub secret: Secret,
+    /// WeChat's authorize page, if not `[wechat]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorize_url: Option<url::Url>,
+    /// WeChat's JSON API, if not `[wechat]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<url::Url>,
+    /// Profile language, if not `[wechat]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
+    /// Time limit of its WeChat calls, if not `[wechat]`'s.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+impl Config {
+    /// The configuration app `name` logs in with: this one with `[wechat]` replaced by the
+    /// app's settings (unset ones inherited). `None` for an unknown name.
+    pub fn for_app(&self, name: &str) -> Option<Config> {
+        let app = self.apps.iter().find(|a| a.name == name)?;
+        let mut config = self.clone();
+        let w = &mut config.wechat;
+        w.appid = app.appid.clone();
+        w.secret = app.secret.clone();
+        if let Some(url) = &app.authorize_url {
+            w.authorize_url = url.clone();
+        }
+        if let Some(url) = &app.api_base {
+            w.api_base = url.clone();
+        }
+        if let Some(lang) = &app.lang {
+            w.lang = lang.clone();
+        }
+        if let Some(timeout) = app.timeout {
+            w.timeout = timeout;
+        }
+        Some(config)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -478,6 +536,10 @@ pub struct RouteConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// The `[[apps]]` entry whose Official Account logs this route's visitors in; absent:
+    /// `[wechat]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 fn default_scope() -> Scope {
@@ -501,6 +563,15 @@ impl Config {
     /// Whether the gateway runs the WeChat login: for its own protected routes, or, with
     /// `wechat.appid` set, for a proxy in front that asks `/_wxgate/auth` (forward-auth).
     pub fn needs_login(&self) -> bool {
-        self.has_protected_routes() || !self.wechat.appid.is_empty()
+        self.default_app_needed() || !self.apps.is_empty()
+    }
+
+    /// Whether `[wechat]` itself logs visitors in: a protected route without `app`, or its
+    /// appid set for forward-auth.
+    pub fn default_app_needed(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.scope != Scope::Public && r.app.is_none())
+            || !self.wechat.appid.is_empty()
     }
 }

@@ -14,13 +14,62 @@ const MAX_IDENTITY_TTL: Duration = Duration::from_secs(600);
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
     server(config, &mut p);
-    if config.needs_login() {
+    if config.default_app_needed() {
         wechat(config, &mut p);
+    }
+    if config.needs_login() {
         session(config, &mut p);
         identity(config, &mut p);
     }
+    apps(config, &mut p);
     routes(config, &mut p);
     p
+}
+
+/// `[[apps]]`: unique names of the allowed shape, each with its own appid and secret; and
+/// every route's `app` one of them.
+fn apps(c: &Config, p: &mut Vec<Problem>) {
+    let mut names = HashSet::new();
+    for (n, app) in c.apps.iter().enumerate() {
+        let key = |field: &str| format!("apps[{n}].{field}");
+        let shaped = !app.name.is_empty()
+            && app.name.len() <= 32
+            && app
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !shaped {
+            p.push(Problem::new(
+                key("name"),
+                format!("\"{}\": 1–32 lower-case letters, digits or '-'", app.name),
+            ));
+        }
+        if !names.insert(app.name.as_str()) {
+            p.push(Problem::new(
+                key("name"),
+                format!("\"{}\" is used twice", app.name),
+            ));
+        }
+        if app.appid.is_empty() {
+            p.push(Problem::new(key("appid"), "required"));
+        }
+        if app.secret.is_empty() {
+            p.push(Problem::new(
+                key("secret"),
+                format!("required (set WXGATE_APPS__{n}__SECRET)"),
+            ));
+        }
+    }
+    for (n, r) in c.routes.iter().enumerate() {
+        if let Some(app) = &r.app {
+            if !names.contains(app.as_str()) {
+                p.push(Problem::new(
+                    format!("routes[{n}].app"),
+                    format!("no [[apps]] entry is named \"{app}\""),
+                ));
+            }
+        }
+    }
 }
 
 fn server(c: &Config, p: &mut Vec<Problem>) {

@@ -260,6 +260,7 @@ fn gateway_config(
                 non_wechat: NonWeChat::Qrcode,
                 allow_snapshot: true,
                 timeout: None,
+                app: None,
             })
         })
         .collect();

@@ -101,6 +101,8 @@ pub struct Login {
     plain_headers: bool,
     clients: ClientSettings,
     recent: Mutex<HashMap<String, (Instant, String)>>,
+    /// The `[[apps]]` entry served, if not `[wechat]`.
+    app: Option<String>,
 }
 
 impl Login {
@@ -115,14 +117,29 @@ impl Login {
         metrics: &Metrics,
         sessions: Option<Arc<SessionCache>>,
     ) -> Result<Self, LoginSetupError> {
+        Login::for_app(config, metrics, sessions, None)
+    }
+
+    /// The login of `[[apps]]` entry `app` (`None`: `[wechat]`), whose settings `config`
+    /// carries in `[wechat]` (see `Config::for_app`). An app has its own callback
+    /// (`/_wxgate/callback/<name>`) and cookies (`<cookie_name>_<name>`), so a visitor may be
+    /// logged in to several Official Accounts at once.
+    pub fn for_app(
+        config: &Config,
+        metrics: &Metrics,
+        sessions: Option<Arc<SessionCache>>,
+        app: Option<&str>,
+    ) -> Result<Self, LoginSetupError> {
+        let suffix = app.map(|name| format!("_{name}")).unwrap_or_default();
         let public_origin = config
             .server
             .public_url
             .clone()
             .unwrap_or_else(|| config.wechat.api_base.clone());
         let redirect_uri = format!(
-            "{}/_wxgate/callback",
-            public_origin.as_str().trim_end_matches('/')
+            "{}/_wxgate/callback{}",
+            public_origin.as_str().trim_end_matches('/'),
+            app.map(|name| format!("/{name}")).unwrap_or_default()
         );
         let sessions = match sessions {
             Some(sessions) => sessions,
@@ -149,10 +166,16 @@ impl Login {
         let identity_header = HeaderName::from_bytes(config.identity.header.as_bytes())
             .unwrap_or_else(|_| HeaderName::from_static("x-wechat-identity"));
         let s = &config.session;
-        let session_cookie_spec =
-            CookieSpec::new(&s.cookie_name, s.cookie_secure, s.cookie_domain.as_deref());
-        let state_cookie =
-            CookieSpec::new(STATE_COOKIE, s.cookie_secure, s.cookie_domain.as_deref());
+        let session_cookie_spec = CookieSpec::new(
+            &format!("{}{suffix}", s.cookie_name),
+            s.cookie_secure,
+            s.cookie_domain.as_deref(),
+        );
+        let state_cookie = CookieSpec::new(
+            &format!("{STATE_COOKIE}{suffix}"),
+            s.cookie_secure,
+            s.cookie_domain.as_deref(),
+        );
         let limits = &config.server.limits;
         Ok(Self {
             appid: config.wechat.appid.clone(),
@@ -183,7 +206,13 @@ impl Login {
             plain_headers: config.identity.plain_headers,
             clients: ClientSettings::from_config(&config.wechat.browsers),
             recent: Mutex::new(HashMap::new()),
+            app: app.map(str::to_owned),
         })
+    }
+
+    /// The `[[apps]]` name this login serves; `None` for `[wechat]`.
+    pub fn app(&self) -> Option<&str> {
+        self.app.as_deref()
     }
 
     /// The sessions, to hand on to the gate of a reloaded configuration.
@@ -307,12 +336,21 @@ impl Login {
             .or_else(|| same_site_referer(headers, &self.public_origin))
             .unwrap_or_else(|| "/".to_owned());
         let login_url = format!(
-            "/_wxgate/start?rd={}",
-            utf8_percent_encode(&page, URI_COMPONENT)
+            "/_wxgate/start?rd={}{}",
+            utf8_percent_encode(&page, URI_COMPONENT),
+            self.app_param()
         );
         let body =
             serde_json::json!({"error": "login_required", "status": 401, "login_url": login_url});
         json(StatusCode::UNAUTHORIZED, &body)
+    }
+
+    /// `&app=<name>` for an `[[apps]]` login, so endpoints reached from its pages find it.
+    fn app_param(&self) -> String {
+        self.app
+            .as_ref()
+            .map(|name| format!("&app={name}"))
+            .unwrap_or_default()
     }
 
     /// The page for other browsers: a QR code of the page, to open in WeChat.
@@ -387,7 +425,7 @@ impl Login {
     /// The gateway's own endpoints under `/_wxgate/`.
     pub async fn endpoint<B>(&self, path: &str, request: &Request<B>) -> Response<Body> {
         match path {
-            "/_wxgate/callback" => self.callback(request).await,
+            callback if callback.starts_with("/_wxgate/callback") => self.callback(request).await,
             "/_wxgate/me" => self.me(request).await,
             "/_wxgate/logout" => self.logout(request).await,
             "/_wxgate/start" => self.start(request),
@@ -588,10 +626,7 @@ impl Login {
                     .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 r
             }
-            Ok(None) => json(
-                StatusCode::UNAUTHORIZED,
-                &serde_json::json!({"error": "login_required", "status": 401, "login_url": "/_wxgate/start?rd=%2F"}),
-            ),
+            Ok(None) => self.login_required(request.headers(), Some(&home())),
             Err(response) => response,
         }
     }
@@ -683,6 +718,8 @@ impl Login {
         };
         let key = id.storage_key();
         match self.sessions.load(&key).await {
+            // A session of another Official Account under this one's cookie is no session.
+            Ok(Some(cached)) if cached.session.appid != self.appid => Ok(None),
             Ok(Some(cached)) => {
                 if let Err(e) = self.sessions.touch(&key, &cached).await {
                     tracing::warn!(error = %e, "session last-seen could not be written");
@@ -986,7 +1023,10 @@ fn signer_of(identity: &crate::config::IdentityConfig, keys: &KeySet) -> u64 {
 }
 
 /// The configured store behind its metrics and hot-path cache.
-fn open_sessions(config: &Config, metrics: &Metrics) -> Result<Arc<SessionCache>, LoginSetupError> {
+pub fn open_sessions(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Arc<SessionCache>, LoginSetupError> {
     let store = crate::session::open_store(&config.session)?;
     let store: Arc<dyn SessionStore> = Arc::new(MeteredStore::new(store, metrics.store.clone()));
     let sessions = Arc::new(SessionCache::new(

@@ -2,6 +2,7 @@
 //! This part holds the pure building blocks — return-URL validation, the encrypted
 //! pending-login cookie, the authorize scopes and client classification.
 
+pub mod apps;
 pub mod client;
 pub mod cookies;
 pub mod flow;

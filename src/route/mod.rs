@@ -37,6 +37,8 @@ pub struct Route {
     pub non_wechat: NonWeChat,
     pub allow_snapshot: bool,
     pub timeout: Duration,
+    /// The `[[apps]]` entry that logs its visitors in; `None`: `[wechat]`.
+    pub app: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +226,7 @@ fn build_route(
         non_wechat: rc.non_wechat,
         allow_snapshot: rc.allow_snapshot,
         timeout: rc.timeout.unwrap_or(default_timeout),
+        app: rc.app.clone(),
     })
 }
 
@@ -298,6 +301,7 @@ mod tests {
                 non_wechat: NonWeChat::Qrcode,
                 allow_snapshot: true,
                 timeout: None,
+                app: None,
             });
         }
         RouteTable::from_config(&config).unwrap()
@@ -371,6 +375,7 @@ mod tests {
                 non_wechat: NonWeChat::Qrcode,
                 allow_snapshot: true,
                 timeout: None,
+                app: None,
             });
         }
         RouteTable::from_config(&config).unwrap()

@@ -34,6 +34,7 @@ pub fn route(path: &str, upstream: SocketAddr, scope: Scope) -> RouteConfig {
         non_wechat: wxgate::config::NonWeChat::Qrcode,
         allow_snapshot: true,
         timeout: None,
+        app: None,
     }
 }
 
