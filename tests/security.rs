@@ -244,7 +244,13 @@ async fn login_from_target(w: &World, target: &str) -> Outcome {
 async fn login_from_start(w: &World, rd: &str) -> Outcome {
     let mut url = url::Url::parse(&format!("{}/_wxgate/start", w.origin)).unwrap();
     url.query_pairs_mut().append_pair("rd", rd);
-    let resp = client().get(url).send().await.unwrap();
+    // A WeChat browser: other browsers get the "open in WeChat" page from start.
+    let resp = client()
+        .get(url)
+        .header("user-agent", WECHAT_UA)
+        .send()
+        .await
+        .unwrap();
     if resp.status() != 302 {
         return Outcome::Status(resp.status().as_u16());
     }

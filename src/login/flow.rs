@@ -657,6 +657,14 @@ impl Login {
             Some("snsapi_base") => AuthScope::Base,
             _ => AuthScope::UserInfo,
         };
+        // Every start counts against the client's login rate: a WeChat navigation where
+        // `begin` redirects it, anything else here.
+        let client = self.clients.classify(request.method(), request.headers());
+        if client.wants_json || !client.is_wechat_browser {
+            if let Some(limited) = self.over_rate(request) {
+                return limited;
+            }
+        }
         match self.challenge(request, NonWeChat::Qrcode, scope, return_url) {
             Access::Respond(response) => response,
             // Unreachable with Qrcode; a QR page of the home page is the safe answer.
