@@ -102,7 +102,9 @@ pub fn start(setup: &Setup<'_>, variant: Variant, name: &str) -> Result<Gateway,
     std::fs::write(&config_path, config).map_err(|e| other(e.to_string()))?;
     let mut command = if setup.callgrind {
         let mut c = Command::new("valgrind");
+        // Full names in every dump: a dump after `callgrind_control -z` cannot refer back.
         c.arg("--tool=callgrind")
+            .arg("--compress-strings=no")
             .arg(format!(
                 "--callgrind-out-file={}/callgrind.out",
                 home.display()

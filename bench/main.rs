@@ -56,12 +56,19 @@ struct Args {
     /// A short smoke run: 2 s per row, one round, fewer connections and sessions; writes nothing.
     #[arg(long)]
     quick: bool,
+    /// Only the memory figures (gateway idle, per connection, per session); writes nothing.
+    #[arg(long)]
+    memory_only: bool,
     /// Instead of the comparison: instructions per request under callgrind.
     #[arg(long)]
     profile: bool,
     /// Requests counted per profiled case.
     #[arg(long, default_value_t = 5000)]
     profile_requests: u64,
+    /// Profile only the case of this label (public, logged-in-hs256, logged-in-es256,
+    /// logged-in-1000-routes).
+    #[arg(long)]
+    profile_only: Option<String>,
     /// Internal: fill a memory store with N sessions and print RSS (run in a child process).
     #[arg(hide = true)]
     mode: Option<String>,
@@ -154,6 +161,26 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let machine = report::Machine::now();
     println!("bench: {}", machine.summary());
+    if args.memory_only {
+        let variant = Variant {
+            store: Store::Memory,
+            algorithm: "HS256",
+            campaigns: 0,
+        };
+        let g = runtime.block_on(gateway_memory(&setup, variant, args.idle_connections))?;
+        let s = memory::measure_sessions(args.sessions)?;
+        println!(
+            "bench: idle {} KiB, after login {} KiB, with {} connections {} KiB ({} open): {:.1} KiB per connection; {:.0} bytes per session",
+            g.idle_kib,
+            g.before_kib,
+            g.connections,
+            g.with_kib,
+            g.gauge,
+            g.per_connection_kib(),
+            s.bytes_per_session()
+        );
+        return Ok(());
+    }
 
     // One gateway per variant the rows name, logged in once where a row needs a session.
     let mut gateways: HashMap<Variant, Result<(Gateway, Option<String>), Unavailable>> =
@@ -412,6 +439,11 @@ async fn gateway_memory(
     let idle_kib = gw.proc.rss_kib().ok_or("no RSS")?;
     let client = login::client();
     login::login(&client, &gw.origin(), APP_PATH, Some("lilei")).await?;
+    // Fill the upstream pool first (the measured connections open 256 at a time), so the
+    // figure is the client connections' own and not the pool's.
+    let (warm, _) = memory::hold_idle(gw.addr, PUBLIC_PATH, 512).await?;
+    drop(warm);
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let before_kib = gw.proc.rss_kib().ok_or("no RSS")?;
     println!("bench: opening {connections} idle keep-alive connections");
     let (held, ok) = memory::hold_idle(gw.addr, PUBLIC_PATH, connections).await?;
@@ -467,6 +499,13 @@ async fn profile_cases(setup: &Setup<'_>, args: &Args) -> Result<(), String> {
         args.profile_requests
     );
     for (variant, path, logged_in, label) in cases {
+        if args
+            .profile_only
+            .as_deref()
+            .is_some_and(|only| only != label)
+        {
+            continue;
+        }
         let p = profile::profile(
             setup,
             variant,
@@ -476,13 +515,11 @@ async fn profile_cases(setup: &Setup<'_>, args: &Args) -> Result<(), String> {
             label,
         )
         .await?;
-        let keep = PathBuf::from("target").join(format!("bench-profile-{}.txt", p.label));
-        let _ = std::fs::copy(&p.annotated, &keep);
         println!(
             "| {} | {:.0} | {} |",
             p.label,
             p.instructions_per_request,
-            keep.display()
+            p.annotated.display()
         );
     }
     Ok(())

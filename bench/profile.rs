@@ -45,9 +45,14 @@ pub async fn profile(
     let dump = newest_dump(&home)?;
     let total = totals(&dump)?;
     drop(gw);
-    let annotated = setup.dir.join(format!("{name}.txt"));
+    // Kept beside the build for callgrind_annotate or kcachegrind; the report lists the
+    // functions by their own instructions.
+    let kept = PathBuf::from("target").join(format!("bench-{name}.callgrind"));
+    std::fs::copy(&dump, &kept).map_err(|e| e.to_string())?;
+    let annotated = PathBuf::from("target").join(format!("bench-{name}.txt"));
     let report = Command::new("callgrind_annotate")
-        .arg(&dump)
+        .args(["--inclusive=no", "--threshold=95"])
+        .arg(&kept)
         .output()
         .map_err(|e| e.to_string())?;
     std::fs::write(&annotated, &report.stdout).map_err(|e| e.to_string())?;
