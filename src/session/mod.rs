@@ -5,6 +5,7 @@
 mod cache;
 mod id;
 mod memory;
+mod packed;
 mod record;
 
 use std::fmt;
