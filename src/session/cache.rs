@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::Expiry;
@@ -78,7 +78,9 @@ impl CacheSettings {
 /// request of the session; a changed session is a new `CachedSession`, never a mutated one.
 pub struct CachedSession {
     pub session: Session,
-    identity: Mutex<Option<MintedIdentity>>,
+    /// Read by every request of the session (all of a busy visitor's requests at once),
+    /// written once per JWT lifetime: a read-write lock, so readers never wait on each other.
+    identity: RwLock<Option<MintedIdentity>>,
     /// Set by the request that writes `last_seen` back, so a burst of requests makes one write.
     touching: AtomicBool,
 }
@@ -91,14 +93,14 @@ impl CachedSession {
     fn with_identity(session: Session, identity: Option<MintedIdentity>) -> Self {
         CachedSession {
             session,
-            identity: Mutex::new(identity),
+            identity: RwLock::new(identity),
             touching: AtomicBool::new(false),
         }
     }
 
-    fn identity_slot(&self) -> std::sync::MutexGuard<'_, Option<MintedIdentity>> {
+    fn identity_slot(&self) -> std::sync::RwLockReadGuard<'_, Option<MintedIdentity>> {
         // The slot holds a whole value or none; a panic cannot leave it half-written.
-        self.identity.lock().unwrap_or_else(PoisonError::into_inner)
+        self.identity.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The cached JWT if it can still be sent at `now`.
@@ -116,7 +118,14 @@ impl CachedSession {
         now: SystemTime,
         mint: impl FnOnce(&Session) -> Result<MintedIdentity, E>,
     ) -> Result<MintedIdentity, E> {
-        let mut slot = self.identity_slot();
+        if let Some(minted) = self.identity(now) {
+            return Ok(minted);
+        }
+        let mut slot = self
+            .identity
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Another request may have signed while this one waited for the write lock.
         if let Some(minted) = slot.as_ref().filter(|minted| minted.is_fresh(now)) {
             return Ok(minted.clone());
         }
