@@ -132,7 +132,11 @@ impl Results {
             "- Load average (1/5/15 min) at the start: {}; at the end: {}.",
             m.load, self.machine_after.load
         );
-        let _ = writeln!(md, "- Command: `bench/run {}`", self.command.trim());
+        let _ = writeln!(
+            md,
+            "- Command: `{}`",
+            format!("bench/run {}", self.command).trim_end()
+        );
         let _ = writeln!(
             md,
             "- wrk: 2 threads, {} connections, {} s per row, {} round(s) with the rows alternating; \
