@@ -1,18 +1,20 @@
 //! Prometheus metrics of the gateway, served on the admin listener. Per-route series are
 //! created once at start and handed out as handles, so recording a request takes no lock
-//! on a shared map and allocates nothing. Rarer events (logins, WeChat calls, store calls)
-//! go through labelled families.
+//! on a shared map (atomics only, see [`LatencyHistogram`]) and allocates nothing. Rarer
+//! events (logins, WeChat calls, store calls) go through labelled families.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::route::RouteTable;
@@ -35,14 +37,74 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 #[derive(Clone)]
 pub struct RouteSeries {
     by_class: [Counter; 5],
-    latency: Histogram,
+    latency: LatencyHistogram,
 }
 
 impl RouteSeries {
     pub fn record(&self, status: http::StatusCode, elapsed: Duration) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
-        self.latency.observe(elapsed.as_secs_f64());
+        self.latency.observe(elapsed);
+    }
+}
+
+/// A latency histogram recorded with atomics alone. prometheus-client's own `Histogram` takes
+/// a write lock on every observation, and every request of a route would queue on that lock.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram(Arc<Cells>);
+
+#[derive(Debug)]
+struct Cells {
+    /// Upper bounds in seconds, ascending; `counts` has one more cell, for +Inf.
+    bounds: Vec<f64>,
+    counts: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let bounds: Vec<f64> = bounds.into_iter().collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        LatencyHistogram(Arc::new(Cells {
+            bounds,
+            counts,
+            sum_nanos: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let cells = &self.0;
+        let seconds = elapsed.as_secs_f64();
+        let bucket = cells.bounds.partition_point(|&bound| bound < seconds);
+        cells.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let cells = &self.0;
+        // Per-bucket counts; the encoder makes them cumulative. A scrape racing a request may
+        // see its bucket but not yet its sum, which Prometheus tolerates.
+        let buckets: Vec<(f64, u64)> = cells
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(cells.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = cells.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -124,7 +186,7 @@ impl LoginMetrics {
 #[derive(Clone)]
 pub struct WeChatMetrics {
     calls: Family<WeChatCallLabels, Counter>,
-    latency: Family<EndpointLabel, Histogram>,
+    latency: Family<EndpointLabel, LatencyHistogram>,
 }
 
 impl WeChatMetrics {
@@ -139,7 +201,7 @@ impl WeChatMetrics {
             .inc();
         self.latency
             .get_or_create(&EndpointLabel { endpoint })
-            .observe(elapsed.as_secs_f64());
+            .observe(elapsed);
     }
 }
 
@@ -147,7 +209,7 @@ impl WeChatMetrics {
 #[derive(Clone)]
 pub struct StoreMetrics {
     errors: Family<OpLabel, Counter>,
-    latency: Family<OpLabel, Histogram>,
+    latency: Family<OpLabel, LatencyHistogram>,
 }
 
 impl StoreMetrics {
@@ -155,9 +217,7 @@ impl StoreMetrics {
         if failed {
             self.errors.get_or_create(&OpLabel { op }).inc();
         }
-        self.latency
-            .get_or_create(&OpLabel { op })
-            .observe(elapsed.as_secs_f64());
+        self.latency.get_or_create(&OpLabel { op }).observe(elapsed);
     }
 }
 
@@ -170,7 +230,7 @@ pub struct Metrics {
     rate_limited: Family<WhatLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
-    latency: Family<RouteLabel, Histogram>,
+    latency: Family<RouteLabel, LatencyHistogram>,
     /// Requests that matched no route.
     pub unrouted: RouteSeries,
     /// Requests to the gateway's own `/_wxgate/` endpoints.
@@ -200,8 +260,8 @@ impl Metrics {
             "Requests answered, by route and status class",
             requests.clone(),
         );
-        let latency = Family::<RouteLabel, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
+        let latency = Family::<RouteLabel, LatencyHistogram>::new_with_constructor(
+            latency_histogram as fn() -> LatencyHistogram,
         );
         registry.register(
             "http_request_duration_seconds",
@@ -248,7 +308,7 @@ impl Metrics {
                 "wechat_calls",
                 "Calls to WeChat's API by endpoint and errcode (0: success; timeout, http_5xx, transport, malformed)",
             ),
-            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> LatencyHistogram),
         };
         registry.register(
             "wechat_call_duration_seconds",
@@ -261,7 +321,7 @@ impl Metrics {
                 "session_store_errors",
                 "Session store calls that failed, by operation",
             ),
-            latency: Family::new_with_constructor(store_histogram as fn() -> Histogram),
+            latency: Family::new_with_constructor(store_histogram as fn() -> LatencyHistogram),
         };
         registry.register(
             "session_store_duration_seconds",
@@ -338,7 +398,7 @@ impl Metrics {
 
 fn series_for(
     requests: &Family<RequestLabels, Counter>,
-    latency: &Family<RouteLabel, Histogram>,
+    latency: &Family<RouteLabel, LatencyHistogram>,
     route: &str,
 ) -> RouteSeries {
     let by_class = STATUS_CLASSES.map(|status| {
@@ -419,13 +479,43 @@ where
 }
 
 /// 50 µs to ~1.6 s: an in-memory store answers in microseconds, Redis in a millisecond.
-fn store_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+fn store_histogram() -> LatencyHistogram {
+    LatencyHistogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
 /// 0.5 ms to ~16 s: a proxied request's whole range, from cache hit to slow upstream.
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+fn latency_histogram() -> LatencyHistogram {
+    LatencyHistogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_encodes_cumulative_buckets_sum_and_count() {
+        let mut registry = Registry::default();
+        let histogram = LatencyHistogram::new([0.001, 0.01, 0.1]);
+        registry.register("latency", "test", histogram.clone());
+        for ms in [0, 1, 5, 50, 50, 2000] {
+            histogram.observe(Duration::from_millis(ms));
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "latency_bucket{le=\"0.001\"} 2",
+            "latency_bucket{le=\"0.01\"} 3",
+            "latency_bucket{le=\"0.1\"} 5",
+            "latency_bucket{le=\"+Inf\"} 6",
+            "latency_count 6",
+            "latency_sum 2.106",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
 }
 
 /// A session store that times every call into [`StoreMetrics`]; the gateway puts it around

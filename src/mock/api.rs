@@ -7,7 +7,7 @@ use http::Response;
 
 use super::faults::{Faults, Injected, Stats};
 use super::store::{AccessEntry, CodeUse, Grant, Lookup, RefreshEntry, Scope, Store};
-use super::users::{SNAPSHOT_HEADIMGURL, SNAPSHOT_NICKNAME, USERS};
+use super::users::{SNAPSHOT_HEADIMGURL, SNAPSHOT_NICKNAME};
 use super::wire::{self, Body, WxJson};
 use super::{Shared, lock};
 
@@ -173,12 +173,12 @@ fn userinfo(shared: &Shared, params: &Params, behaviour: &Faults, now: u64) -> A
     if grant.scope == Scope::Base || (grant.snapshot && behaviour.snapshot_userinfo_denied) {
         return Err(48001);
     }
-    let user = &USERS[grant.user];
+    let user = &grant.user;
     let (nickname, headimgurl) = if grant.snapshot {
         (SNAPSHOT_NICKNAME.to_owned(), SNAPSHOT_HEADIMGURL.to_owned())
     } else {
         (
-            user.nickname.to_owned(),
+            user.nickname().to_owned(),
             user.headimgurl(shared.config.avatar_origin.as_deref()),
         )
     };
@@ -252,5 +252,5 @@ fn unionid(shared: &Shared, grant: &Grant) -> Option<String> {
     config
         .open_platform_id
         .as_deref()
-        .and_then(|platform| USERS[grant.user].unionid(platform, grant.snapshot))
+        .and_then(|platform| grant.user.unionid(platform, grant.snapshot))
 }

@@ -9,11 +9,11 @@ use super::api::Params;
 use super::faults::{Faults, Stats};
 use super::html::{self, PickerEntry};
 use super::store::{Grant, Scope, Ticket};
-use super::users::{self, FixtureUser, USERS};
+use super::users::{MockUser, USERS};
 use super::wire::{self, Body};
 use super::{MockConfig, Shared, lock};
 
-/// The cookie (on the mock's origin) that says which fixture user is logged in to "WeChat".
+/// The cookie (on the mock's origin) that says which user is logged in to "WeChat".
 pub const USER_COOKIE: &str = "mock_user";
 const STATE_MAX_BYTES: usize = 128;
 const UNREACHABLE_LINK: &str = "该链接无法访问";
@@ -51,11 +51,11 @@ pub fn authorize(shared: &Shared, query: &str, headers: &HeaderMap) -> Response<
         Ok(request) => request,
         Err(PageError(message, errcode)) => return wire::html(html::error_page(message, errcode)),
     };
-    let (index, user, chosen_by_query) = pick_user(&shared.config, &params, headers);
+    let (user, chosen_by_query) = pick_user(shared, &params, headers);
     let snapshot =
-        behaviour.snapshot || user.always_snapshot || params.get("forceSnapShot") == Some("true");
+        behaviour.snapshot || user.always_snapshot() || params.get("forceSnapShot") == Some("true");
     let grant = Grant {
-        user: index,
+        user: user.clone(),
         openid: user.openid(&shared.config.appid, snapshot),
         scope: request.scope,
         snapshot,
@@ -68,10 +68,10 @@ pub fn authorize(shared: &Shared, query: &str, headers: &HeaderMap) -> Response<
     } else if shared.config.auto_consent {
         redirect_with_code(shared, grant, request.redirect_uri, request.state)
     } else {
-        consent(shared, grant, &request, query, user)
+        consent(shared, grant, &request, query, &user)
     };
     if chosen_by_query {
-        let cookie = format!("{USER_COOKIE}={}; Path=/; SameSite=Lax", user.id);
+        let cookie = format!("{USER_COOKIE}={}; Path=/; SameSite=Lax", user.id());
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             response.headers_mut().append(header::SET_COOKIE, value);
         }
@@ -168,21 +168,16 @@ pub(crate) fn redirect_allowed(config: &MockConfig, redirect_uri: &str) -> bool 
             .any(|domain| domain.eq_ignore_ascii_case(host))
 }
 
-/// The user from `?mock_user=`, else the cookie, else the default.
-fn pick_user(
-    config: &MockConfig,
-    params: &Params,
-    headers: &HeaderMap,
-) -> (usize, &'static FixtureUser, bool) {
-    let from_query = params.get("mock_user").and_then(index_of);
-    let from_cookie = || cookie_value(headers, USER_COOKIE).and_then(|id| index_of(&id));
-    let fallback = || index_of(&config.default_user).unwrap_or(0);
-    let index = from_query.or_else(from_cookie).unwrap_or_else(fallback);
-    (index, &USERS[index], from_query.is_some())
-}
-
-fn index_of(id: &str) -> Option<usize> {
-    users::find(id).and_then(|user| USERS.iter().position(|u| u.id == user.id))
+/// The user from `?mock_user=`, else the cookie, else the default (fixtures or created users).
+fn pick_user(shared: &Shared, params: &Params, headers: &HeaderMap) -> (MockUser, bool) {
+    let users = &shared.users;
+    let from_query = params.get("mock_user").and_then(|id| users.find(id));
+    let chosen_by_query = from_query.is_some();
+    let user = from_query
+        .or_else(|| cookie_value(headers, USER_COOKIE).and_then(|id| users.find(&id)))
+        .or_else(|| users.find(&shared.config.default_user))
+        .unwrap_or(MockUser::Fixture(&USERS[0]));
+    (user, chosen_by_query)
 }
 
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -222,7 +217,7 @@ fn consent(
     grant: Grant,
     request: &Authorize<'_>,
     query: &str,
-    user: &'static FixtureUser,
+    user: &MockUser,
 ) -> Response<Body> {
     let ticket = Ticket {
         grant,
@@ -238,7 +233,7 @@ fn consent(
         .map(|candidate| PickerEntry {
             user: candidate,
             href: switch_user_href(query, candidate.id),
-            current: candidate.id == user.id,
+            current: candidate.id == user.id(),
         })
         .collect();
     let page = html::consent_page(

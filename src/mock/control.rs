@@ -1,5 +1,6 @@
 //! The mock's own control surface under `/_mock/`: read and change faults, reset, read
-//! call counters, move the clock, list the fixture users (with their openids) and serve avatars.
+//! call counters, move the clock, list the users (with their openids), create users and serve
+//! avatars.
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
@@ -10,7 +11,7 @@ use super::api::Params;
 use super::faults::Faults;
 use super::html;
 use super::store::Store;
-use super::users::{self, USERS};
+use super::users::{CreatedUser, MockUser};
 use super::wire::{self, Body};
 use super::{Shared, lock};
 
@@ -44,7 +45,11 @@ pub async fn handle(
             let issued = lock(&shared.store).issued();
             wire::json(StatusCode::OK, &issued)
         }
-        (&Method::GET, "/_mock/avatar") => avatar(query),
+        (&Method::POST, "/_mock/users") => match read_json(body).await {
+            Ok(fields) => create_user(shared, &fields),
+            Err(message) => bad_request(&message),
+        },
+        (&Method::GET, "/_mock/avatar") => avatar(shared, query),
         _ => wire::plain(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -83,6 +88,7 @@ fn set_faults(shared: &Shared, patch: serde_json::Value) -> Response<Body> {
 pub fn reset(shared: &Shared) {
     *lock(&shared.faults) = shared.config.faults.clone();
     *lock(&shared.store) = Store::default();
+    shared.users.clear();
     shared.stats.reset();
     shared.clock.reset();
 }
@@ -105,34 +111,58 @@ fn advance_clock(shared: &Shared, patch: &serde_json::Value) -> Response<Body> {
 }
 
 fn users_json(shared: &Shared) -> Response<Body> {
-    let config = &shared.config;
-    let platform = config.open_platform_id.as_deref();
-    let list: Vec<serde_json::Value> = USERS
+    let list: Vec<serde_json::Value> = shared
+        .users
+        .all()
         .iter()
-        .map(|user| {
-            serde_json::json!({
-                "id": user.id,
-                "nickname": user.nickname,
-                "note": user.note,
-                "openid": user.openid(&config.appid, false),
-                "unionid": platform.and_then(|p| user.unionid(p, false)),
-                "snapshot_openid": user.openid(&config.appid, true),
-                "snapshot_unionid": platform.and_then(|p| user.unionid(p, true)),
-                "always_snapshot": user.always_snapshot,
-                "default": user.id == config.default_user,
-            })
-        })
+        .map(|user| user_json(shared, user))
         .collect();
     wire::json(StatusCode::OK, &serde_json::Value::Array(list))
 }
 
-fn avatar(query: &str) -> Response<Body> {
+fn user_json(shared: &Shared, user: &MockUser) -> serde_json::Value {
+    let config = &shared.config;
+    let platform = config.open_platform_id.as_deref();
+    serde_json::json!({
+        "id": user.id(),
+        "nickname": user.nickname(),
+        "note": user.note(),
+        "openid": user.openid(&config.appid, false),
+        "unionid": platform.and_then(|p| user.unionid(p, false)),
+        "snapshot_openid": user.openid(&config.appid, true),
+        "snapshot_unionid": platform.and_then(|p| user.unionid(p, true)),
+        "always_snapshot": user.always_snapshot(),
+        "default": user.id() == config.default_user,
+    })
+}
+
+/// `POST /_mock/users {"id": "load-17", "nickname": "…", "unionid": true}`: a new user a
+/// browser picks with `mock_user=load-17`, answered with its identifiers.
+fn create_user(shared: &Shared, fields: &serde_json::Value) -> Response<Body> {
+    let text = |key: &str| fields.get(key).and_then(serde_json::Value::as_str);
+    let Some(id) = text("id") else {
+        return bad_request("expected {\"id\": \"…\", \"nickname\": \"…\", \"unionid\": true}");
+    };
+    let has_unionid = fields
+        .get("unionid")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(true);
+    match CreatedUser::new(id, text("nickname"), has_unionid) {
+        Ok(user) => {
+            let user = shared.users.create(user);
+            wire::json(StatusCode::OK, &user_json(shared, &user))
+        }
+        Err(message) => bad_request(&message),
+    }
+}
+
+fn avatar(shared: &Shared, query: &str) -> Response<Body> {
     let params = Params::parse(query);
-    match params.get("user").and_then(users::find) {
+    match params.get("user").and_then(|id| shared.users.find(id)) {
         Some(user) => wire::respond(
             StatusCode::OK,
             "image/svg+xml",
-            Bytes::from(html::avatar_svg(user)),
+            Bytes::from(html::avatar_svg(&user)),
         ),
         None => wire::plain(StatusCode::NOT_FOUND, "no such user\n"),
     }

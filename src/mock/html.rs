@@ -2,7 +2,7 @@
 //! like WeChat's snsapi_userinfo popup (with a user picker for people testing by hand),
 //! the "you refused" page, a generated avatar and an index of the mock's endpoints.
 
-use super::users::{FixtureUser, USERS};
+use super::users::{FixtureUser, MockUser, USERS};
 
 const STYLE: &str = r#"
 *{box-sizing:border-box}body{margin:0;font-family:-apple-system,BlinkMacSystemFont,"PingFang SC","Helvetica Neue","Microsoft YaHei",sans-serif;background:#ededed;color:#191919;-webkit-text-size-adjust:100%}
@@ -66,7 +66,7 @@ pub struct PickerEntry {
 /// The consent sheet of a snsapi_userinfo authorization.
 pub fn consent_page(
     app_name: &str,
-    user: &FixtureUser,
+    user: &MockUser,
     allow_href: &str,
     deny_href: &str,
     picker: &[PickerEntry],
@@ -98,8 +98,8 @@ pub fn consent_page(
          <div class=\"btns\"><a class=\"weui-btn weui-btn_default\" href=\"{deny}\">拒绝</a>\
          <a class=\"weui-btn weui-btn_primary\" href=\"{allow}\">允许</a></div></div>",
         app = escape(app_name),
-        id = escape(user.id),
-        nick = escape(&display_name(user.nickname)),
+        id = escape(user.id()),
+        nick = escape(&display_name(user.nickname())),
         deny = escape(deny_href),
         allow = escape(allow_href),
     );
@@ -107,13 +107,13 @@ pub fn consent_page(
 }
 
 /// A square avatar: the user's colour and the first printable character of the nickname.
-pub fn avatar_svg(user: &FixtureUser) -> String {
-    let initial: String = display_name(user.nickname).chars().take(1).collect();
+pub fn avatar_svg(user: &MockUser) -> String {
+    let initial: String = display_name(user.nickname()).chars().take(1).collect();
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"132\" height=\"132\" viewBox=\"0 0 132 132\">\
          <rect width=\"132\" height=\"132\" fill=\"{}\"/>\
          <text x=\"66\" y=\"86\" font-size=\"60\" text-anchor=\"middle\" fill=\"#fff\" font-family=\"sans-serif\">{}</text></svg>",
-        user.color,
+        user.color(),
         escape(&initial)
     )
 }
@@ -134,7 +134,7 @@ pub fn index_page(appid: &str) -> String {
         "<div style=\"padding:16px;font-size:14px;line-height:1.6\"><h3>wxgate mock WeChat</h3>\
          <p>appid <code>{}</code></p><ul>\
          <li>GET /connect/oauth2/authorize</li><li>/sns/oauth2/access_token, /sns/oauth2/refresh_token, /sns/userinfo, /sns/auth</li>\
-         <li>GET|POST /_mock/faults · POST /_mock/reset · GET /_mock/stats · GET|POST /_mock/clock · GET /_mock/users · GET /_mock/secrets</li></ul>\
+         <li>GET|POST /_mock/faults · POST /_mock/reset · GET /_mock/stats · GET|POST /_mock/clock · GET /_mock/users · POST /_mock/users {{\"id\": …, \"nickname\": …}} · GET /_mock/secrets</li></ul>\
          <p>Users (cookie <code>mock_user=&lt;id&gt;</code>):</p><ul>{users}</ul></div>",
         escape(appid)
     );
@@ -163,8 +163,8 @@ mod tests {
 
     #[test]
     fn consent_page_escapes_what_it_shows() {
-        let user = &USERS[0];
-        let html = consent_page("<app>", user, "/a?x=1&y=2", "/d", &[]);
+        let user = MockUser::Fixture(&USERS[0]);
+        let html = consent_page("<app>", &user, "/a?x=1&y=2", "/d", &[]);
         assert!(html.contains("&lt;app&gt;") && !html.contains("<app>"));
         assert!(html.contains("href=\"/a?x=1&amp;y=2\""));
         assert!(html.contains("允许") && html.contains("拒绝"));

@@ -199,6 +199,7 @@ struct Shared {
     stats: Stats,
     store: Mutex<Store>,
     clock: Clock,
+    users: users::Directory,
 }
 
 /// A poisoned lock only means another request panicked; the data is still usable.
@@ -219,6 +220,7 @@ impl MockWeChat {
             stats: Stats::default(),
             store: Mutex::new(Store::default()),
             clock: Clock::default(),
+            users: users::Directory::default(),
         };
         Self {
             shared: Arc::new(shared),
@@ -300,7 +302,7 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
     println!("  authorize_url = \"http://{addr}/connect/oauth2/authorize\"");
     println!("  api_base      = \"http://{addr}\"");
     println!(
-        "  control       : http://{addr}/_mock/faults, /_mock/stats, /_mock/reset, /_mock/users, /_mock/secrets"
+        "  control       : http://{addr}/_mock/faults, /_mock/stats, /_mock/reset, /_mock/users (GET, POST), /_mock/secrets"
     );
     let shutdown = async {
         if let Err(error) = tokio::signal::ctrl_c().await {

@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 
+use super::users::MockUser;
+
 /// The two scopes of Official Account web authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -35,8 +37,7 @@ impl Scope {
 /// Who a code, token or ticket belongs to.
 #[derive(Debug, Clone)]
 pub struct Grant {
-    /// Index into `users::USERS`.
-    pub user: usize,
+    pub user: MockUser,
     pub openid: String,
     pub scope: Scope,
     pub snapshot: bool,
@@ -285,7 +286,7 @@ mod tests {
 
     fn grant() -> Grant {
         Grant {
-            user: 0,
+            user: MockUser::Fixture(&crate::mock::USERS[0]),
             openid: "o1".into(),
             scope: Scope::Base,
             snapshot: false,

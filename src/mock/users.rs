@@ -1,6 +1,10 @@
-//! The mock's fixture WeChat users and how their per-app identifiers are derived.
-//! Identifiers have WeChat's shapes (openid/unionid: 28 chars starting with `o`) and are
-//! stable for a given appid, so tests can predict them (`GET /_mock/users` lists them).
+//! The mock's fixture WeChat users, the users tests create at run time (`POST /_mock/users`,
+//! for load tests that need many distinct visitors), and how their per-app identifiers are
+//! derived. Identifiers have WeChat's shapes (openid/unionid: 28 chars starting with `o`) and
+//! are stable for a given appid, so tests can predict them (`GET /_mock/users` lists them).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -75,27 +79,166 @@ pub fn find(id: &str) -> Option<&'static FixtureUser> {
 impl FixtureUser {
     /// The openid of this user for `appid`; a snapshot login gets a different, virtual one.
     pub fn openid(&self, appid: &str, snapshot: bool) -> String {
-        derive_id(&["openid", appid, self.id, snapshot_tag(snapshot)])
+        openid_of(self.id, appid, snapshot)
     }
 
     /// The unionid under the Open Platform account `platform`, when the user has one.
     pub fn unionid(&self, platform: &str, snapshot: bool) -> Option<String> {
-        (self.has_unionid || snapshot)
-            .then(|| derive_id(&["unionid", platform, self.id, snapshot_tag(snapshot)]))
+        unionid_of(self.id, self.has_unionid, platform, snapshot)
     }
 
     /// A qlogo.cn URL shaped like WeChat's, or this user's avatar on the mock at `local_origin`.
     pub fn headimgurl(&self, local_origin: Option<&str>) -> String {
-        if let Some(origin) = local_origin {
-            return format!(
-                "{}/_mock/avatar?user={}",
-                origin.trim_end_matches('/'),
-                self.id
-            );
-        }
-        let digest = hex::encode(Sha256::digest(self.id.as_bytes()));
-        format!("https://thirdwx.qlogo.cn/mmopen/vi_32/{digest}/132")
+        headimgurl_of(self.id, local_origin)
     }
+}
+
+/// A user made by `POST /_mock/users`: an ordinary WeChat user with its own identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedUser {
+    pub id: String,
+    pub nickname: String,
+    pub has_unionid: bool,
+}
+
+impl CreatedUser {
+    /// A user with `id` (1 to 64 of `[A-Za-z0-9_-]`, not a fixture's) and `nickname`
+    /// (the id when absent, at most 100 characters).
+    pub fn new(id: &str, nickname: Option<&str>, has_unionid: bool) -> Result<Self, String> {
+        let id_ok = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err("id must be 1 to 64 characters of [A-Za-z0-9_-]".into());
+        }
+        if find(id).is_some() {
+            return Err(format!("{id} is a fixture user"));
+        }
+        let nickname = nickname.unwrap_or(id);
+        if nickname.chars().count() > 100 {
+            return Err("nickname must be at most 100 characters".into());
+        }
+        Ok(CreatedUser {
+            id: id.to_owned(),
+            nickname: nickname.to_owned(),
+            has_unionid,
+        })
+    }
+}
+
+/// Anyone the mock can log in: a fixture or a created user.
+#[derive(Debug, Clone)]
+pub enum MockUser {
+    Fixture(&'static FixtureUser),
+    Created(Arc<CreatedUser>),
+}
+
+impl MockUser {
+    pub fn id(&self) -> &str {
+        match self {
+            MockUser::Fixture(user) => user.id,
+            MockUser::Created(user) => &user.id,
+        }
+    }
+
+    pub fn nickname(&self) -> &str {
+        match self {
+            MockUser::Fixture(user) => user.nickname,
+            MockUser::Created(user) => &user.nickname,
+        }
+    }
+
+    pub fn note(&self) -> &str {
+        match self {
+            MockUser::Fixture(user) => user.note,
+            MockUser::Created(_) => "created through POST /_mock/users",
+        }
+    }
+
+    pub fn always_snapshot(&self) -> bool {
+        matches!(self, MockUser::Fixture(user) if user.always_snapshot)
+    }
+
+    pub fn color(&self) -> &str {
+        match self {
+            MockUser::Fixture(user) => user.color,
+            MockUser::Created(_) => "#07c160",
+        }
+    }
+
+    pub fn openid(&self, appid: &str, snapshot: bool) -> String {
+        openid_of(self.id(), appid, snapshot)
+    }
+
+    pub fn unionid(&self, platform: &str, snapshot: bool) -> Option<String> {
+        let has_unionid = match self {
+            MockUser::Fixture(user) => user.has_unionid,
+            MockUser::Created(user) => user.has_unionid,
+        };
+        unionid_of(self.id(), has_unionid, platform, snapshot)
+    }
+
+    /// A qlogo.cn URL shaped like WeChat's, or this user's avatar on the mock at `local_origin`.
+    pub fn headimgurl(&self, local_origin: Option<&str>) -> String {
+        headimgurl_of(self.id(), local_origin)
+    }
+}
+
+/// The fixtures plus the users created since start (or the last `/_mock/reset`).
+#[derive(Debug, Default)]
+pub struct Directory {
+    created: Mutex<BTreeMap<String, Arc<CreatedUser>>>,
+}
+
+impl Directory {
+    fn created_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<CreatedUser>>> {
+        self.created.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn find(&self, id: &str) -> Option<MockUser> {
+        match find(id) {
+            Some(fixture) => Some(MockUser::Fixture(fixture)),
+            None => self.created_map().get(id).cloned().map(MockUser::Created),
+        }
+    }
+
+    /// Adds `user`, replacing a created user of the same id.
+    pub fn create(&self, user: CreatedUser) -> MockUser {
+        let user = Arc::new(user);
+        self.created_map().insert(user.id.clone(), user.clone());
+        MockUser::Created(user)
+    }
+
+    /// Every user: the fixtures first, then the created ones by id.
+    pub fn all(&self) -> Vec<MockUser> {
+        let created = self.created_map();
+        USERS
+            .iter()
+            .map(MockUser::Fixture)
+            .chain(created.values().cloned().map(MockUser::Created))
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.created_map().clear();
+    }
+}
+
+fn openid_of(id: &str, appid: &str, snapshot: bool) -> String {
+    derive_id(&["openid", appid, id, snapshot_tag(snapshot)])
+}
+
+fn unionid_of(id: &str, has_unionid: bool, platform: &str, snapshot: bool) -> Option<String> {
+    (has_unionid || snapshot).then(|| derive_id(&["unionid", platform, id, snapshot_tag(snapshot)]))
+}
+
+fn headimgurl_of(id: &str, local_origin: Option<&str>) -> String {
+    if let Some(origin) = local_origin {
+        return format!("{}/_mock/avatar?user={id}", origin.trim_end_matches('/'));
+    }
+    let digest = hex::encode(Sha256::digest(id.as_bytes()));
+    format!("https://thirdwx.qlogo.cn/mmopen/vi_32/{digest}/132")
 }
 
 fn snapshot_tag(snapshot: bool) -> &'static str {
@@ -142,6 +285,29 @@ mod tests {
             user.headimgurl(Some("http://127.0.0.1:9100/")),
             "http://127.0.0.1:9100/_mock/avatar?user=hanmeimei"
         );
+    }
+
+    #[test]
+    fn created_users_get_their_own_ids_and_never_shadow_a_fixture() {
+        let directory = Directory::default();
+        let made = directory.create(CreatedUser::new("load-1", Some("压测1"), true).unwrap());
+        assert_eq!(made.nickname(), "压测1");
+        let other = directory.create(CreatedUser::new("load-2", None, false).unwrap());
+        assert_eq!(other.nickname(), "load-2");
+        assert_ne!(made.openid("wx1", false), other.openid("wx1", false));
+        assert_eq!(made.openid("wx1", false).len(), 28);
+        assert_eq!(other.unionid("p", false), None);
+        assert_eq!(
+            directory.find("load-1").unwrap().openid("wx1", false),
+            made.openid("wx1", false)
+        );
+        assert_eq!(directory.all().len(), USERS.len() + 2);
+        for bad in ["", "lilei", "a b", &"x".repeat(65)] {
+            assert!(CreatedUser::new(bad, None, true).is_err(), "{bad:?}");
+        }
+        directory.clear();
+        assert!(directory.find("load-1").is_none());
+        assert!(directory.find("lilei").is_some());
     }
 
     #[test]

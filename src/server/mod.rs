@@ -252,6 +252,9 @@ fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, S
 
 type ConnHook = Arc<dyn Fn(bool) + Send + Sync>;
 
+type BoxedResponse =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 #[derive(Clone)]
 struct Listen {
     limits: LimitsConfig,
@@ -349,18 +352,22 @@ impl<H: Handler> Conn<H> {
         }
         match tls {
             None => self.http(stream, ConnInfo { peer, tls: false }).await,
-            Some(acceptor) => {
-                let handshake =
-                    tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
-                match handshake.await {
-                    Ok(Ok(stream)) => self.http(stream, ConnInfo { peer, tls: true }).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            }
+            // Boxed: the TLS states (handshake, rustls connection) are several KiB, and unboxed
+            // they would size the task of every plain connection too, for its whole life.
+            Some(acceptor) => Box::pin(self.https(stream, peer, acceptor)).await,
         }
         if let Some(hook) = &self.on_conn {
             hook(false);
+        }
+    }
+
+    async fn https(&self, stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor) {
+        let handshake =
+            tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
+        match handshake.await {
+            Ok(Ok(stream)) => self.http(stream, ConnInfo { peer, tls: true }).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     }
 
@@ -373,7 +380,12 @@ impl<H: Handler> Conn<H> {
         let handler = self.handler.clone();
         let service = service_fn(move |request| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.call(request, info).await) }
+            // Boxed: hyper keeps one slot the size of this future per connection for as long
+            // as the connection lives, busy or idle; boxed, that slot is a pointer and the
+            // request's state is freed when its response is sent.
+            let respond: BoxedResponse =
+                Box::pin(async move { Ok::<_, Infallible>(handler.call(request, info).await) });
+            respond
         });
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);

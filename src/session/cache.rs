@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::Expiry;
@@ -79,7 +79,9 @@ impl CacheSettings {
 pub struct CachedSession {
     pub session: Session,
     /// The JWT and the signer it was minted by (see [`CachedSession::identity_or_mint`]).
-    identity: Mutex<Option<(u64, MintedIdentity)>>,
+    /// Read by every request of the session (all of a busy visitor's requests at once),
+    /// written once per JWT lifetime: a read-write lock, so readers never wait on each other.
+    identity: RwLock<Option<(u64, MintedIdentity)>>,
     /// Set by the request that writes `last_seen` back, so a burst of requests makes one write.
     touching: AtomicBool,
 }
@@ -92,14 +94,14 @@ impl CachedSession {
     fn with_identity(session: Session, identity: Option<(u64, MintedIdentity)>) -> Self {
         CachedSession {
             session,
-            identity: Mutex::new(identity),
+            identity: RwLock::new(identity),
             touching: AtomicBool::new(false),
         }
     }
 
-    fn identity_slot(&self) -> std::sync::MutexGuard<'_, Option<(u64, MintedIdentity)>> {
+    fn identity_slot(&self) -> std::sync::RwLockReadGuard<'_, Option<(u64, MintedIdentity)>> {
         // The slot holds a whole value or none; a panic cannot leave it half-written.
-        self.identity.lock().unwrap_or_else(PoisonError::into_inner)
+        self.identity.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The cached JWT if it can still be sent at `now`.
@@ -121,12 +123,21 @@ impl CachedSession {
         signer: u64,
         mint: impl FnOnce(&Session) -> Result<MintedIdentity, E>,
     ) -> Result<MintedIdentity, E> {
-        let mut slot = self.identity_slot();
-        if let Some((_, minted)) = slot
-            .as_ref()
-            .filter(|(by, minted)| *by == signer && minted.is_fresh(now))
-        {
-            return Ok(minted.clone());
+        let fresh = |slot: &Option<(u64, MintedIdentity)>| {
+            slot.as_ref()
+                .filter(|(by, minted)| *by == signer && minted.is_fresh(now))
+                .map(|(_, minted)| minted.clone())
+        };
+        if let Some(minted) = fresh(&self.identity_slot()) {
+            return Ok(minted);
+        }
+        let mut slot = self
+            .identity
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Another request may have signed while this one waited for the write lock.
+        if let Some(minted) = fresh(&slot) {
+            return Ok(minted);
         }
         let minted = mint(&self.session)?;
         *slot = Some((signer, minted.clone()));

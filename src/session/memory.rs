@@ -1,6 +1,7 @@
 //! The in-process session store, for `wxgate demo` and tests: sharded hash maps behind
 //! short locks, bounded at a maximum number of entries, expired lazily on read and by sweep.
-//! Nothing survives a restart and nothing is shared with another gateway.
+//! Sessions are kept packed (`packed.rs`), one allocation each. Nothing survives a restart
+//! and nothing is shared with another gateway.
 
 use std::collections::HashMap;
 use std::future::ready;
@@ -10,12 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 
+use super::packed::Packed;
 use super::{Clock, Session, SessionStore, StorageKey, StoreError};
 
 /// Enough to spread contention over the 2–16 cores a gateway runs on.
 const SHARDS: usize = 16;
 
-type Shard = HashMap<StorageKey, Session>;
+type Shard = HashMap<StorageKey, Packed>;
 
 /// Sessions in memory. When full, a new session first clears expired entries and then
 /// evicts the one closest to expiry (the least recently active), so the bound holds
@@ -70,7 +72,7 @@ impl MemoryStore {
         let now = self.clock.now();
         let mut shard = self.shard_of(key);
         match shard.get(key) {
-            Some(session) if !session.is_expired(now) => Some(session.clone()),
+            Some(packed) if !packed.is_expired(now) => packed.unpack(),
             Some(_) => {
                 shard.remove(key);
                 self.forget(1);
@@ -87,11 +89,15 @@ impl MemoryStore {
             return;
         }
         if let Some(slot) = self.shard_of(key).get_mut(key) {
-            *slot = session.clone();
+            *slot = Packed::pack(session);
             return;
         }
         self.reserve_slot();
-        if self.shard_of(key).insert(*key, session.clone()).is_some() {
+        if self
+            .shard_of(key)
+            .insert(*key, Packed::pack(session))
+            .is_some()
+        {
             // Another caller inserted the same key meanwhile; ours replaced it.
             self.forget(1);
         }
@@ -130,8 +136,8 @@ impl MemoryStore {
                 let shard = self.shard(index);
                 shard
                     .iter()
-                    .min_by_key(|(_, session)| session.expires_at)
-                    .map(|(key, session)| (session.expires_at, *key))
+                    .map(|(key, packed)| (packed.expires_at(), *key))
+                    .min()
             })
             .min();
         match soonest {
@@ -148,9 +154,8 @@ impl MemoryStore {
         let now = self.clock.now();
         let mut shard = self.shard_of(key);
         match shard.get_mut(key) {
-            Some(session) if !session.is_expired(now) => {
-                session.last_seen = last_seen;
-                session.expires_at = expires_at;
+            Some(packed) if !packed.is_expired(now) => {
+                packed.set_seen(last_seen, expires_at);
                 true
             }
             Some(_) => {
@@ -168,7 +173,7 @@ impl MemoryStore {
         if removed.is_some() {
             self.forget(1);
         }
-        removed.is_some_and(|session| !session.is_expired(now))
+        removed.is_some_and(|packed| !packed.is_expired(now))
     }
 
     /// Removes the entries `doomed` picks in every shard; returns how many of them were
@@ -179,9 +184,9 @@ impl MemoryStore {
         for index in 0..SHARDS {
             let mut shard = self.shard(index);
             let before = shard.len();
-            shard.retain(|_, session| {
-                let remove = doomed(session);
-                if remove && !session.is_expired(now) {
+            shard.retain(|_, packed| {
+                let remove = packed.unpack().is_some_and(|session| doomed(&session));
+                if remove && !packed.is_expired(now) {
                     live_removed += 1;
                 }
                 !remove
@@ -196,7 +201,7 @@ impl MemoryStore {
         (0..SHARDS)
             .map(|index| {
                 let shard = self.shard(index);
-                shard.values().filter(|s| !s.is_expired(now)).count() as u64
+                shard.values().filter(|p| !p.is_expired(now)).count() as u64
             })
             .sum()
     }
@@ -217,7 +222,7 @@ impl MemoryStore {
         for index in 0..SHARDS {
             let mut shard = self.shard(index);
             let before = shard.len();
-            shard.retain(|_, session| !session.is_expired(now));
+            shard.retain(|_, packed| !packed.is_expired(now));
             let removed = (before - shard.len()) as u64;
             self.forget(removed);
             swept += removed;

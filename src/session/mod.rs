@@ -10,6 +10,7 @@ mod id;
 pub mod manage;
 mod memory;
 mod open;
+mod packed;
 mod record;
 mod redb;
 mod redis;

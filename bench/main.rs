@@ -1,0 +1,526 @@
+//! The wxgate benchmark (`bench/run`, see `bench/README.md`): wxgate against nginx as a plain
+//! reverse proxy, side by side in one run on this machine, with rows alternating; logins per
+//! second against the mock WeChat; resident memory idle, per connection and per session.
+//! Results are printed and written to `bench/results.md` between its generated-section markers.
+#![forbid(unsafe_code)]
+
+mod gateway;
+mod login;
+mod memory;
+mod nginx;
+mod procs;
+mod profile;
+mod report;
+mod rows;
+mod wrk;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use clap::Parser;
+
+use gateway::{APP_PATH, Gateway, PUBLIC_PATH, Setup, Store, Unavailable, Variant};
+use procs::{Proc, free_addr, have};
+use rows::{ROWS, Row, Target};
+
+#[derive(Debug, Parser)]
+#[command(about = "wxgate against nginx, logins, memory; writes bench/results.md")]
+struct Args {
+    /// `cargo bench` passes this; it means nothing here.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// The wxgate binary (a release build).
+    #[arg(long, default_value = "target/release/wxgate")]
+    wxgate: PathBuf,
+    /// Seconds of load per row and round.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Rounds over all rows; each figure is the median of its rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// wrk connections for the peak throughput table.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Idle keep-alive connections for the per-connection memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Sessions for the per-session memory figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    sessions: u64,
+    /// Where the results go (the generated section is replaced, the rest kept).
+    #[arg(long, default_value = "bench/results.md")]
+    out: PathBuf,
+    /// A short smoke run: 2 s per row, one round, fewer connections and sessions; writes nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Only the memory figures (gateway idle, per connection, per session); writes nothing.
+    #[arg(long)]
+    memory_only: bool,
+    /// Instead of the comparison: instructions per request under callgrind.
+    #[arg(long)]
+    profile: bool,
+    /// Requests counted per profiled case.
+    #[arg(long, default_value_t = 5000)]
+    profile_requests: u64,
+    /// Profile only the case of this label (public, logged-in-hs256, logged-in-es256,
+    /// logged-in-1000-routes).
+    #[arg(long)]
+    profile_only: Option<String>,
+    /// Internal: fill a memory store with N sessions and print RSS (run in a child process).
+    #[arg(hide = true)]
+    mode: Option<String>,
+    #[arg(hide = true)]
+    count: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    if args.mode.as_deref() == Some("session-memory") {
+        return match memory::fill_sessions(args.count.unwrap_or(1_000_000)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("session-memory: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.quick {
+        args.duration = 2;
+        args.rounds = 1;
+        args.idle_connections = args.idle_connections.min(1000);
+        args.sessions = args.sessions.min(100_000);
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Shared processes: origin, nginx proxy, mock WeChat.
+struct World {
+    dir: tempfile::TempDir,
+    origin: (Proc, SocketAddr),
+    proxy: (Proc, SocketAddr),
+    mock: (Proc, SocketAddr),
+}
+
+fn world(args: &Args) -> Result<World, String> {
+    for tool in ["nginx", "wrk"] {
+        if !have(tool) {
+            return Err(format!(
+                "{tool} not found; bench/run installs it when run as root (apt-get install nginx wrk)"
+            ));
+        }
+    }
+    if !args.wxgate.exists() {
+        return Err(format!(
+            "{} not found; build it with cargo build --release",
+            args.wxgate.display()
+        ));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("wxgate-bench-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let origin = nginx::start_origin(dir.path())?;
+    let proxy = nginx::start_proxy(dir.path(), origin.1)?;
+    let mock_addr = free_addr()?;
+    let mut command = Command::new(&args.wxgate);
+    command
+        .args(["mock-wechat", "--auto-consent", "--listen"])
+        .arg(mock_addr.to_string())
+        .env("RUST_LOG", "warn");
+    let mut mock = Proc::spawn("mock-wechat", command, dir.path())?;
+    mock.wait_listening(mock_addr, Duration::from_secs(10))?;
+    Ok(World {
+        dir,
+        origin,
+        proxy,
+        mock: (mock, mock_addr),
+    })
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let world = world(args)?;
+    let setup = Setup {
+        wxgate: &args.wxgate,
+        dir: world.dir.path(),
+        origin: world.origin.1,
+        mock: world.mock.1,
+        callgrind: args.profile,
+    };
+    if args.profile {
+        return runtime.block_on(profile_cases(&setup, args));
+    }
+    let machine = report::Machine::now();
+    println!("bench: {}", machine.summary());
+    if args.memory_only {
+        let variant = Variant {
+            store: Store::Memory,
+            algorithm: "HS256",
+            campaigns: 0,
+        };
+        let g = runtime.block_on(gateway_memory(&setup, variant, args.idle_connections))?;
+        let s = memory::measure_sessions(args.sessions)?;
+        println!(
+            "bench: idle {} KiB, after login {} KiB, with {} connections {} KiB ({} open): {:.1} KiB per connection; {:.0} bytes per session",
+            g.idle_kib,
+            g.before_kib,
+            g.connections,
+            g.with_kib,
+            g.gauge,
+            g.per_connection_kib(),
+            s.bytes_per_session()
+        );
+        return Ok(());
+    }
+
+    // One gateway per variant the rows name, logged in once where a row needs a session.
+    let mut gateways: HashMap<Variant, Result<(Gateway, Option<String>), Unavailable>> =
+        HashMap::new();
+    for row in ROWS {
+        let Target::Gateway { variant, .. } = row.target else {
+            continue;
+        };
+        if gateways.contains_key(&variant) {
+            continue;
+        }
+        let name = format!("gw-{}", gateways.len());
+        let started = gateway::start(&setup, variant, &name).and_then(|gw| {
+            let cookie = runtime
+                .block_on(login::login(
+                    &login::client(),
+                    &gw.origin(),
+                    login_path(variant),
+                    Some("lilei"),
+                ))
+                .map_err(|e| Unavailable::Other(format!("login failed: {e}")))?;
+            Ok((gw, Some(cookie)))
+        });
+        if let Err(e) = &started {
+            println!("bench: {:?} store: {e:?}", variant.store.as_str());
+        }
+        gateways.insert(variant, started);
+    }
+    let load_of = |row: &Row| -> Result<(String, Option<String>), String> {
+        match row.target {
+            Target::Origin => Ok((format!("http://{}/", world.origin.1), None)),
+            Target::NginxProxy => Ok((format!("http://{}/", world.proxy.1), None)),
+            Target::Gateway {
+                variant,
+                path,
+                logged_in,
+            } => match gateways.get(&variant) {
+                Some(Ok((gw, cookie))) => Ok((
+                    format!("{}{path}", gw.origin()),
+                    if logged_in { cookie.clone() } else { None },
+                )),
+                Some(Err(Unavailable::Store)) => Err("store not available in this build".into()),
+                Some(Err(Unavailable::Other(e))) => Err(e.clone()),
+                None => Err("not started".into()),
+            },
+        }
+    };
+
+    // Peak throughput, rows alternating within each round.
+    let duration = Duration::from_secs(args.duration);
+    let mut peak: Vec<Vec<wrk::Outcome>> = vec![Vec::new(); ROWS.len()];
+    let mut skipped: Vec<Option<String>> = vec![None; ROWS.len()];
+    for (i, row) in ROWS.iter().enumerate() {
+        if let Err(e) = load_of(row) {
+            skipped[i] = Some(e);
+        }
+    }
+    println!("bench: warm-up");
+    for (i, row) in ROWS.iter().enumerate() {
+        if let Ok((url, cookie)) = load_of(row) {
+            let warm = wrk::Load {
+                url,
+                cookie,
+                threads: 2,
+                connections: args.connections,
+                duration: Duration::from_secs(2),
+                think_ms: None,
+            };
+            wrk::run(&warm, world.dir.path(), &format!("warm-{i}"))?;
+        }
+    }
+    for round in 0..args.rounds {
+        for (i, row) in ROWS.iter().enumerate() {
+            let Ok((url, cookie)) = load_of(row) else {
+                continue;
+            };
+            let load = wrk::Load {
+                url,
+                cookie,
+                threads: 2,
+                connections: args.connections,
+                duration,
+                think_ms: None,
+            };
+            let outcome = wrk::run(&load, world.dir.path(), &format!("peak-{i}"))?;
+            println!(
+                "bench: round {} {:<40} {:>9.0} req/s p99 {:>7.0} µs errors {}",
+                round + 1,
+                row.name,
+                outcome.rps,
+                outcome.p99_us,
+                outcome.errors
+            );
+            peak[i].push(outcome);
+        }
+    }
+    let peak: Vec<Option<wrk::Outcome>> = peak.iter().map(|o| report::median(o)).collect();
+
+    // Latency at one fixed rate for every row: half of nginx's peak.
+    let nginx_peak = ROWS
+        .iter()
+        .position(|r| matches!(r.target, Target::NginxProxy))
+        .and_then(|i| peak[i])
+        .map_or(0.0, |o| o.rps);
+    let rate = (nginx_peak / 2.0).max(100.0);
+    let think_ms: u32 = 5;
+    let latency_connections = ((rate * f64::from(think_ms) / 1000.0).round() as u32).max(2);
+    let mut latency: Vec<Vec<wrk::Outcome>> = vec![Vec::new(); ROWS.len()];
+    for round in 0..args.rounds {
+        for (i, row) in ROWS.iter().enumerate().filter(|(_, r)| r.latency) {
+            let Ok((url, cookie)) = load_of(row) else {
+                continue;
+            };
+            let load = wrk::Load {
+                url,
+                cookie,
+                threads: 2,
+                connections: latency_connections,
+                duration,
+                think_ms: Some(think_ms),
+            };
+            let outcome = wrk::run(&load, world.dir.path(), &format!("latency-{i}"))?;
+            println!(
+                "bench: latency round {} {:<32} {:>9.0} req/s p99 {:>7.0} µs",
+                round + 1,
+                row.name,
+                outcome.rps,
+                outcome.p99_us
+            );
+            latency[i].push(outcome);
+        }
+    }
+    let latency: Vec<Option<wrk::Outcome>> = latency.iter().map(|o| report::median(o)).collect();
+
+    // Logins per second through the memory-store gateway, mock without and with latency.
+    let main_variant = Variant {
+        store: Store::Memory,
+        algorithm: "HS256",
+        campaigns: 0,
+    };
+    let logins = match gateways.get(&main_variant) {
+        Some(Ok((gw, _))) => runtime.block_on(login_rates(&gw.origin(), world.mock.1, duration))?,
+        _ => Vec::new(),
+    };
+    drop(gateways);
+
+    // Memory of a fresh gateway: idle, then holding idle keep-alive connections.
+    let memory = runtime.block_on(gateway_memory(&setup, main_variant, args.idle_connections))?;
+    println!(
+        "bench: filling a memory store with {} sessions",
+        args.sessions
+    );
+    let sessions = memory::measure_sessions(args.sessions)?;
+
+    let results = report::Results {
+        machine,
+        machine_after: report::Machine::now(),
+        command: user_args(),
+        duration,
+        rounds: args.rounds,
+        connections: args.connections,
+        rows: ROWS,
+        peak,
+        skipped,
+        latency,
+        rate,
+        latency_connections,
+        think_ms,
+        logins,
+        memory,
+        sessions,
+    };
+    let text = results.markdown();
+    println!("\n{text}");
+    if args.quick {
+        println!("bench: --quick, {} left alone", args.out.display());
+    } else {
+        report::write_section(&args.out, &text)?;
+        println!("bench: written to {}", args.out.display());
+    }
+    Ok(())
+}
+
+/// The flags the user gave `bench/run` (without those `bench/run` and `cargo bench` add).
+fn user_args() -> String {
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bench" => {}
+            "--wxgate" => {
+                args.next();
+            }
+            _ => out.push(arg),
+        }
+    }
+    out.join(" ")
+}
+
+/// The path a variant's login lands on (the 1 000-route variant logs in on a campaign).
+fn login_path(variant: Variant) -> &'static str {
+    ROWS.iter()
+        .find_map(|r| match r.target {
+            Target::Gateway {
+                variant: v,
+                path,
+                logged_in: true,
+            } if v == variant => Some(path),
+            _ => None,
+        })
+        .unwrap_or(APP_PATH)
+}
+
+async fn set_mock_latency(mock: SocketAddr, ms: u64) -> Result<(), String> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{mock}/_mock/faults"))
+        .body(format!("{{\"latency_ms\": {ms}}}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("/_mock/faults answered {}", response.status()))
+    }
+}
+
+const LOGIN_USERS: &[&str] = &["lilei", "hanmeimei", "bell", "laowang"];
+
+async fn login_rates(
+    origin: &str,
+    mock: SocketAddr,
+    duration: Duration,
+) -> Result<Vec<report::Logins>, String> {
+    let mut out = Vec::new();
+    for (latency_ms, concurrency) in [(0, 32), (100, 25), (100, 100)] {
+        set_mock_latency(mock, latency_ms).await?;
+        let rate = login::rate(origin, APP_PATH, concurrency, duration, LOGIN_USERS).await;
+        println!(
+            "bench: logins, mock latency {latency_ms} ms, {concurrency} browsers: {:.0}/s ({} failed)",
+            rate.per_second, rate.failed
+        );
+        out.push(report::Logins { latency_ms, rate });
+    }
+    set_mock_latency(mock, 0).await?;
+    Ok(out)
+}
+
+async fn gateway_memory(
+    setup: &Setup<'_>,
+    variant: Variant,
+    connections: usize,
+) -> Result<report::GatewayMemory, String> {
+    let gw = gateway::start(setup, variant, "gw-memory").map_err(|e| format!("{e:?}"))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_kib = gw.proc.rss_kib().ok_or("no RSS")?;
+    let client = login::client();
+    login::login(&client, &gw.origin(), APP_PATH, Some("lilei")).await?;
+    // Fill the upstream pool first (the measured connections open 256 at a time), so the
+    // figure is the client connections' own and not the pool's.
+    let (warm, _) = memory::hold_idle(gw.addr, PUBLIC_PATH, 512).await?;
+    drop(warm);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_kib = gw.proc.rss_kib().ok_or("no RSS")?;
+    println!("bench: opening {connections} idle keep-alive connections");
+    let (held, ok) = memory::hold_idle(gw.addr, PUBLIC_PATH, connections).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let with_kib = gw.proc.rss_kib().ok_or("no RSS")?;
+    let open = open_connections(gw.admin).await.unwrap_or(-1);
+    drop(held);
+    Ok(report::GatewayMemory {
+        idle_kib,
+        before_kib,
+        with_kib,
+        connections,
+        answered: ok,
+        gauge: open,
+    })
+}
+
+/// `wxgate_open_connections` from the admin listener: the gateway's own count.
+async fn open_connections(admin: SocketAddr) -> Option<i64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("wxgate_open_connections "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn profile_cases(setup: &Setup<'_>, args: &Args) -> Result<(), String> {
+    let hs = Variant {
+        store: Store::Memory,
+        algorithm: "HS256",
+        campaigns: 0,
+    };
+    let es = Variant {
+        algorithm: "ES256",
+        ..hs
+    };
+    let many = Variant {
+        campaigns: 1000,
+        ..hs
+    };
+    let cases = [
+        (hs, PUBLIC_PATH, false, "public"),
+        (hs, APP_PATH, true, "logged-in-hs256"),
+        (es, APP_PATH, true, "logged-in-es256"),
+        (many, "/campaign/737/", true, "logged-in-1000-routes"),
+    ];
+    println!(
+        "bench: callgrind, {} requests per case (instructions per request, load-independent)",
+        args.profile_requests
+    );
+    for (variant, path, logged_in, label) in cases {
+        if args
+            .profile_only
+            .as_deref()
+            .is_some_and(|only| only != label)
+        {
+            continue;
+        }
+        let p = profile::profile(
+            setup,
+            variant,
+            path,
+            logged_in,
+            args.profile_requests,
+            label,
+        )
+        .await?;
+        println!(
+            "| {} | {:.0} | {} |",
+            p.label,
+            p.instructions_per_request,
+            p.annotated.display()
+        );
+    }
+    Ok(())
+}
