@@ -488,36 +488,6 @@ fn latency_histogram() -> LatencyHistogram {
     LatencyHistogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latency_histogram_encodes_cumulative_buckets_sum_and_count() {
-        let mut registry = Registry::default();
-        let histogram = LatencyHistogram::new([0.001, 0.01, 0.1]);
-        registry.register("latency", "test", histogram.clone());
-        for ms in [0, 1, 5, 50, 50, 2000] {
-            histogram.observe(Duration::from_millis(ms));
-        }
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        for line in [
-            "latency_bucket{le=\"0.001\"} 2",
-            "latency_bucket{le=\"0.01\"} 3",
-            "latency_bucket{le=\"0.1\"} 5",
-            "latency_bucket{le=\"+Inf\"} 6",
-            "latency_count 6",
-            "latency_sum 2.106",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line} missing from\n{text}"
-            );
-        }
-    }
-}
-
 /// A session store that times every call into [`StoreMetrics`]; the gateway puts it around
 /// whichever backend is configured.
 pub struct MeteredStore {
@@ -599,5 +569,35 @@ impl SessionStore for MeteredStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.timed("ping", self.inner.ping())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_encodes_cumulative_buckets_sum_and_count() {
+        let mut registry = Registry::default();
+        let histogram = LatencyHistogram::new([0.001, 0.01, 0.1]);
+        registry.register("latency", "test", histogram.clone());
+        for ms in [0, 1, 5, 50, 50, 2000] {
+            histogram.observe(Duration::from_millis(ms));
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "latency_bucket{le=\"0.001\"} 2",
+            "latency_bucket{le=\"0.01\"} 3",
+            "latency_bucket{le=\"0.1\"} 5",
+            "latency_bucket{le=\"+Inf\"} 6",
+            "latency_count 6",
+            "latency_sum 2.106",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }
