@@ -52,6 +52,8 @@ async fn world() -> World {
         url::Url::parse(&format!("http://{mock}/connect/oauth2/authorize")).unwrap();
     config.wechat.api_base = url::Url::parse(&format!("http://{mock}")).unwrap();
     config.session.store = wxgate::config::StoreKind::Memory;
+    // The 200 visitors all come from 127.0.0.1: one client to the per-client login rate.
+    config.server.limits.login_rate = 0;
     config.session.cookie_secure = false;
     config.session.secret =
         wxgate::config::Secret::new("load-session-secret-0123456789-abcdefghij");
