@@ -9,67 +9,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use support::upstream::Upstream;
+use support::wechat::{WECHAT_UA, World, world_with};
 use tokio::sync::Barrier;
-use wxgate::config::{Config, Scope};
-use wxgate::mock::{MockConfig, MockWeChat};
+use wxgate::config::Scope;
 
 const USERS: usize = 200;
 /// Requests each visitor makes after the one its login lands on.
 const REQUESTS_AFTER_LOGIN: usize = 5;
 const IDENTITY_SECRET: &str = "load-identity-secret-0123456789-abcdefghij";
-const WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 \
-    (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47(0x18002f2c) NetType/WIFI Language/zh_CN";
-
-struct World {
-    gw: wxgate::server::Running,
-    up: Upstream,
-    mock: std::net::SocketAddr,
-    origin: String,
-}
-
+/// The shared login world (`support::wechat`), with the `/app/` route the visitors browse
+/// and no per-client login rate: all 200 visitors come from 127.0.0.1.
 async fn world() -> World {
-    let up = Upstream::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock = listener.local_addr().unwrap();
-    let mock_config = MockConfig {
-        auto_consent: true,
-        ..MockConfig::default()
-    };
-    tokio::spawn(MockWeChat::new(mock_config.clone()).serve(listener, std::future::pending()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let origin = format!("http://127.0.0.1:{port}");
-    let mut config: Config = support::config_with_routes(&[]);
-    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    config.server.public_url = Some(url::Url::parse(&origin).unwrap());
-    config.wechat.appid = mock_config.appid.clone();
-    config.wechat.secret = mock_config.secret.clone();
-    config.wechat.authorize_url =
-        url::Url::parse(&format!("http://{mock}/connect/oauth2/authorize")).unwrap();
-    config.wechat.api_base = url::Url::parse(&format!("http://{mock}")).unwrap();
-    config.session.store = wxgate::config::StoreKind::Memory;
-    // The 200 visitors all come from 127.0.0.1: one client to the per-client login rate.
-    config.server.limits.login_rate = 0;
-    config.session.cookie_secure = false;
-    config.session.secret =
-        wxgate::config::Secret::new("load-session-secret-0123456789-abcdefghij");
-    config.identity.algorithm = wxgate::identity::Algorithm::HS256;
-    config.identity.secret = wxgate::config::Secret::new(IDENTITY_SECRET);
-    config.identity.key_file = None;
-    config
-        .routes
-        .push(support::route("/app/", up.addr, Scope::SnsapiUserinfo));
-    let gw = support::start(&config).await;
-    World {
-        gw,
-        up,
-        mock,
-        origin,
-    }
+    world_with(|_, config| {
+        config.server.limits.login_rate = 0;
+        config.identity.secret = wxgate::config::Secret::new(IDENTITY_SECRET);
+        let up = config.routes[0].upstream.socket_addrs(|| None).unwrap()[0];
+        config
+            .routes
+            .push(support::route("/app/", up, Scope::SnsapiUserinfo));
+    })
+    .await
 }
 
 /// Creates mock user `load-N` and returns its openid.
