@@ -2,6 +2,8 @@
 //!
 //! A request's whole life is in `gate`; every other module owns one concept of the domain.
 #![forbid(unsafe_code)]
+// Outside tests nothing may panic on a value: input and I/O errors are typed and answered.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod body;
 pub mod cli;
