@@ -2,9 +2,7 @@
 //! identity the way a production upstream should — verifying the JWT with the gateway's
 //! published JWKS (or the shared HS256 secret) — and answers with the page of `page.rs`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,10 +10,6 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -28,7 +22,6 @@ use crate::identity::{
 /// The page loads nothing but the avatar and runs no script.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; img-src http: https: data:; \
 style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the upstream checks the identity JWT.
 pub enum Verifier {
@@ -222,37 +215,14 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
 
 /// Serves the app until `shutdown` turns true, then lets open connections finish briefly.
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "demo upstream: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    crate::server::plain::serve(listener, stop, "demo upstream", move |request| {
         let app = Arc::clone(&app);
-        let service = service_fn(move |request| {
-            let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(app.answer(&request).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "demo upstream: connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+        async move { app.answer(&request).await }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ mod store;
 mod users;
 mod wire;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,10 +18,6 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::wechat::Secret;
@@ -37,8 +32,6 @@ use wire::Body;
 
 pub const DEFAULT_APPID: &str = "wx2ebfe5f20389c64a";
 pub const DEFAULT_SECRET: &str = "mock-secret-5b2c8e1f7a9d4c3e0f6a";
-/// How long shutdown waits for open connections (a hanging fault never finishes).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Command-line flags of `wxgate mock-wechat`.
 #[derive(Debug, Clone, clap::Args)]
@@ -233,39 +226,12 @@ impl MockWeChat {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let graceful = GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
-        tokio::pin!(shutdown);
-        loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, "mock WeChat: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let shared = Arc::clone(&self.shared);
-            let service = service_fn(move |request| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(&shared, request).await) }
-            });
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "mock WeChat: connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+        let shared = Arc::clone(&self.shared);
+        crate::server::plain::serve(listener, shutdown, "mock WeChat", move |request| {
+            let shared = Arc::clone(&shared);
+            async move { route(&shared, request).await }
+        })
+        .await;
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod idle;
+pub mod plain;
 pub mod reload;
 pub mod tls;
 
