@@ -6,9 +6,8 @@ mod support;
 
 use std::net::SocketAddr;
 
-use support::wechat::{WECHAT_UA, World, browser, follow, world_with};
+use support::wechat::{WECHAT_UA, World, browser, follow, last_identity, world_with};
 use wxgate::config::{AppConfig, Scope};
-use wxgate::identity::{Algorithm, KeySet, KeySource};
 use wxgate::mock::{MockConfig, MockWeChat};
 
 const APP_B: &str = "wx0000000000b2b2b2";
@@ -50,23 +49,6 @@ async fn two_apps() -> (World, SocketAddr) {
     (w, mock_b)
 }
 
-fn claims_of_last(w: &World) -> wxgate::identity::Claims {
-    let token = w.up.last().headers["x-wechat-identity"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let keys = KeySet::load(
-        &KeySource {
-            algorithm: Algorithm::HS256,
-            key_file: None,
-            secret: Some("test-identity-secret-0123456789-abcdefghij".into()),
-        },
-        &[],
-    )
-    .unwrap();
-    keys.verify(&token, "wxgate", "wxgate-upstream").unwrap()
-}
-
 #[tokio::test]
 async fn each_app_logs_its_visitors_in_with_its_own_account() {
     let (w, mock_b) = two_apps().await;
@@ -74,7 +56,7 @@ async fn each_app_logs_its_visitors_in_with_its_own_account() {
 
     let (_, last) = follow(&b, &format!("{}/vip/a", w.origin)).await;
     assert_eq!(last.status(), 200);
-    let a = claims_of_last(&w);
+    let a = last_identity(&w);
     assert_eq!(a.appid, wxgate::mock::MockConfig::default().appid);
 
     // Logged in to [wechat] is not logged in to brand-b: its own authorize, appid, callback.
@@ -98,7 +80,7 @@ async fn each_app_logs_its_visitors_in_with_its_own_account() {
     let (hops, last) = follow(&b, &format!("{}/b/page?x=1", w.origin)).await;
     assert_eq!(last.status(), 200, "{hops:?}");
     assert_eq!(hops.last().unwrap(), "/b/page?x=1");
-    let bee = claims_of_last(&w);
+    let bee = last_identity(&w);
     assert_eq!(bee.appid, APP_B);
     assert_ne!(bee.openid, a.openid, "openids are per Official Account");
 
@@ -107,7 +89,7 @@ async fn each_app_logs_its_visitors_in_with_its_own_account() {
         .send()
         .await
         .unwrap();
-    assert_eq!(claims_of_last(&w).appid, a.appid);
+    assert_eq!(last_identity(&w).appid, a.appid);
     let me: serde_json::Value = b
         .get(format!("{}/_wxgate/me?app=brand-b", w.origin))
         .send()

@@ -5,8 +5,9 @@
 mod support;
 
 use support::nginx::{self, Nginx};
-use support::wechat::{DESKTOP_UA, WECHAT_UA, World, browser, follow, free_port, world_with};
-use wxgate::identity::{Algorithm, KeySet, KeySource};
+use support::wechat::{
+    DESKTOP_UA, WECHAT_UA, World, browser, follow, free_port, verify_identity, world_with,
+};
 
 /// The deploy example with this test's addresses in place of the documented ones.
 fn example_config(w: &World, listen: std::net::SocketAddr) -> String {
@@ -50,18 +51,6 @@ fn trust_the_proxy(config: &mut wxgate::config::Config) {
     config.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
 }
 
-fn verify(token: &str) -> wxgate::identity::Claims {
-    let source = KeySource {
-        algorithm: Algorithm::HS256,
-        key_file: None,
-        secret: Some("test-identity-secret-0123456789-abcdefghij".into()),
-    };
-    KeySet::load(&source, &[])
-        .unwrap()
-        .verify(token, "wxgate", "wxgate-upstream")
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_login_through_nginx_reaches_the_app_with_a_verified_identity() {
     let Some((w, ng)) = nginx_in_front().await else {
@@ -83,7 +72,7 @@ async fn a_login_through_nginx_reaches_the_app_with_a_verified_identity() {
         seen.uri,
         "/activity/spring.html?from=singlemessage&isappinstalled=0"
     );
-    let claims = verify(seen.headers["x-wechat-identity"].to_str().unwrap());
+    let claims = verify_identity(seen.headers["x-wechat-identity"].to_str().unwrap());
     assert_eq!(claims.scope, "snsapi_userinfo");
     assert_eq!(seen.headers["x-wechat-openid"], claims.openid.as_str());
     assert!(claims.nickname.is_some());
@@ -103,7 +92,7 @@ async fn a_login_through_nginx_reaches_the_app_with_a_verified_identity() {
         assert_ne!(value, "forged", "{name} got through nginx");
     }
     assert_eq!(
-        verify(seen.headers["x-wechat-identity"].to_str().unwrap()).openid,
+        verify_identity(seen.headers["x-wechat-identity"].to_str().unwrap()).openid,
         claims.openid
     );
 
@@ -208,7 +197,7 @@ async fn the_auth_endpoint_answers_200_with_identity_or_401() {
         .await
         .unwrap();
     assert_eq!(granted.status(), 200);
-    let claims = verify(granted.headers()["x-wechat-identity"].to_str().unwrap());
+    let claims = verify_identity(granted.headers()["x-wechat-identity"].to_str().unwrap());
     assert_eq!(claims.scope, "snsapi_base");
     assert_eq!(granted.headers()["cache-control"], "no-store");
     let stronger = b

@@ -4,7 +4,7 @@
 mod support;
 
 use support::wechat::{
-    DESKTOP_UA, WECHAT_UA, browser, browser_with_jar, follow, mock_stats, world,
+    DESKTOP_UA, WECHAT_UA, browser, browser_with_jar, follow, mock_stats, verify_identity, world,
 };
 
 #[tokio::test]
@@ -52,13 +52,7 @@ async fn base_login_lands_on_the_exact_url_with_a_verified_identity() {
         .unwrap();
     assert_eq!(jwks.status(), 200);
     // HS256 keys are never published: verify with the shared secret instead.
-    let source = wxgate::identity::KeySource {
-        algorithm: wxgate::identity::Algorithm::HS256,
-        key_file: None,
-        secret: Some("test-identity-secret-0123456789-abcdefghij".into()),
-    };
-    let keys = wxgate::identity::KeySet::load(&source, &[]).unwrap();
-    let claims = keys.verify(&token, "wxgate", "wxgate-upstream").unwrap();
+    let claims = verify_identity(&token);
     assert_eq!(claims.scope, "snsapi_base");
     assert_eq!(
         seen.headers["x-wechat-openid"].to_str().unwrap(),

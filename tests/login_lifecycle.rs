@@ -6,30 +6,14 @@ mod support;
 
 use std::time::Duration;
 
-use support::wechat::{WECHAT_UA, World, browser, follow, mock_stats, world, world_with};
+use support::wechat::{
+    WECHAT_UA, World, browser, follow, last_identity, mock_stats, world, world_with,
+};
 use wxgate::config::Scope;
-use wxgate::identity::{Algorithm, Claims, KeySet, KeySource};
+use wxgate::identity::Algorithm;
 
 const WECOM_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 \
     (KHTML, like Gecko) Mobile/15E148 wxwork/4.1.22 MicroMessenger/7.0.1 Language/zh ColorScheme/Light";
-
-fn hs256_keys() -> KeySet {
-    let source = KeySource {
-        algorithm: Algorithm::HS256,
-        key_file: None,
-        secret: Some("test-identity-secret-0123456789-abcdefghij".into()),
-    };
-    KeySet::load(&source, &[]).unwrap()
-}
-
-/// The claims of the identity the upstream received last.
-fn last_identity(w: &World) -> Claims {
-    let seen = w.up.last();
-    let token = seen.headers["x-wechat-identity"].to_str().unwrap();
-    hs256_keys()
-        .verify(token, "wxgate", "wxgate-upstream")
-        .unwrap()
-}
 
 async fn mock_post(w: &World, path: &str, body: serde_json::Value) {
     let resp = reqwest::Client::new()

@@ -11,6 +11,27 @@ pub const WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS
     (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47(0x18002f2c) NetType/WIFI Language/zh_CN";
 pub const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
 
+/// The HS256 secret the world signs identities with.
+pub const IDENTITY_SECRET: &str = "test-identity-secret-0123456789-abcdefghij";
+
+/// The claims of `token`, verified as an upstream would with the world's shared secret.
+pub fn verify_identity(token: &str) -> wxgate::identity::Claims {
+    let source = wxgate::identity::KeySource {
+        algorithm: wxgate::identity::Algorithm::HS256,
+        key_file: None,
+        secret: Some(IDENTITY_SECRET.into()),
+    };
+    wxgate::identity::KeySet::load(&source, &[])
+        .unwrap()
+        .verify(token, "wxgate", "wxgate-upstream")
+        .unwrap()
+}
+
+/// The verified identity of the last request that reached the world's upstream.
+pub fn last_identity(w: &World) -> wxgate::identity::Claims {
+    verify_identity(w.up.last().headers["x-wechat-identity"].to_str().unwrap())
+}
+
 pub struct World {
     pub gw: wxgate::server::Running,
     pub up: Upstream,
@@ -57,8 +78,7 @@ pub async fn world_with(tune: impl FnOnce(&mut MockConfig, &mut Config)) -> Worl
     config.session.secret =
         wxgate::config::Secret::new("test-session-secret-0123456789-abcdefghij");
     config.identity.algorithm = wxgate::identity::Algorithm::HS256;
-    config.identity.secret =
-        wxgate::config::Secret::new("test-identity-secret-0123456789-abcdefghij");
+    config.identity.secret = wxgate::config::Secret::new(IDENTITY_SECRET);
     config.identity.key_file = None;
     config.identity.plain_headers = true;
     config
