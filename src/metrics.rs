@@ -151,6 +151,7 @@ pub struct LoginMetrics {
     completed: Family<ScopeLabel, Counter>,
     failed: Family<ReasonLabel, Counter>,
     refreshes: Family<ResultLabel, Counter>,
+    rate_limited: Family<WhatLabel, Counter>,
     sessions_active: Gauge,
 }
 
@@ -174,6 +175,11 @@ impl LoginMetrics {
     /// A background profile refresh ended: `ok`, `dead_grant` or `failed`.
     pub fn refreshed(&self, result: &'static str) {
         self.refreshes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// A login start or callback refused by the per-client rate: `login` or `callback`.
+    pub fn rate_limited(&self, what: &'static str) {
+        self.rate_limited.get_or_create(&WhatLabel { what }).inc();
     }
 
     pub fn set_sessions_active(&self, count: u64) {
@@ -227,7 +233,6 @@ pub struct Metrics {
     pub login: LoginMetrics,
     pub wechat: WeChatMetrics,
     pub store: StoreMetrics,
-    rate_limited: Family<WhatLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabel, LatencyHistogram>,
@@ -295,6 +300,11 @@ impl Metrics {
                 "profile_refreshes",
                 "Background profile refreshes through the refresh_token, by result",
             ),
+            rate_limited: registered(
+                &mut registry,
+                "rate_limited",
+                "Requests refused by a rate limit, by what was limited",
+            ),
             sessions_active: Gauge::default(),
         };
         registry.register(
@@ -328,17 +338,12 @@ impl Metrics {
             "Time of one session store call, by operation",
             store.latency.clone(),
         );
-        let rate_limited = registered(
-            &mut registry,
-            "rate_limited",
-            "Requests refused by a rate limit, by what was limited",
-        );
         let reloads = registered(
             &mut registry,
             "config_reloads",
             "Configuration reloads, by result (ok, refused)",
         );
-        zero_series(&login, &wechat, &store, &rate_limited, &reloads);
+        zero_series(&login, &wechat, &store, &reloads);
         let unrouted = series_for(&requests, &latency, "-");
         let endpoints = series_for(&requests, &latency, "_wxgate");
         Arc::new(Self {
@@ -347,7 +352,6 @@ impl Metrics {
             login,
             wechat,
             store,
-            rate_limited,
             reloads,
             requests,
             latency,
@@ -366,11 +370,6 @@ impl Metrics {
                 .collect(),
             unrouted: self.unrouted.clone(),
         }
-    }
-
-    /// A request refused by a rate limit (`login`, `callback`, …).
-    pub fn rate_limited(&self, what: &'static str) {
-        self.rate_limited.get_or_create(&WhatLabel { what }).inc();
     }
 
     /// A configuration reload: `ok` or `refused`.
@@ -423,7 +422,6 @@ fn zero_series(
     login: &LoginMetrics,
     wechat: &WeChatMetrics,
     store: &StoreMetrics,
-    rate_limited: &Family<WhatLabel, Counter>,
     reloads: &Family<ResultLabel, Counter>,
 ) {
     for scope in ["snsapi_base", "snsapi_userinfo"] {
@@ -461,7 +459,7 @@ fn zero_series(
         let _ = store.latency.get_or_create(&OpLabel { op });
     }
     for what in ["login", "callback"] {
-        let _ = rate_limited.get_or_create(&WhatLabel { what });
+        let _ = login.rate_limited.get_or_create(&WhatLabel { what });
     }
     for result in ["ok", "refused"] {
         let _ = reloads.get_or_create(&ResultLabel { result });

@@ -382,7 +382,7 @@ impl Login {
         scope: AuthScope,
     ) -> Response<Body> {
         let headers = request.headers();
-        if let Some(limited) = self.over_rate(request) {
+        if let Some(limited) = self.over_rate(request, "login") {
             return limited;
         }
         let now = SystemTime::now();
@@ -407,7 +407,7 @@ impl Login {
 
     /// Counts a login start or callback against the client's rate; `Some` is the 429 to
     /// answer with.
-    fn over_rate<B>(&self, request: &Request<B>) -> Option<Response<Body>> {
+    fn over_rate<B>(&self, request: &Request<B>, what: &'static str) -> Option<Response<Body>> {
         let throttle = self.throttle.as_ref()?;
         // The gate always sets it; without it every caller shares the unspecified address.
         let ip = request
@@ -415,7 +415,8 @@ impl Login {
             .get::<ClientIp>()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0);
         let wait = throttle.check(ip).err()?;
-        tracing::info!(client = %ip, "login rate exceeded");
+        tracing::info!(client = %ip, what, "login rate exceeded");
+        self.metrics.rate_limited(what);
         Some(pages::respond(
             &pages::Failure::TooManyRequests(retry_after_secs(wait)),
             request.headers(),
@@ -461,7 +462,7 @@ impl Login {
                 .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return r;
         }
-        if let Some(limited) = self.over_rate(request) {
+        if let Some(limited) = self.over_rate(request, "callback") {
             return limited;
         }
         let Some(CallbackQuery { state, code }) = CallbackQuery::parse(request.uri().query())
@@ -661,7 +662,7 @@ impl Login {
         // `begin` redirects it, anything else here.
         let client = self.clients.classify(request.method(), request.headers());
         if client.wants_json || !client.is_wechat_browser {
-            if let Some(limited) = self.over_rate(request) {
+            if let Some(limited) = self.over_rate(request, "login") {
                 return limited;
             }
         }
