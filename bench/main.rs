@@ -59,6 +59,13 @@ struct Args {
     /// Only the memory figures (gateway idle, per connection, per session); writes nothing.
     #[arg(long)]
     memory_only: bool,
+    /// Only the peak throughput of the rows, with ratios; writes nothing (for quick comparisons
+    /// while changing the hot path).
+    #[arg(long)]
+    peak_only: bool,
+    /// Only the rows whose name contains this text (repeatable); nginx's rows always run.
+    #[arg(long = "row")]
+    rows: Vec<String>,
     /// Instead of the comparison: instructions per request under callgrind.
     #[arg(long)]
     profile: bool,
@@ -74,6 +81,15 @@ struct Args {
     mode: Option<String>,
     #[arg(hide = true)]
     count: Option<u64>,
+}
+
+impl Args {
+    /// Whether `row` runs: every row without `--row`; the nginx rows always, for the ratios.
+    fn selects(&self, row: &Row) -> bool {
+        matches!(row.target, Target::Origin | Target::NginxProxy)
+            || self.rows.is_empty()
+            || self.rows.iter().any(|r| row.name.contains(r.as_str()))
+    }
 }
 
 fn main() -> ExitCode {
@@ -185,7 +201,7 @@ fn run(args: &Args) -> Result<(), String> {
     // One gateway per variant the rows name, logged in once where a row needs a session.
     let mut gateways: HashMap<Variant, Result<(Gateway, Option<String>), Unavailable>> =
         HashMap::new();
-    for row in ROWS {
+    for row in ROWS.iter().filter(|r| args.selects(r)) {
         let Target::Gateway { variant, .. } = row.target else {
             continue;
         };
@@ -234,12 +250,17 @@ fn run(args: &Args) -> Result<(), String> {
     let mut peak: Vec<Vec<wrk::Outcome>> = vec![Vec::new(); ROWS.len()];
     let mut skipped: Vec<Option<String>> = vec![None; ROWS.len()];
     for (i, row) in ROWS.iter().enumerate() {
-        if let Err(e) = load_of(row) {
+        if !args.selects(row) {
+            skipped[i] = Some("not selected (--row)".into());
+        } else if let Err(e) = load_of(row) {
             skipped[i] = Some(e);
         }
     }
     println!("bench: warm-up");
     for (i, row) in ROWS.iter().enumerate() {
+        if skipped[i].is_some() {
+            continue;
+        }
         if let Ok((url, cookie)) = load_of(row) {
             let warm = wrk::Load {
                 url,
@@ -254,6 +275,9 @@ fn run(args: &Args) -> Result<(), String> {
     }
     for round in 0..args.rounds {
         for (i, row) in ROWS.iter().enumerate() {
+            if skipped[i].is_some() {
+                continue;
+            }
             let Ok((url, cookie)) = load_of(row) else {
                 continue;
             };
@@ -278,6 +302,10 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     let peak: Vec<Option<wrk::Outcome>> = peak.iter().map(|o| report::median(o)).collect();
+    if args.peak_only {
+        print_peak(&peak);
+        return Ok(());
+    }
 
     // Latency at one fixed rate for every row: half of nginx's peak.
     let nginx_peak = ROWS
@@ -290,7 +318,11 @@ fn run(args: &Args) -> Result<(), String> {
     let latency_connections = ((rate * f64::from(think_ms) / 1000.0).round() as u32).max(2);
     let mut latency: Vec<Vec<wrk::Outcome>> = vec![Vec::new(); ROWS.len()];
     for round in 0..args.rounds {
-        for (i, row) in ROWS.iter().enumerate().filter(|(_, r)| r.latency) {
+        for (i, row) in ROWS
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.latency && args.selects(r))
+        {
             let Ok((url, cookie)) = load_of(row) else {
                 continue;
             };
@@ -362,6 +394,25 @@ fn run(args: &Args) -> Result<(), String> {
         println!("bench: written to {}", args.out.display());
     }
     Ok(())
+}
+
+/// The median requests/s of each row that ran and its ratio to the nginx proxy.
+fn print_peak(peak: &[Option<wrk::Outcome>]) {
+    let nginx = ROWS
+        .iter()
+        .position(|r| matches!(r.target, Target::NginxProxy))
+        .and_then(|i| peak[i])
+        .map_or(f64::NAN, |o| o.rps);
+    for (row, outcome) in ROWS.iter().zip(peak) {
+        if let Some(o) = outcome {
+            println!(
+                "bench: {:<40} {:>9.0} req/s {:>5.2}x nginx",
+                row.name,
+                o.rps,
+                o.rps / nginx
+            );
+        }
+    }
 }
 
 /// The flags the user gave `bench/run` (without those `bench/run` and `cargo bench` add).

@@ -4,10 +4,11 @@
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+
+use crate::proxy::PooledBody;
 
 /// What the gateway answers a client with.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<PooledBody, Full<Bytes>>;
 
 /// A body the gateway wrote itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

@@ -31,6 +31,8 @@ const X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwa
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The worker thread serving the connection (0 without workers).
+    pub worker: usize,
 }
 
 /// Everything a request needs, built once from the configuration.
@@ -88,7 +90,7 @@ impl Gate {
         let routes = RouteTable::from_config(config)?;
         let logins = Logins::build(config, &metrics, sessions)?;
         Ok(Self {
-            proxy: Proxy::new(&config.upstream),
+            proxy: Proxy::new(&config.upstream, config.server.worker_count()),
             route_metrics: metrics.for_routes(&routes),
             metrics,
             routes,
@@ -224,7 +226,7 @@ impl Gate {
                     }
                 }
                 Access::Anonymous => {}
-                Access::Respond(response) => return (Target::Route(route), Ok(response)),
+                Access::Respond(response) => return (Target::Route(route), Ok(*response)),
             }
         }
         for login in self.logins.iter().flat_map(Logins::all) {
@@ -243,7 +245,13 @@ impl Gate {
         let request = request.map(|body| Limited::new(body, self.body_limit()));
         let mut result = self
             .proxy
-            .forward(request, route, path.as_str(), peer, client_upgrade)
+            .forward(
+                request,
+                route,
+                path.as_str(),
+                (peer, conn.worker),
+                client_upgrade,
+            )
             .await;
         if let Ok(response) = &mut result {
             for login in self.logins.iter().flat_map(Logins::all) {

@@ -118,8 +118,21 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Threads serving client connections, each with its own event loop and upstream
+    /// connections; `0`: one per CPU core.
+    pub workers: usize,
     /// Request size and time limits.
     pub limits: LimitsConfig,
+}
+
+impl ServerConfig {
+    /// The worker threads `workers` asks for: one per CPU core when 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -131,6 +144,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             websocket_origins: Vec::new(),
             drain_timeout: Duration::from_secs(30),
+            workers: 0,
             limits: LimitsConfig::default(),
         }
     }

@@ -69,8 +69,15 @@ pub enum Access {
     Granted(Vec<(HeaderName, HeaderValue)>),
     /// Forward it without identity (`non_wechat = "anonymous"`).
     Anonymous,
-    /// Answer it here (redirect to WeChat, 401, QR page, error page).
-    Respond(Response<Body>),
+    /// Answer it here (redirect to WeChat, 401, QR page, error page). Boxed: the other
+    /// variants, one of which nearly every request gets, stay small.
+    Respond(Box<Response<Body>>),
+}
+
+impl Access {
+    fn respond(response: Response<Body>) -> Self {
+        Access::Respond(Box::new(response))
+    }
 }
 
 pub struct Login {
@@ -240,12 +247,12 @@ impl Login {
         };
         let session = match self.session_of(request.headers()).await {
             Ok(session) => session,
-            Err(response) => return Access::Respond(response),
+            Err(response) => return Access::respond(response),
         };
         if let Some((id, cached)) = &session {
             let s = &cached.session;
             if s.snapshot && !route.allow_snapshot {
-                return Access::Respond(message_page(
+                return Access::respond(message_page(
                     StatusCode::FORBIDDEN,
                     "请使用完整服务",
                     "This page needs your WeChat profile",
@@ -274,7 +281,7 @@ impl Login {
             Ok(headers) => Access::Granted(headers),
             Err(e) => {
                 tracing::error!(error = %e, "identity token could not be signed");
-                Access::Respond(pages::respond(
+                Access::respond(pages::respond(
                     &pages::Failure::Unavailable,
                     request.headers(),
                 ))
@@ -310,22 +317,22 @@ impl Login {
     ) -> Access {
         let client = self.clients.classify(request.method(), request.headers());
         if client.wants_json {
-            return Access::Respond(self.login_required(request.headers(), None));
+            return Access::respond(self.login_required(request.headers(), None));
         }
         if !client.is_wechat_browser {
             return match non_wechat {
                 NonWeChat::Anonymous => Access::Anonymous,
-                NonWeChat::Deny => Access::Respond(message_page(
+                NonWeChat::Deny => Access::respond(message_page(
                     StatusCode::FORBIDDEN,
                     "请在微信中打开",
                     "Open this page in WeChat",
                     "此页面仅支持在微信客户端内访问。",
                     None,
                 )),
-                NonWeChat::Qrcode => Access::Respond(self.qr_page(&return_url)),
+                NonWeChat::Qrcode => Access::respond(self.qr_page(&return_url)),
             };
         }
-        Access::Respond(self.begin(request, return_url, scope))
+        Access::respond(self.begin(request, return_url, scope))
     }
 
     /// 401 JSON for scripts, with the login URL a page's script can send the visitor to:
@@ -667,7 +674,7 @@ impl Login {
             }
         }
         match self.challenge(request, NonWeChat::Qrcode, scope, return_url) {
-            Access::Respond(response) => response,
+            Access::Respond(response) => *response,
             // Unreachable with Qrcode; a QR page of the home page is the safe answer.
             Access::Granted(_) | Access::Anonymous => self.qr_page(&home()),
         }
@@ -698,7 +705,7 @@ impl Login {
             if sufficient && !self.must_reauthorize(request, id, s) {
                 return match self.grant(request, cached) {
                     Access::Granted(headers) => identity_response(headers),
-                    Access::Respond(response) => response,
+                    Access::Respond(response) => *response,
                     Access::Anonymous => self.login_required(request.headers(), None),
                 };
             }
@@ -710,7 +717,7 @@ impl Login {
             if let Access::Respond(response) =
                 self.challenge(request, NonWeChat::Qrcode, scope, return_url)
             {
-                return response;
+                return *response;
             }
             return self.login_required(request.headers(), None);
         }

@@ -21,6 +21,9 @@ use crate::config::{Config, NonWeChat, RouteConfig, Scope};
 pub struct Upstream {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// Numbers the table's distinct upstreams from 0: routes to the same `scheme://authority`
+    /// share it, and with it their pooled connections, found by index rather than by hash.
+    pub id: usize,
 }
 
 /// One entry of the table, as the request path sees it.
@@ -124,8 +127,16 @@ fn is_protected(route: &Route) -> bool {
 impl RouteTable {
     pub fn from_config(config: &Config) -> Result<Self, RouteError> {
         let mut table = RouteTable::default();
+        let mut upstream_ids = HashMap::new();
         for (index, rc) in config.routes.iter().enumerate() {
-            let route = Arc::new(build_route(index, rc, config.upstream.timeout)?);
+            let mut route = build_route(index, rc, config.upstream.timeout)?;
+            let key = (
+                route.upstream.scheme.clone(),
+                route.upstream.authority.clone(),
+            );
+            let next = upstream_ids.len();
+            route.upstream.id = *upstream_ids.entry(key).or_insert(next);
+            let route = Arc::new(route);
             table.lenient.add(&route);
             let prefixes = match &route.host {
                 Some(h) => table.by_host.entry(h.clone()).or_default(),
@@ -221,7 +232,11 @@ fn build_route(
         label,
         host: rc.host.clone(),
         prefix: rc.path.clone(),
-        upstream: Upstream { scheme, authority },
+        upstream: Upstream {
+            scheme,
+            authority,
+            id: 0,
+        },
         scope: rc.scope,
         non_wechat: rc.non_wechat,
         allow_snapshot: rc.allow_snapshot,

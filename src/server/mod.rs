@@ -6,6 +6,7 @@ mod idle;
 pub mod plain;
 pub mod reload;
 pub mod tls;
+mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,6 +33,7 @@ use crate::session::StoreHealth;
 use admin::Admin;
 use idle::{Activity, Tracked};
 use reload::{LiveCert, LiveGate, ReloadError, Reloader};
+use workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,6 +47,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Gate(#[from] GateError),
+    #[error("server.workers: cannot start a worker thread: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Something that answers requests on a listener.
@@ -159,8 +163,18 @@ pub async fn start_with<H: Handler>(
             metrics.connection_closed()
         }
     });
-    let main = tokio::spawn(serve(listener, tls, handler, listen.clone(), Some(on_conn)));
-    let admin = tokio::spawn(serve(admin_listener, None, admin, listen, None));
+    let workers = Workers::start(config.server.worker_count()).map_err(StartError::Workers)?;
+    let main = tokio::spawn(serve(
+        listener,
+        tls,
+        handler,
+        listen.clone(),
+        Some(on_conn),
+        Some(workers),
+    ));
+    // The admin listener answers a scrape or a probe now and then: the accept loop's own
+    // runtime serves it.
+    let admin = tokio::spawn(serve(admin_listener, None, admin, listen, None, None));
     tracing::info!(%addr, %admin_addr, "wxgate listening");
     Ok(Running {
         addr,
@@ -264,12 +278,15 @@ struct Listen {
 }
 
 /// Accepts until shutdown, then waits for open connections to finish (up to `drain`).
+/// With `workers`, each connection is served on the next worker thread; without, on this
+/// runtime.
 async fn serve<H: Handler>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: Arc<H>,
     mut listen: Listen,
     on_conn: Option<ConnHook>,
+    mut workers: Option<Workers>,
 ) {
     let slots = Arc::new(Semaphore::new(listen.limits.max_connections));
     let builder = Arc::new(http_builder(&listen.limits));
@@ -304,11 +321,30 @@ async fn serve<H: Handler>(
         };
         let tls = tls.clone();
         let alive = alive.clone();
-        tokio::spawn(async move {
-            conn.run(stream, peer, tls).await;
-            drop(permit);
-            drop(alive);
-        });
+        let Some(workers) = workers.as_mut() else {
+            tokio::spawn(async move {
+                conn.run(stream, peer, tls, 0).await;
+                drop((permit, alive));
+            });
+            continue;
+        };
+        // The socket leaves this runtime's event loop and joins the worker's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "accepted connection unusable");
+                continue;
+            }
+        };
+        workers.dispatch(Box::new(move |worker| {
+            tokio::spawn(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => conn.run(stream, peer, tls, worker).await,
+                    Err(e) => tracing::debug!(error = %e, %peer, "accepted connection unusable"),
+                }
+                drop((permit, alive));
+            });
+        }));
     }
     drop(listener);
     drop(alive);
@@ -317,6 +353,9 @@ async fn serve<H: Handler>(
         .is_err()
     {
         tracing::warn!("drain timeout reached with connections still open");
+    }
+    if let Some(workers) = workers {
+        workers.stop().await;
     }
 }
 
@@ -347,26 +386,38 @@ struct Conn<H> {
 }
 
 impl<H: Handler> Conn<H> {
-    async fn run(self, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    async fn run(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        worker: usize,
+    ) {
         if let Some(hook) = &self.on_conn {
             hook(true);
         }
+        let info = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+            worker,
+        };
         match tls {
-            None => self.http(stream, ConnInfo { peer, tls: false }).await,
+            None => self.http(stream, info).await,
             // Boxed: the TLS states (handshake, rustls connection) are several KiB, and unboxed
             // they would size the task of every plain connection too, for its whole life.
-            Some(acceptor) => Box::pin(self.https(stream, peer, acceptor)).await,
+            Some(acceptor) => Box::pin(self.https(stream, info, acceptor)).await,
         }
         if let Some(hook) = &self.on_conn {
             hook(false);
         }
     }
 
-    async fn https(&self, stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor) {
+    async fn https(&self, stream: TcpStream, info: ConnInfo, acceptor: TlsAcceptor) {
         let handshake =
             tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
+        let peer = info.peer;
         match handshake.await {
-            Ok(Ok(stream)) => self.http(stream, ConnInfo { peer, tls: true }).await,
+            Ok(Ok(stream)) => self.http(stream, info).await,
             Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }

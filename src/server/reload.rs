@@ -158,7 +158,7 @@ impl Reloader {
 
 /// The first key whose change a reload cannot apply: listeners are bound, the session store
 /// holds every visitor's session (and `session.secret` keys their cookies), and the limits
-/// size the accept loop.
+/// and workers size the accept loop.
 fn restart_only_change(running: &Config, next: &Config) -> Option<&'static str> {
     let (r, n) = (&running.server, &next.server);
     [
@@ -167,6 +167,7 @@ fn restart_only_change(running: &Config, next: &Config) -> Option<&'static str> 
         ("server.tls", r.tls.is_some() == n.tls.is_some()),
         ("server.limits", r.limits == n.limits),
         ("server.drain_timeout", r.drain_timeout == n.drain_timeout),
+        ("server.workers", r.workers == n.workers),
         ("session", running.session == next.session),
     ]
     .into_iter()

@@ -1,24 +1,26 @@
-//! Forwarding to upstreams: one pooled client, bodies streamed both ways, hop-by-hop headers
-//! removed, `X-Forwarded-*` set, and `Upgrade` requests (WebSocket) tunnelled once the
-//! upstream has said 101.
+//! Forwarding to upstreams: keep-alive connections per worker, bodies streamed both ways,
+//! hop-by-hop headers removed, `X-Forwarded-*` set, and `Upgrade` requests (WebSocket)
+//! tunnelled once the upstream has said 101.
+
+mod pool;
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::pages::Failure;
 use crate::route::Route;
+pub use pool::PooledBody;
+use pool::{Pool, SendError};
 
 /// The body sent upstream: the client's, cut off at `server.limits.max_body_bytes`.
 pub type UpstreamBody = Limited<Incoming>;
@@ -49,53 +51,46 @@ pub struct Peer {
     pub tls: bool,
 }
 
-#[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    pool: Arc<Pool>,
 }
 
 impl Proxy {
-    pub fn new(config: &UpstreamConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(https);
-        Self { client }
+    /// `workers`: the worker threads that will forward requests, each keeping its own
+    /// upstream connections.
+    pub fn new(config: &UpstreamConfig, workers: usize) -> Self {
+        Self {
+            pool: Pool::new(config, workers),
+        }
     }
 
-    /// Sends `request` to the route's upstream and returns its response, or the failure to show.
+    /// Sends `request` to the route's upstream and returns its response, or the failure to
+    /// show. `worker` is the worker thread serving the request: it lends the connection.
     pub async fn forward(
         &self,
         mut request: Request<UpstreamBody>,
         route: &Route,
         path: &str,
-        peer: Peer,
+        (peer, worker): (Peer, usize),
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, Failure> {
-        // HTTP/2 carries the host in the URI's authority; upstreams speak HTTP/1.1 and read `Host`.
-        if let (false, Some(authority)) = (
-            request.headers().contains_key(header::HOST),
-            request.uri().authority(),
-        ) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        if !request.headers().contains_key(header::HOST) {
+            // HTTP/2 carries the host in the URI's authority, and an HTTP/1.0 client may send
+            // none; upstreams speak HTTP/1.1, which requires `Host`.
+            let host = request
+                .uri()
+                .authority()
+                .unwrap_or(&route.upstream.authority);
+            if let Ok(host) = HeaderValue::from_str(host.as_str()) {
                 request.headers_mut().insert(header::HOST, host);
             }
         }
-        *request.uri_mut() = upstream_uri(route, path, request.uri())?;
+        *request.uri_mut() = origin_form(path, request.uri())?;
         *request.version_mut() = http::Version::HTTP_11;
         let upgrade = client_upgrade.is_some();
         prepare_request_headers(request.headers_mut(), peer, upgrade);
-        let sent = tokio::time::timeout(route.timeout, self.client.request(request)).await;
+        let sending = self.pool.send(&route.upstream, worker, request);
+        let sent = tokio::time::timeout(route.timeout, sending).await;
         let mut response = match sent {
             Err(_elapsed) => return Err(Failure::UpstreamTimeout),
             Ok(Err(e)) => return Err(classify(&e)),
@@ -114,19 +109,20 @@ impl Proxy {
     }
 }
 
-/// `scheme://upstream` + the normalised path + the query exactly as the client sent it.
-fn upstream_uri(route: &Route, path: &str, original: &Uri) -> Result<Uri, Failure> {
+/// The normalised path and the query exactly as the client sent it, in origin form
+/// (`/path?query`): what an HTTP/1.1 request line to an origin server carries.
+fn origin_form(path: &str, original: &Uri) -> Result<Uri, Failure> {
+    let unchanged = original.authority().is_none() && original.path() == path;
+    if unchanged {
+        // Nearly every request: its target is already normal, so no new string is built.
+        return Ok(original.clone());
+    }
     let path_and_query = match original.query() {
         Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
         None => PathAndQuery::try_from(path),
     }
     .map_err(|_| Failure::BadRequest("The request target cannot be forwarded."))?;
-    Uri::builder()
-        .scheme(route.upstream.scheme.clone())
-        .authority(route.upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| Failure::BadRequest("The request target cannot be forwarded."))
+    Ok(Uri::from(path_and_query))
 }
 
 /// Strips what belongs to the client's connection, then writes the gateway's own headers,
@@ -318,10 +314,10 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade
 }
 
 /// Maps a client error to what the visitor sees; an over-long body is the client's fault.
-fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
-    if error.is_connect() {
+fn classify(error: &SendError) -> Failure {
+    let SendError::Http(error) = error else {
         return Failure::UpstreamUnreachable;
-    }
+    };
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
