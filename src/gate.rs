@@ -2,7 +2,9 @@
 //! access-log line. Each step is a call into the module that owns it; this file is where a
 //! reader learns what happens to a request.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,6 +63,10 @@ pub enum GateError {
 }
 
 /// What the request turned out to be, for metrics and the access log.
+/// What `respond` decides, on its way.
+type Responding<'a> =
+    Pin<Box<dyn Future<Output = (Target<'a>, Result<Response<Body>, Failure>)> + Send + 'a>>;
+
 enum Target<'a> {
     Route(&'a Arc<Route>),
     Endpoint,
@@ -128,7 +134,7 @@ impl Gate {
         // Kept before the request moves on: the log line and the error's format need them.
         let path = self.access_log.then(|| request.uri().path().to_owned());
         let json_errors = pages::wants_json(request.headers());
-        let (target, result) = self.respond(request, conn).await;
+        let (target, result) = self.respond_boxed(request, conn).await;
         let response = result.unwrap_or_else(|failure| pages::render(&failure, json_errors));
         let elapsed = started.elapsed();
         let (series, label) = match target {
@@ -151,6 +157,15 @@ impl Gate {
             );
         }
         response
+    }
+
+    /// `respond`, built straight into its box by this plain function. Awaited inline, its
+    /// several KiB of state would be laid out again in `handle`'s future and in each caller's
+    /// (rustc keeps an awaited future's bytes beside the caller's own), allocated and copied
+    /// at every level on every request; boxed here, the futures above it stay small enough
+    /// for the allocator's per-thread cache.
+    fn respond_boxed(&self, request: Request<Incoming>, conn: ConnInfo) -> Responding<'_> {
+        Box::pin(self.respond(request, conn))
     }
 
     async fn respond(
@@ -201,7 +216,10 @@ impl Gate {
                     self.tag_client(&mut request, peer);
                     (
                         Target::Endpoint,
-                        Ok(login.endpoint(path.as_str(), &request).await),
+                        // Boxed: the login endpoints' futures (code exchange, profile, store)
+                        // are large, and unboxed they would size every proxied request's
+                        // future, which is moved and copied as a whole.
+                        Ok(Box::pin(login.endpoint(path.as_str(), &request)).await),
                     )
                 }
                 None => (Target::Endpoint, Err(Failure::NoRoute)),

@@ -733,7 +733,10 @@ impl Login {
             return Ok(None);
         };
         let key = id.storage_key();
-        match self.sessions.load(&key).await {
+        // Bound before the match: a future awaited in a match's scrutinee lives to the
+        // match's end, and its bytes would sit beside the touch's in this future's state.
+        let loaded = self.sessions.load(&key).await;
+        match loaded {
             // A session of another Official Account under this one's cookie is no session.
             Ok(Some(cached)) if cached.session.appid != self.appid => Ok(None),
             Ok(Some(cached)) => {
@@ -1077,35 +1080,45 @@ fn sample_session_count(sessions: &Arc<SessionCache>, metrics: LoginMetrics) {
     });
 }
 
+/// The `name=value` pairs of a `Cookie` header, trimmed, empty ones skipped.
+fn cookie_pairs(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+}
+
 /// Removes the cookies named `names` from every `Cookie` header, dropping headers left empty.
 /// Headers that name none of them are left as they are, without an allocation.
 fn remove_cookies(headers: &mut HeaderMap, names: [&str; 2]) {
-    let mentions = |value: &HeaderValue| {
-        names.iter().any(|name| {
-            value
-                .as_bytes()
-                .windows(name.len())
-                .any(|w| w == name.as_bytes())
-        })
+    // Bytes, not text: a cookie value may hold obs-text, which must reach the upstream as
+    // it came. Names are compared trimmed, as `cookies::read` reads them.
+    let ours = |pair: &[u8]| {
+        let name = pair
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or(pair)
+            .trim_ascii();
+        names.iter().any(|n| name == n.as_bytes())
     };
-    if !headers.get_all(COOKIE).iter().any(mentions) {
+    if !headers
+        .get_all(COOKIE)
+        .iter()
+        .any(|value| cookie_pairs(value).any(ours))
+    {
         return;
     }
     let kept: Vec<HeaderValue> = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| {
-            let text = String::from_utf8_lossy(value.as_bytes());
-            let rest: Vec<&str> = text
-                .split(';')
-                .map(str::trim)
-                .filter(|pair| {
-                    let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-                    !pair.is_empty() && !names.contains(&name)
-                })
-                .collect();
+            if !cookie_pairs(value).any(ours) {
+                return Some(value.clone());
+            }
+            let rest: Vec<&[u8]> = cookie_pairs(value).filter(|pair| !ours(pair)).collect();
             (!rest.is_empty())
-                .then(|| HeaderValue::from_str(&rest.join("; ")).ok())
+                .then(|| HeaderValue::from_bytes(&rest.join(&b"; "[..])).ok())
                 .flatten()
         })
         .collect();
@@ -1170,4 +1183,50 @@ fn same_site_referer(headers: &HeaderMap, origin: &url::Url) -> Option<String> {
     ReturnUrl::from_rd(referer, origin, &[])
         .ok()
         .map(ReturnUrl::into_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies(values: &[&[u8]]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(COOKIE, HeaderValue::from_bytes(value).unwrap());
+        }
+        headers
+    }
+
+    fn values(headers: &HeaderMap) -> Vec<Vec<u8>> {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    }
+
+    const OURS: [&str; 2] = ["wxgate_session", "wxgate_state"];
+
+    #[test]
+    fn the_gateways_cookies_go_and_every_other_byte_stays() {
+        let mut h = cookies(&[
+            b"a=1; wxgate_session=secret; b=\xe4\xb8\xad",
+            b"wxgate_state = s1 ;wxgate_session=again",
+            b"c=3",
+        ]);
+        remove_cookies(&mut h, OURS);
+        assert_eq!(
+            values(&h),
+            [b"a=1; b=\xe4\xb8\xad".to_vec(), b"c=3".to_vec()],
+            "obs-text kept as sent, emptied headers dropped, order kept"
+        );
+    }
+
+    #[test]
+    fn headers_without_the_gateways_cookies_are_untouched() {
+        let raw: &[u8] = b"x=1;  wxgate_sessionx=2 ; y";
+        let mut h = cookies(&[raw]);
+        remove_cookies(&mut h, OURS);
+        assert_eq!(values(&h), [raw.to_vec()]);
+    }
 }

@@ -103,7 +103,12 @@ impl Pool {
             shard: u32::try_from(worker % self.shards.len()).unwrap_or(0),
             upstream: u32::try_from(upstream.id).unwrap_or(u32::MAX),
         };
-        while let Some(mut sender) = self.checkout(&home).await {
+        // `loop` and `let else`, not `while let`: the checkout future would live through the
+        // loop's body, beside the send's, in this future's state.
+        loop {
+            let Some(mut sender) = self.checkout(&home).await else {
+                break;
+            };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(home.lend(sender, response)),
                 Err(mut e) => match e.take_message() {
@@ -112,7 +117,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(upstream).await?;
+        // Boxed: opening a connection (TCP, TLS, handshake) is the rare path, and its future
+        // would otherwise size every request's.
+        let mut sender = Box::pin(self.connect(upstream)).await?;
         let response = sender.send_request(request).await?;
         Ok(home.lend(sender, response))
     }

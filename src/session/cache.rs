@@ -265,6 +265,30 @@ impl SessionCache {
     /// request that misses at the same moment.
     pub async fn load(&self, key: &StorageKey) -> Result<Option<Arc<CachedSession>>, StoreError> {
         let generation = self.deletions.load(Ordering::SeqCst);
+        // A hit, nearly every request, takes the plain lookup; `try_get_with`, which makes
+        // concurrent misses of one key share a single store read, costs several times more.
+        let hit = self.entries.get(key).await;
+        let cached = match hit {
+            Some(cached) => cached,
+            None => match Box::pin(self.load_missing(key)).await? {
+                Some(cached) => cached,
+                None => return Ok(None),
+            },
+        };
+        self.forget_if_deleted_since(key, generation).await;
+        if cached.session.is_expired(self.clock.now()) {
+            self.entries.invalidate(key).await;
+            return Ok(None);
+        }
+        Ok(Some(cached))
+    }
+
+    /// Reads a session the cache does not hold from the store, once for all the requests
+    /// that miss it at the same moment.
+    async fn load_missing(
+        &self,
+        key: &StorageKey,
+    ) -> Result<Option<Arc<CachedSession>>, StoreError> {
         let loaded = self
             .entries
             .try_get_with(*key, async {
@@ -275,19 +299,13 @@ impl SessionCache {
                 }
             })
             .await;
-        let cached = match loaded {
-            Ok(cached) => cached,
+        match loaded {
+            Ok(cached) => Ok(Some(cached)),
             Err(miss) => match &*miss {
-                Miss::Absent => return Ok(None),
-                Miss::Store(error) => return Err(error.clone()),
+                Miss::Absent => Ok(None),
+                Miss::Store(error) => Err(error.clone()),
             },
-        };
-        self.forget_if_deleted_since(key, generation).await;
-        if cached.session.is_expired(self.clock.now()) {
-            self.entries.invalidate(key).await;
-            return Ok(None);
         }
-        Ok(Some(cached))
     }
 
     /// Starts a session for a login: a new id (never one the browser offered), stored and
@@ -331,6 +349,17 @@ impl SessionCache {
         {
             return Ok(true);
         }
+        // Boxed: the write is the rare path, and its futures (store, cache) would otherwise
+        // size the future of every request that only checks.
+        Box::pin(self.write_touch(key, cached, now)).await
+    }
+
+    async fn write_touch(
+        &self,
+        key: &StorageKey,
+        cached: &Arc<CachedSession>,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
         let generation = self.deletions.load(Ordering::SeqCst);
         let touched = cached.session.touched(now, self.lifetimes);
         match self
