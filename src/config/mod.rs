@@ -429,10 +429,10 @@ pub struct UpstreamConfig {
     /// Time an upstream may take to answer with a response head; past it: 504.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// How long an unused pooled upstream connection is kept.
+    /// How long an unused pooled upstream connection may be reused.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
-    /// Idle pooled connections kept per upstream.
+    /// Idle pooled connections kept per upstream and worker thread.
     pub pool_max_idle: usize,
 }
 
