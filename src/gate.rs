@@ -62,11 +62,11 @@ pub enum GateError {
     Login(#[from] LoginSetupError),
 }
 
-/// What the request turned out to be, for metrics and the access log.
 /// What `respond` decides, on its way.
 type Responding<'a> =
     Pin<Box<dyn Future<Output = (Target<'a>, Result<Response<Body>, Failure>)> + Send + 'a>>;
 
+/// What the request turned out to be, for metrics and the access log.
 enum Target<'a> {
     Route(&'a Arc<Route>),
     Endpoint,
