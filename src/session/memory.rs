@@ -312,7 +312,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::session::test_support::{ManualClock, at, login};
+    use crate::session::test_support::{ManualClock, at, login, put_new, put_replace_delete};
     use crate::session::{Lifetimes, SessionId};
 
     const TTL: Duration = Duration::from_secs(600);
@@ -329,12 +329,6 @@ mod tests {
 
     fn session_for(openid: &str, clock: &ManualClock) -> Session {
         Session::new(login(openid), clock.now(), lifetimes())
-    }
-
-    async fn put_new(store: &MemoryStore, session: &Session) -> StorageKey {
-        let key = SessionId::generate().storage_key();
-        store.put(&key, session).await.unwrap();
-        key
     }
 
     #[tokio::test]
@@ -355,32 +349,7 @@ mod tests {
     #[tokio::test]
     async fn put_then_get_returns_the_session_and_delete_revokes_it() {
         let (store, clock) = store(100);
-        let session = session_for("o1", &clock);
-        let key = put_new(&store, &session).await;
-        assert_eq!(store.get(&key).await.unwrap(), Some(session.clone()));
-        assert_eq!(
-            store
-                .get(&SessionId::generate().storage_key())
-                .await
-                .unwrap(),
-            None
-        );
-
-        let mut refreshed = session.clone();
-        refreshed.profile = None;
-        store.put(&key, &refreshed).await.unwrap();
-        assert_eq!(store.get(&key).await.unwrap(), Some(refreshed));
-        assert_eq!(store.count().await.unwrap(), 1, "replacing is not adding");
-
-        assert!(store.delete(&key).await.unwrap());
-        assert_eq!(store.get(&key).await.unwrap(), None);
-        assert!(!store.delete(&key).await.unwrap());
-        assert!(
-            !store.touch(&key, at(1), at(601)).await.unwrap(),
-            "no resurrection"
-        );
-        assert_eq!(store.get(&key).await.unwrap(), None);
-        assert_eq!(store.count().await.unwrap(), 0);
+        put_replace_delete(&store, session_for("o1", &clock)).await;
     }
 
     #[tokio::test]

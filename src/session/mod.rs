@@ -151,8 +151,8 @@ pub(crate) mod test_support {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, SystemTime};
 
-    use super::Clock;
     pub(crate) use super::record::tests::{ACCESS, REFRESH, at, login};
+    use super::{Clock, Session, SessionId, SessionStore, StorageKey};
 
     /// A clock the test moves by hand.
     #[derive(Clone)]
@@ -175,6 +175,38 @@ pub(crate) mod test_support {
             let shared = self.0.clone();
             Clock::from_fn(move || *shared.lock().unwrap())
         }
+    }
+
+    /// Stores `session` under a new key.
+    pub(crate) async fn put_new(store: &dyn SessionStore, session: &Session) -> StorageKey {
+        let key = SessionId::generate().storage_key();
+        store.put(&key, session).await.unwrap();
+        key
+    }
+
+    /// What every store must do with one session: serve it, replace it in place, and once
+    /// deleted never serve it again, not even after a touch.
+    pub(crate) async fn put_replace_delete(store: &dyn SessionStore, session: Session) {
+        let key = put_new(store, &session).await;
+        assert_eq!(store.get(&key).await.unwrap(), Some(session.clone()));
+        let unknown = SessionId::generate().storage_key();
+        assert_eq!(store.get(&unknown).await.unwrap(), None);
+
+        let mut refreshed = session.clone();
+        refreshed.profile = None;
+        store.put(&key, &refreshed).await.unwrap();
+        assert_eq!(store.get(&key).await.unwrap(), Some(refreshed));
+        assert_eq!(store.count().await.unwrap(), 1, "replacing is not adding");
+
+        assert!(store.delete(&key).await.unwrap());
+        assert_eq!(store.get(&key).await.unwrap(), None);
+        assert!(!store.delete(&key).await.unwrap());
+        assert!(
+            !store.touch(&key, at(1), at(601)).await.unwrap(),
+            "no resurrection"
+        );
+        assert_eq!(store.get(&key).await.unwrap(), None);
+        assert_eq!(store.count().await.unwrap(), 0);
     }
 }
 

@@ -685,7 +685,9 @@ impl SessionStore for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::test_support::{ACCESS, ManualClock, REFRESH, at, login};
+    use crate::session::test_support::{
+        ACCESS, ManualClock, REFRESH, at, login, put_new, put_replace_delete,
+    };
     use crate::session::{Lifetimes, SessionId};
 
     const SECRET: &[u8] = b"test-session-secret-0123456789-abcdefghij";
@@ -732,37 +734,10 @@ mod tests {
         }
     }
 
-    async fn put_new(store: &RedbStore, session: &Session) -> StorageKey {
-        let key = SessionId::generate().storage_key();
-        store.put(&key, session).await.unwrap();
-        key
-    }
-
     #[tokio::test]
     async fn put_then_get_returns_the_session_and_delete_revokes_it() {
         let f = Fixture::new();
-        let store = f.open();
-        let session = f.session("o1");
-        let key = put_new(&store, &session).await;
-        assert_eq!(store.get(&key).await.unwrap(), Some(session.clone()));
-        let unknown = SessionId::generate().storage_key();
-        assert_eq!(store.get(&unknown).await.unwrap(), None);
-
-        let mut refreshed = session.clone();
-        refreshed.profile = None;
-        store.put(&key, &refreshed).await.unwrap();
-        assert_eq!(store.get(&key).await.unwrap(), Some(refreshed));
-        assert_eq!(store.count().await.unwrap(), 1, "replacing is not adding");
-
-        assert!(store.delete(&key).await.unwrap());
-        assert_eq!(store.get(&key).await.unwrap(), None);
-        assert!(!store.delete(&key).await.unwrap());
-        assert!(
-            !store.touch(&key, at(1), at(601)).await.unwrap(),
-            "no resurrection"
-        );
-        assert_eq!(store.get(&key).await.unwrap(), None);
-        assert_eq!(store.count().await.unwrap(), 0);
+        put_replace_delete(&f.open(), f.session("o1")).await;
     }
 
     #[tokio::test]
