@@ -228,11 +228,16 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
+    /// Hands the connection back, once.
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+
     fn release_if_done(&mut self) {
         if self.body.is_end_stream() {
-            if let Some(lease) = self.lease.take() {
-                lease.release();
-            }
+            self.release();
         }
     }
 }
@@ -248,11 +253,7 @@ impl HttpBody for PooledBody {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             // A chunked body's end is known only here: `is_end_stream` never says so.
-            Poll::Ready(None) => {
-                if let Some(lease) = self.lease.take() {
-                    lease.release();
-                }
-            }
+            Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) => self.release_if_done(),
             Poll::Ready(Some(Err(_))) => self.lease = None,
             Poll::Pending => {}
