@@ -4,6 +4,11 @@
 //! Results are printed and written to `bench/results.md` between its generated-section markers.
 #![forbid(unsafe_code)]
 
+/// The allocator wxgate itself runs on (`src/main.rs`), so the per-session figure measured in
+/// this process is the gateway's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod gateway;
 mod login;
 mod memory;

@@ -526,10 +526,7 @@ impl Login {
                 self.revoke_previous(headers).await;
                 self.remember(state, entry.return_url.as_str());
                 let mut r = redirect(entry.return_url.as_str());
-                set_cookie(
-                    &mut r,
-                    &self.session_cookie(id.cookie_value().to_owned(), false),
-                );
+                set_cookie(&mut r, &self.session_cookie(id.cookie_value(), false));
                 r
             }
             Err(e) => {

@@ -363,6 +363,15 @@ mod tests {
         h
     }
 
+    /// A client at `ip`, trusted as a proxy or not, over TLS or not.
+    fn peer(ip: [u8; 4], trusted: bool, tls: bool) -> Peer {
+        Peer {
+            ip: ip.into(),
+            trusted,
+            tls,
+        }
+    }
+
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = map(&[
@@ -375,11 +384,7 @@ mod tests {
             ("te", "gzip"),
             ("x-kept", "yes"),
         ]);
-        let peer = Peer {
-            ip: [10, 0, 0, 1].into(),
-            trusted: false,
-            tls: false,
-        };
+        let peer = peer([10, 0, 0, 1], false, false);
         prepare_request_headers(&mut h, peer, false);
         for gone in [
             "connection",
@@ -419,11 +424,7 @@ mod tests {
             ("connection", "x-forwarded-for, x-forwarded-proto"),
             ("host", "m.example.com"),
         ]);
-        let peer = Peer {
-            ip: [10, 0, 0, 1].into(),
-            trusted: false,
-            tls: true,
-        };
+        let peer = peer([10, 0, 0, 1], false, true);
         prepare_request_headers(&mut h, peer, false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -439,15 +440,7 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("host", "m.example.com"),
         ]);
-        prepare_request_headers(
-            &mut h,
-            Peer {
-                ip: [10, 0, 0, 1].into(),
-                trusted: false,
-                tls: false,
-            },
-            false,
-        );
+        prepare_request_headers(&mut h, peer([10, 0, 0, 1], false, false), false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "m.example.com");
@@ -492,15 +485,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("host", "m.example.com"),
         ]);
-        prepare_request_headers(
-            &mut h,
-            Peer {
-                ip: [10, 0, 0, 1].into(),
-                trusted: true,
-                tls: false,
-            },
-            false,
-        );
+        prepare_request_headers(&mut h, peer([10, 0, 0, 1], true, false), false);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
@@ -512,15 +497,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("connection", "Upgrade"),
         ]);
-        prepare_request_headers(
-            &mut h,
-            Peer {
-                ip: [127, 0, 0, 1].into(),
-                trusted: false,
-                tls: false,
-            },
-            true,
-        );
+        prepare_request_headers(&mut h, peer([127, 0, 0, 1], false, false), true);
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");

@@ -13,13 +13,14 @@
 //! every delete passes through this cache, so the configured ttl holds as given. No entry
 //! ever outlives the session's own `expires_at`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use moka::Expiry;
-use moka::future::Cache;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 
 use super::{
     Clock, Lifetimes, NewSession, Session, SessionId, SessionStore, StorageKey, StoreError,
@@ -154,62 +155,84 @@ impl fmt::Debug for CachedSession {
     }
 }
 
-/// Entries live the cache ttl, never past their session's expiry.
-struct EntryExpiry {
-    ttl: Duration,
-    clock: Clock,
+/// A cached session and the moment this process stops serving it without asking the store.
+#[derive(Clone)]
+struct Entry {
+    cached: Arc<CachedSession>,
+    fresh_until: Instant,
 }
 
-impl EntryExpiry {
-    fn lifetime(&self, entry: &CachedSession) -> Duration {
-        let left = entry
+/// A store read that every request missing the same key at the same moment awaits; its
+/// result, an error included, is theirs alike.
+type Load = Shared<BoxFuture<'static, Result<Option<Arc<CachedSession>>, StoreError>>>;
+
+/// The cached entries, shared with the store reads in flight (which fill them even when the
+/// request that started them has gone).
+struct Entries {
+    map: quick_cache::sync::Cache<StorageKey, Entry>,
+    /// The reads in flight, one per key. Touched only on a miss.
+    loading: Mutex<HashMap<StorageKey, Load>>,
+    ttl: Duration,
+    clock: Clock,
+    /// Bumped by every delete. A load or touch that overlaps one drops what it cached,
+    /// since it may have read the session just before the store forgot it.
+    deletions: AtomicU64,
+}
+
+impl Entries {
+    /// The entry under `key` while it is fresh. A stale one is dropped, unless another
+    /// request has put a fresher one in its place meanwhile.
+    fn get(&self, key: &StorageKey) -> Option<Arc<CachedSession>> {
+        let entry = self.map.get(key)?;
+        if Instant::now() < entry.fresh_until {
+            return Some(entry.cached);
+        }
+        self.map
+            .remove_if(key, |e| Arc::ptr_eq(&e.cached, &entry.cached));
+        None
+    }
+
+    /// Caches `cached` for the ttl, never past its session's expiry.
+    fn insert(&self, key: StorageKey, cached: Arc<CachedSession>) {
+        let left = cached
             .session
             .expires_at
             .duration_since(self.clock.now())
             .unwrap_or(Duration::ZERO);
-        self.ttl.min(left)
-    }
-}
-
-impl Expiry<StorageKey, Arc<CachedSession>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &StorageKey,
-        value: &Arc<CachedSession>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(self.lifetime(value))
+        let fresh_until = Instant::now() + self.ttl.min(left);
+        self.map.insert(
+            key,
+            Entry {
+                cached,
+                fresh_until,
+            },
+        );
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &StorageKey,
-        value: &Arc<CachedSession>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        // A replaced entry was just confirmed by the store: its staleness starts again.
-        Some(self.lifetime(value))
+    fn invalidate(&self, key: &StorageKey) {
+        self.map.remove(key);
     }
-}
 
-/// Why a load did not produce a cache entry; shared by every request waiting on that load.
-enum Miss {
-    Absent,
-    Store(StoreError),
+    /// A delete that ran while we were reading or writing may have been overtaken by our
+    /// insert; dropping the entry is always safe (the next request reads the store).
+    fn forget_if_deleted_since(&self, key: &StorageKey, generation: u64) {
+        if self.deletions.load(Ordering::SeqCst) != generation {
+            self.invalidate(key);
+        }
+    }
+
+    fn loading(&self) -> std::sync::MutexGuard<'_, HashMap<StorageKey, Load>> {
+        // The map is consistent between statements; a panic elsewhere cannot tear it.
+        self.loading.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The session store as the gateway uses it: reads through the cache, writes through to
 /// the store. See the module documentation for the staleness rule.
 pub struct SessionCache {
     store: Arc<dyn SessionStore>,
-    entries: Cache<StorageKey, Arc<CachedSession>>,
+    entries: Arc<Entries>,
     lifetimes: Lifetimes,
-    ttl: Duration,
-    clock: Clock,
-    /// Bumped by every delete. A load or touch that overlaps one drops what it cached,
-    /// since it may have read the session just before the store forgot it.
-    deletions: AtomicU64,
 }
 
 impl SessionCache {
@@ -229,22 +252,24 @@ impl SessionCache {
         lifetimes: Lifetimes,
         clock: Clock,
     ) -> Self {
-        let ttl = settings.effective_ttl();
-        let entries = Cache::builder()
-            .max_capacity(settings.max_entries)
-            .expire_after(EntryExpiry {
-                ttl,
-                clock: clock.clone(),
-            })
-            .build();
-        SessionCache {
-            store,
-            entries,
-            lifetimes,
-            ttl,
+        let capacity = usize::try_from(settings.max_entries).unwrap_or(usize::MAX);
+        let entries = Entries {
+            map: quick_cache::sync::Cache::new(capacity),
+            loading: Mutex::new(HashMap::new()),
+            ttl: settings.effective_ttl(),
             clock,
             deletions: AtomicU64::new(0),
+        };
+        SessionCache {
+            store,
+            entries: Arc::new(entries),
+            lifetimes,
         }
+    }
+
+    /// The wall-clock time sessions' expiry is judged by.
+    fn now(&self) -> SystemTime {
+        self.entries.clock.now()
     }
 
     /// The store behind the cache, for `count`, `sweep_expired` and `ping`.
@@ -258,26 +283,24 @@ impl SessionCache {
 
     /// How long an entry is served without asking the store.
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        self.entries.ttl
     }
 
     /// The live session under `key`: from the cache, or one store read shared by every
     /// request that misses at the same moment.
     pub async fn load(&self, key: &StorageKey) -> Result<Option<Arc<CachedSession>>, StoreError> {
-        let generation = self.deletions.load(Ordering::SeqCst);
-        // A hit, nearly every request, takes the plain lookup; `try_get_with`, which makes
-        // concurrent misses of one key share a single store read, costs several times more.
-        let hit = self.entries.get(key).await;
-        let cached = match hit {
+        let generation = self.entries.deletions.load(Ordering::SeqCst);
+        let cached = match self.entries.get(key) {
             Some(cached) => cached,
+            // Boxed: the miss is rare, and its future would size every request's.
             None => match Box::pin(self.load_missing(key)).await? {
                 Some(cached) => cached,
                 None => return Ok(None),
             },
         };
-        self.forget_if_deleted_since(key, generation).await;
-        if cached.session.is_expired(self.clock.now()) {
-            self.entries.invalidate(key).await;
+        self.entries.forget_if_deleted_since(key, generation);
+        if cached.session.is_expired(self.now()) {
+            self.entries.invalidate(key);
             return Ok(None);
         }
         Ok(Some(cached))
@@ -289,23 +312,47 @@ impl SessionCache {
         &self,
         key: &StorageKey,
     ) -> Result<Option<Arc<CachedSession>>, StoreError> {
-        let loaded = self
+        let load = self
             .entries
-            .try_get_with(*key, async {
-                match self.store.get(key).await {
-                    Ok(Some(session)) => Ok(Arc::new(CachedSession::new(session))),
-                    Ok(None) => Err(Miss::Absent),
-                    Err(error) => Err(Miss::Store(error)),
+            .loading()
+            .entry(*key)
+            .or_insert_with(|| self.start_load(*key))
+            .clone();
+        load.await
+    }
+
+    /// The shared read of `key`, run as a task of its own: it finishes, caches what it
+    /// found and leaves the map of reads in flight even when every request that awaited it
+    /// has gone (a visitor closing the page, or a client hanging up on purpose, which would
+    /// otherwise leave an entry in the map for good).
+    fn start_load(&self, key: StorageKey) -> Load {
+        let store = Arc::clone(&self.store);
+        let entries = Arc::clone(&self.entries);
+        let read = tokio::spawn(async move {
+            let generation = entries.deletions.load(Ordering::SeqCst);
+            let found = store.get(&key).await;
+            let result = match found {
+                Ok(Some(session)) => {
+                    let cached = Arc::new(CachedSession::new(session));
+                    entries.insert(key, Arc::clone(&cached));
+                    entries.forget_if_deleted_since(&key, generation);
+                    Ok(Some(cached))
                 }
+                Ok(None) => Ok(None),
+                Err(error) => Err(error),
+            };
+            entries.loading().remove(&key);
+            result
+        });
+        let joined = async move {
+            read.await.unwrap_or_else(|stopped| {
+                // Only a runtime shutting down or a panic in the store stops the task.
+                Err(StoreError::Unavailable(format!(
+                    "session read stopped: {stopped}"
+                )))
             })
-            .await;
-        match loaded {
-            Ok(cached) => Ok(Some(cached)),
-            Err(miss) => match &*miss {
-                Miss::Absent => Ok(None),
-                Miss::Store(error) => Err(error.clone()),
-            },
-        }
+        };
+        joined.boxed().shared()
     }
 
     /// Starts a session for a login: a new id (never one the browser offered), stored and
@@ -315,7 +362,7 @@ impl SessionCache {
         login: NewSession,
     ) -> Result<(SessionId, Arc<CachedSession>), StoreError> {
         let id = SessionId::generate();
-        let session = Session::new(login, self.clock.now(), self.lifetimes);
+        let session = Session::new(login, self.now(), self.lifetimes);
         let cached = self.save(&id.storage_key(), session).await?;
         Ok((id, cached))
     }
@@ -327,11 +374,11 @@ impl SessionCache {
         key: &StorageKey,
         session: Session,
     ) -> Result<Arc<CachedSession>, StoreError> {
-        let generation = self.deletions.load(Ordering::SeqCst);
+        let generation = self.entries.deletions.load(Ordering::SeqCst);
         self.store.put(key, &session).await?;
         let cached = Arc::new(CachedSession::new(session));
-        self.entries.insert(*key, cached.clone()).await;
-        self.forget_if_deleted_since(key, generation).await;
+        self.entries.insert(*key, cached.clone());
+        self.entries.forget_if_deleted_since(key, generation);
         Ok(cached)
     }
 
@@ -343,7 +390,7 @@ impl SessionCache {
         key: &StorageKey,
         cached: &Arc<CachedSession>,
     ) -> Result<bool, StoreError> {
-        let now = self.clock.now();
+        let now = self.now();
         if !cached.session.needs_touch(now, self.lifetimes)
             || cached.touching.swap(true, Ordering::AcqRel)
         {
@@ -360,7 +407,7 @@ impl SessionCache {
         cached: &Arc<CachedSession>,
         now: SystemTime,
     ) -> Result<bool, StoreError> {
-        let generation = self.deletions.load(Ordering::SeqCst);
+        let generation = self.entries.deletions.load(Ordering::SeqCst);
         let touched = cached.session.touched(now, self.lifetimes);
         match self
             .store
@@ -370,12 +417,12 @@ impl SessionCache {
             Ok(true) => {
                 let identity = cached.identity_slot().clone();
                 let next = Arc::new(CachedSession::with_identity(touched, identity));
-                self.entries.insert(*key, next).await;
-                self.forget_if_deleted_since(key, generation).await;
+                self.entries.insert(*key, next);
+                self.entries.forget_if_deleted_since(key, generation);
                 Ok(true)
             }
             Ok(false) => {
-                self.entries.invalidate(key).await;
+                self.entries.invalidate(key);
                 Ok(false)
             }
             Err(error) => {
@@ -390,46 +437,33 @@ impl SessionCache {
     pub async fn delete(&self, key: &StorageKey) -> Result<bool, StoreError> {
         let deleted = self.store.delete(key).await;
         // Even when the store failed: this gateway stops serving the session regardless.
-        self.deletions.fetch_add(1, Ordering::SeqCst);
-        self.entries.invalidate(key).await;
+        self.entries.deletions.fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate(key);
         deleted
     }
 
     /// Logs every session of one user out; returns how many the store held.
     pub async fn delete_user(&self, appid: &str, openid: &str) -> Result<u64, StoreError> {
         let deleted = self.store.delete_user(appid, openid).await;
-        self.deletions.fetch_add(1, Ordering::SeqCst);
-        let doomed: Vec<StorageKey> = self
-            .entries
-            .iter()
-            .filter(|(_, cached)| cached.session.appid == appid && cached.session.openid == openid)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in &doomed {
-            self.entries.invalidate(key).await;
-        }
+        self.entries.deletions.fetch_add(1, Ordering::SeqCst);
+        self.entries.map.retain(|_, entry| {
+            let session = &entry.cached.session;
+            session.appid != appid || session.openid != openid
+        });
         deleted
     }
 
     /// Drops this process's copy of one session (the store is left alone).
     pub async fn invalidate(&self, key: &StorageKey) {
-        self.entries.invalidate(key).await;
-    }
-
-    /// A delete that ran while we were reading or writing may have been overtaken by our
-    /// insert; dropping the entry is always safe (the next request reads the store).
-    async fn forget_if_deleted_since(&self, key: &StorageKey, generation: u64) {
-        if self.deletions.load(Ordering::SeqCst) != generation {
-            self.entries.invalidate(key).await;
-        }
+        self.entries.invalidate(key);
     }
 }
 
 impl fmt::Debug for SessionCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionCache")
-            .field("entries", &self.entries.entry_count())
-            .field("ttl", &self.ttl)
+            .field("entries", &self.entries.map.len())
+            .field("ttl", &self.entries.ttl)
             .field("lifetimes", &self.lifetimes)
             .finish_non_exhaustive()
     }
@@ -610,7 +644,7 @@ mod tests {
         let store = CountingStore::new(&clock, Duration::ZERO);
         let cache = cache_over(store.clone(), Duration::from_secs(60), &clock);
         let (id, created) = cache.create(login("o1")).await.unwrap();
-        let key = SessionId::from_cookie(id.cookie_value())
+        let key = SessionId::from_cookie(&id.cookie_value())
             .unwrap()
             .storage_key();
         let loaded = cache.load(&key).await.unwrap().unwrap();
@@ -623,8 +657,8 @@ mod tests {
         assert_eq!(created.session.expires_at, at(600));
     }
 
-    #[tokio::test]
-    async fn concurrent_misses_share_one_store_read() {
+    /// A store that takes 50 ms to read and holds one session, under an empty cache.
+    async fn slow_store_with_one_session() -> (Arc<CountingStore>, Arc<SessionCache>, StorageKey) {
         let clock = ManualClock::starting_at(at(0));
         let store = CountingStore::new(&clock, Duration::from_millis(50));
         let cache = Arc::new(cache_over(store.clone(), Duration::from_secs(60), &clock));
@@ -634,13 +668,60 @@ mod tests {
             .put(&key, &Session::new(login("o1"), at(0), LIFETIMES))
             .await
             .unwrap();
-        let loads = (0..10).map(|_| {
+        (store, cache, key)
+    }
+
+    /// `requests` loads of `key` at the same moment.
+    async fn load_together(
+        cache: &Arc<SessionCache>,
+        key: StorageKey,
+        requests: usize,
+    ) -> Vec<Result<Option<Arc<CachedSession>>, StoreError>> {
+        let loads = (0..requests).map(|_| {
             let cache = cache.clone();
             tokio::spawn(async move { cache.load(&key).await })
         });
-        for load in futures_util::future::join_all(loads).await {
-            assert!(load.unwrap().unwrap().is_some());
+        futures_util::future::join_all(loads)
+            .await
+            .into_iter()
+            .map(|joined| joined.expect("load task panicked"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_store_read() {
+        let (store, cache, key) = slow_store_with_one_session().await;
+        for load in load_together(&cache, key, 10).await {
+            assert!(load.unwrap().is_some());
         }
+        assert_eq!(store.gets(), 1);
+    }
+
+    /// A dead store costs each request one store timeout at most: the requests that miss
+    /// together share the failed read rather than queueing to repeat it one by one.
+    #[tokio::test]
+    async fn concurrent_misses_share_one_failed_store_read_and_the_next_retries() {
+        let (store, cache, key) = slow_store_with_one_session().await;
+        store.down.store(true, Ordering::SeqCst);
+        for load in load_together(&cache, key, 10).await {
+            assert!(matches!(load, Err(StoreError::Unavailable(_))));
+        }
+        assert_eq!(store.gets(), 1);
+        store.down.store(false, Ordering::SeqCst);
+        assert!(cache.load(&key).await.unwrap().is_some());
+        assert_eq!(store.gets(), 2);
+    }
+
+    /// A read whose requests all went away (visitors closing the page) still completes,
+    /// caches the session and leaves no trace in the map of reads in flight.
+    #[tokio::test]
+    async fn a_read_abandoned_by_its_requests_still_completes() {
+        let (store, cache, key) = slow_store_with_one_session().await;
+        let abandoned = tokio::time::timeout(Duration::from_millis(10), cache.load(&key)).await;
+        assert!(abandoned.is_err(), "the read takes 50 ms");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(cache.entries.loading().is_empty());
+        assert!(cache.load(&key).await.unwrap().is_some());
         assert_eq!(store.gets(), 1);
     }
 

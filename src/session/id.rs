@@ -17,16 +17,13 @@ const COOKIE_LEN: usize = 43;
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionId {
     bytes: [u8; ID_BYTES],
-    cookie: String,
 }
 
 impl SessionId {
     /// A fresh id from the thread's CSPRNG (ChaCha, seeded from the OS).
     pub fn generate() -> Self {
-        let bytes: [u8; ID_BYTES] = rand::random();
         SessionId {
-            bytes,
-            cookie: URL_SAFE_NO_PAD.encode(bytes),
+            bytes: rand::random(),
         }
     }
 
@@ -38,17 +35,17 @@ impl SessionId {
             return None;
         }
         // The base64 engine refuses non-zero trailing bits, so one id has one cookie value.
-        let decoded = URL_SAFE_NO_PAD.decode(value).ok()?;
-        let bytes: [u8; ID_BYTES] = decoded.try_into().ok()?;
-        Some(SessionId {
-            bytes,
-            cookie: value.to_owned(),
-        })
+        // Decoded in place: this runs for every request that carries a session cookie.
+        let mut bytes = [0; ID_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(value, &mut bytes) {
+            Ok(ID_BYTES) => Some(SessionId { bytes }),
+            _ => None,
+        }
     }
 
     /// The value to put in the session cookie.
-    pub fn cookie_value(&self) -> &str {
-        &self.cookie
+    pub fn cookie_value(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.bytes)
     }
 
     /// Where a store keeps this session: the SHA-256 of the id's bytes.
@@ -113,7 +110,7 @@ mod tests {
             let value = id.cookie_value();
             assert_eq!(value.len(), COOKIE_LEN);
             assert!(value.bytes().all(is_base64url), "{value}");
-            let back = SessionId::from_cookie(value).unwrap();
+            let back = SessionId::from_cookie(&value).unwrap();
             assert_eq!(back, id);
             assert_eq!(back.storage_key(), id.storage_key());
         }
@@ -122,7 +119,7 @@ mod tests {
     #[test]
     fn generated_ids_are_unique_and_carry_256_bits() {
         let ids: HashSet<String> = (0..10_000)
-            .map(|_| SessionId::generate().cookie_value().to_owned())
+            .map(|_| SessionId::generate().cookie_value())
             .collect();
         assert_eq!(ids.len(), 10_000);
         let sample = ids.iter().next().unwrap();
@@ -131,7 +128,7 @@ mod tests {
 
     #[test]
     fn cookie_values_that_are_not_exactly_an_id_are_refused() {
-        let good = SessionId::generate().cookie_value().to_owned();
+        let good = SessionId::generate().cookie_value();
         let (head, last) = good.split_at(COOKIE_LEN - 1);
         let mut flipped_bit = good.clone().into_bytes();
         flipped_bit[5] = if flipped_bit[5] == b'A' { b'B' } else { b'A' };
@@ -180,7 +177,7 @@ mod tests {
         assert_eq!(key, id.storage_key());
         assert_eq!(
             key,
-            SessionId::from_cookie(id.cookie_value())
+            SessionId::from_cookie(&id.cookie_value())
                 .unwrap()
                 .storage_key()
         );
@@ -190,14 +187,14 @@ mod tests {
         assert_ne!(key, SessionId::generate().storage_key());
         let hex = key.to_string();
         assert_eq!(hex.len(), 64);
-        assert!(!hex.contains(id.cookie_value()));
+        assert!(!hex.contains(&id.cookie_value()));
     }
 
     #[test]
     fn debug_of_an_id_prints_nothing_of_it() {
         let id = SessionId::generate();
         let debug = format!("{id:?}");
-        assert!(!debug.contains(id.cookie_value()), "{debug}");
+        assert!(!debug.contains(&id.cookie_value()), "{debug}");
         assert!(!debug.contains(&hex::encode(id.bytes)), "{debug}");
         assert!(!debug.contains(&id.storage_key().to_string()), "{debug}");
     }

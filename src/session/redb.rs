@@ -870,7 +870,8 @@ mod tests {
                 .unwrap();
         }
         let bytes = std::fs::read(f.path()).unwrap();
-        for secret in [ACCESS, REFRESH, id.cookie_value(), "o-visible-openid"] {
+        let cookie = id.cookie_value();
+        for secret in [ACCESS, REFRESH, &cookie, "o-visible-openid"] {
             assert!(
                 !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "{secret} readable in the file"
