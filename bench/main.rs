@@ -191,11 +191,15 @@ fn run(args: &Args) -> Result<(), String> {
         let g = runtime.block_on(gateway_memory(&setup, variant, args.idle_connections))?;
         let s = memory::measure_sessions(args.sessions)?;
         println!(
-            "bench: idle {} KiB, after login {} KiB, with {} connections {} KiB ({} open): {:.1} KiB per connection; {:.0} bytes per session",
+            "bench: idle {} KiB, after login {} KiB, with {} connections {} KiB just answered ({} parked, {:.1} KiB each), {} KiB parked ({} of {} open): {:.1} KiB per connection; {:.0} bytes per session",
             g.idle_kib,
             g.before_kib,
             g.connections,
+            g.live_kib,
+            g.live_parked,
+            g.live_per_connection_kib(),
             g.with_kib,
+            g.parked,
             g.gauge,
             g.per_connection_kib(),
             s.bytes_per_session()
@@ -503,22 +507,41 @@ async fn gateway_memory(
     let before_kib = gw.proc.rss_kib().ok_or("no RSS")?;
     println!("bench: opening {connections} idle keep-alive connections");
     let (held, ok) = memory::hold_idle(gw.addr, PUBLIC_PATH, connections).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // At once, while (most of) the connections still hold hyper's state...
+    let live_kib = gw.proc.rss_kib().ok_or("no RSS")?;
+    let live_parked = gauge(gw.admin, "wxgate_parked_connections")
+        .await
+        .unwrap_or(-1);
+    // ...and once the gateway has parked them (a second or two of quiet).
+    let wait = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut parked = live_parked;
+    while parked < connections as i64 && tokio::time::Instant::now() < wait {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        parked = gauge(gw.admin, "wxgate_parked_connections")
+            .await
+            .unwrap_or(-1);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let with_kib = gw.proc.rss_kib().ok_or("no RSS")?;
-    let open = open_connections(gw.admin).await.unwrap_or(-1);
+    let open = gauge(gw.admin, "wxgate_open_connections")
+        .await
+        .unwrap_or(-1);
     drop(held);
     Ok(report::GatewayMemory {
         idle_kib,
         before_kib,
+        live_kib,
+        live_parked,
         with_kib,
         connections,
         answered: ok,
         gauge: open,
+        parked,
     })
 }
 
-/// `wxgate_open_connections` from the admin listener: the gateway's own count.
-async fn open_connections(admin: SocketAddr) -> Option<i64> {
+/// A gauge from the admin listener's metrics: the gateway's own count.
+async fn gauge(admin: SocketAddr, name: &str) -> Option<i64> {
     let text = reqwest::get(format!("http://{admin}/metrics"))
         .await
         .ok()?
@@ -526,7 +549,7 @@ async fn open_connections(admin: SocketAddr) -> Option<i64> {
         .await
         .ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("wxgate_open_connections "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
 

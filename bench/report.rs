@@ -71,15 +71,26 @@ pub struct Logins {
 pub struct GatewayMemory {
     pub idle_kib: u64,
     pub before_kib: u64,
+    /// Right after the last connection was answered, `live_parked` of them parked by then.
+    pub live_kib: u64,
+    pub live_parked: i64,
+    /// Once the gateway has parked them (`parked` of them).
     pub with_kib: u64,
     pub connections: usize,
     pub answered: usize,
     pub gauge: i64,
+    pub parked: i64,
 }
 
 impl GatewayMemory {
+    /// Per idle connection once parked: the steady state of an idle keep-alive connection.
     pub fn per_connection_kib(&self) -> f64 {
         self.with_kib.saturating_sub(self.before_kib) as f64 / self.connections.max(1) as f64
+    }
+
+    /// Per connection in its first second of quiet, before parking.
+    pub fn live_per_connection_kib(&self) -> f64 {
+        self.live_kib.saturating_sub(self.before_kib) as f64 / self.connections.max(1) as f64
     }
 }
 
@@ -276,15 +287,27 @@ impl Results {
         );
         let _ = writeln!(
             md,
-            "| the same holding {} idle keep-alive connections ({} answered 200; the gateway counts {} open) | {:.1} MiB |",
+            "| the same holding {} keep-alive connections right after each was answered ({} answered 200; {} parked by then) | {:.1} MiB |",
             g.connections,
             g.answered,
+            g.live_parked,
+            g.live_kib as f64 / 1024.0
+        );
+        let _ = writeln!(
+            md,
+            "| per connection in its first second of quiet (hyper's connection still held) | {:.1} KiB |",
+            g.live_per_connection_kib()
+        );
+        let _ = writeln!(
+            md,
+            "| the same once idle: {} parked (the gateway counts {} open) | {:.1} MiB |",
+            g.parked,
             g.gauge,
             g.with_kib as f64 / 1024.0
         );
         let _ = writeln!(
             md,
-            "| **per idle connection** | **{:.1} KiB** |",
+            "| **per idle connection** (parked) | **{:.1} KiB** |",
             g.per_connection_kib()
         );
         let _ = writeln!(

@@ -230,6 +230,7 @@ impl StoreMetrics {
 pub struct Metrics {
     registry: Registry,
     open_connections: Gauge<i64, std::sync::atomic::AtomicI64>,
+    parked_connections: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub login: LoginMetrics,
     pub wechat: WeChatMetrics,
     pub store: StoreMetrics,
@@ -278,6 +279,12 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             open_connections.clone(),
+        );
+        let parked_connections = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "parked_connections",
+            "Idle keep-alive client connections holding no HTTP state, of the open ones",
+            parked_connections.clone(),
         );
         let login = LoginMetrics {
             started: registered(
@@ -349,6 +356,7 @@ impl Metrics {
         Arc::new(Self {
             registry,
             open_connections,
+            parked_connections,
             login,
             wechat,
             store,
@@ -383,6 +391,14 @@ impl Metrics {
 
     pub fn connection_closed(&self) {
         self.open_connections.dec();
+    }
+
+    pub fn connection_parked(&self) {
+        self.parked_connections.inc();
+    }
+
+    pub fn connection_resumed(&self) {
+        self.parked_connections.dec();
     }
 
     /// Prometheus text exposition format.

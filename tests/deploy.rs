@@ -1252,6 +1252,7 @@ const METRICS: &[(&str, Kind, &[&str])] = &[
         &["route"],
     ),
     ("wxgate_open_connections", Kind::Gauge, &[]),
+    ("wxgate_parked_connections", Kind::Gauge, &[]),
     ("wxgate_logins_started_total", Kind::Counter, &["scope"]),
     ("wxgate_logins_completed_total", Kind::Counter, &["scope"]),
     ("wxgate_logins_failed_total", Kind::Counter, &["reason"]),

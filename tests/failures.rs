@@ -193,17 +193,10 @@ async fn unknown_paths_without_a_catch_all_route_are_404() {
 #[tokio::test]
 async fn https_listener_speaks_h2_and_http1_by_alpn() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_file = dir.path().join("cert.pem");
-    let key_file = dir.path().join("key.pem");
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let (tls, cert) = support::self_signed(dir.path(), "localhost");
     let up = Upstream::start().await;
     let mut config = support::config_with_routes(&[("/", up.addr)]);
-    config.server.tls = Some(wxgate::config::TlsConfig {
-        cert: cert_file,
-        key: key_file,
-    });
+    config.server.tls = Some(tls);
     let gw = support::start(&config).await;
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
     let url = format!("https://localhost:{}/echo", gw.addr.port());

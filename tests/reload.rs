@@ -111,12 +111,7 @@ async fn a_bad_configuration_is_refused_by_key_and_the_old_one_keeps_serving() {
 
     assert_eq!(support::get(&gw, "/still").await.status(), 200);
     assert_eq!(up.last().uri, "/still");
-    let metrics = reqwest::get(format!("http://{}/metrics", gw.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics(&gw).await;
     assert!(
         metrics.contains("wxgate_config_reloads_total{result=\"refused\"} 2"),
         "{metrics}"
@@ -241,19 +236,9 @@ async fn reaches(addr: std::net::SocketAddr, up: &Upstream, label: &str) {
 async fn a_renewed_tls_certificate_is_presented_after_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let issue = |name: &str| {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let cert_file = dir.path().join(format!("{name}.pem"));
-        let key_file = dir.path().join(format!("{name}.key"));
-        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-        std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
-        let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
-        (
-            wxgate::config::TlsConfig {
-                cert: cert_file,
-                key: key_file,
-            },
-            root,
-        )
+        let (tls, issued) = support::self_signed(dir.path(), name);
+        let root = reqwest::Certificate::from_pem(issued.cert.pem().as_bytes()).unwrap();
+        (tls, root)
     };
     let (first, first_root) = issue("first");
     let (second, second_root) = issue("second");

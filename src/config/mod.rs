@@ -171,11 +171,11 @@ pub struct LimitsConfig {
     pub max_uri_bytes: usize,
     /// Bytes of a request body; over it: 413.
     pub max_body_bytes: u64,
-    /// Time a client may take to send a request head (slowloris); it also bounds how long an
-    /// HTTP/1.1 connection may sit idle between requests.
+    /// Time a client may take to send a request head (slowloris).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Time a connection may stay without any traffic before it is closed.
+    /// Time a connection may stay without any traffic before it is closed. An idle HTTP/1.1
+    /// keep-alive connection is parked (holds only its socket) after a second or two of it.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Open client connections at once; further clients wait in the accept queue.

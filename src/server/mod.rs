@@ -2,13 +2,15 @@
 //! the configured limits, the admin listener, and graceful shutdown.
 
 mod admin;
+mod conn;
 mod idle;
 pub mod plain;
 pub mod reload;
+mod rewind;
+mod signals;
 pub mod tls;
 mod workers;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +19,6 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -31,7 +29,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::gate::{ConnInfo, Gate, GateError};
 use crate::session::StoreHealth;
 use admin::Admin;
-use idle::{Activity, Tracked};
+use conn::{Conn, ConnEvent, ConnHook, Protocols};
 use reload::{LiveCert, LiveGate, ReloadError, Reloader};
 use workers::Workers;
 
@@ -156,12 +154,11 @@ pub async fn start_with<H: Handler>(
         drain: config.server.drain_timeout,
         shutdown: shutdown_rx,
     };
-    let on_conn: ConnHook = Arc::new(move |opened| {
-        if opened {
-            metrics.connection_opened()
-        } else {
-            metrics.connection_closed()
-        }
+    let on_conn: ConnHook = Arc::new(move |event| match event {
+        ConnEvent::Opened => metrics.connection_opened(),
+        ConnEvent::Closed => metrics.connection_closed(),
+        ConnEvent::Parked => metrics.connection_parked(),
+        ConnEvent::Resumed => metrics.connection_resumed(),
     });
     let workers = Workers::start(config.server.worker_count()).map_err(StartError::Workers)?;
     let main = tokio::spawn(serve(
@@ -265,11 +262,6 @@ fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, S
     })
 }
 
-type ConnHook = Arc<dyn Fn(bool) + Send + Sync>;
-
-type BoxedResponse =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
 #[derive(Clone)]
 struct Listen {
     limits: LimitsConfig,
@@ -289,7 +281,7 @@ async fn serve<H: Handler>(
     mut workers: Option<Workers>,
 ) {
     let slots = Arc::new(Semaphore::new(listen.limits.max_connections));
-    let builder = Arc::new(http_builder(&listen.limits));
+    let protocols = Arc::new(Protocols::new(&listen.limits));
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         let permit = tokio::select! {
@@ -313,7 +305,7 @@ async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let conn = Conn {
-            builder: builder.clone(),
+            protocols: protocols.clone(),
             handler: handler.clone(),
             shutdown: listen.shutdown.clone(),
             limits: listen.limits.clone(),
@@ -356,110 +348,5 @@ async fn serve<H: Handler>(
     }
     if let Some(workers) = workers {
         workers.stop().await;
-    }
-}
-
-fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers.max(1))
-        // Room for the whole head; the exact header and URI limits are checked per request.
-        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 1024).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(100)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    builder
-}
-
-struct Conn<H> {
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    handler: Arc<H>,
-    shutdown: watch::Receiver<bool>,
-    limits: LimitsConfig,
-    on_conn: Option<ConnHook>,
-}
-
-impl<H: Handler> Conn<H> {
-    async fn run(
-        self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        tls: Option<TlsAcceptor>,
-        worker: usize,
-    ) {
-        if let Some(hook) = &self.on_conn {
-            hook(true);
-        }
-        let info = ConnInfo {
-            peer,
-            tls: tls.is_some(),
-            worker,
-        };
-        match tls {
-            None => self.http(stream, info).await,
-            // Boxed: the TLS states (handshake, rustls connection) are several KiB, and unboxed
-            // they would size the task of every plain connection too, for its whole life.
-            Some(acceptor) => Box::pin(self.https(stream, info, acceptor)).await,
-        }
-        if let Some(hook) = &self.on_conn {
-            hook(false);
-        }
-    }
-
-    async fn https(&self, stream: TcpStream, info: ConnInfo, acceptor: TlsAcceptor) {
-        let handshake =
-            tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
-        let peer = info.peer;
-        match handshake.await {
-            Ok(Ok(stream)) => self.http(stream, info).await,
-            Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        }
-    }
-
-    async fn http<I>(&self, io: I, info: ConnInfo)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let activity = Activity::new();
-        let io = TokioIo::new(Tracked::new(io, activity.clone()));
-        let handler = self.handler.clone();
-        let service = service_fn(move |request| {
-            let handler = handler.clone();
-            // Boxed: hyper keeps one slot the size of this future per connection for as long
-            // as the connection lives, busy or idle; boxed, that slot is a pointer and the
-            // request's state is freed when its response is sent.
-            let respond: BoxedResponse =
-                Box::pin(async move { Ok::<_, Infallible>(handler.call(request, info).await) });
-            respond
-        });
-        let conn = self.builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
-        let mut shutdown = self.shutdown.clone();
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, peer = %info.peer, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = shutdown.changed(), if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                _ = activity.idle_for(self.limits.idle_timeout), if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-        }
     }
 }

@@ -79,3 +79,30 @@ pub async fn raw(addr: SocketAddr, request: &[u8], wait: std::time::Duration) ->
 pub async fn get(gw: &Running, path_and_query: &str) -> reqwest::Response {
     client().get(url(gw, path_and_query)).send().await.unwrap()
 }
+
+/// A self-signed certificate for `localhost`, written to `dir` as `NAME.pem` and `NAME.key`:
+/// the gateway's TLS settings for it, and the certificate for a client to trust.
+pub fn self_signed(
+    dir: &std::path::Path,
+    name: &str,
+) -> (
+    wxgate::config::TlsConfig,
+    rcgen::CertifiedKey<rcgen::KeyPair>,
+) {
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    (wxgate::config::TlsConfig { cert, key }, issued)
+}
+
+/// The gateway's metrics, as its admin listener exports them.
+pub async fn metrics(gw: &Running) -> String {
+    reqwest::get(format!("http://{}/metrics", gw.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
