@@ -521,7 +521,9 @@ async fn gateway_memory(
             .await
             .unwrap_or(-1);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // What parking freed goes back to the system as jemalloc's background thread purges it,
+    // over its 10 s decay time.
+    tokio::time::sleep(PURGED).await;
     let with_kib = gw.proc.rss_kib().ok_or("no RSS")?;
     let open = gauge(gw.admin, "wxgate_open_connections")
         .await
@@ -539,6 +541,10 @@ async fn gateway_memory(
         parked,
     })
 }
+
+/// How long after parking the idle-connection memory is read: jemalloc's dirty-page decay
+/// (10 s) and some.
+const PURGED: Duration = Duration::from_secs(13);
 
 /// A gauge from the admin listener's metrics: the gateway's own count.
 async fn gauge(admin: SocketAddr, name: &str) -> Option<i64> {
