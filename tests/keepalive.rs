@@ -70,8 +70,15 @@ async fn get<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, path: &str) -> (
 }
 
 async fn gateway() -> (Upstream, Running) {
+    gateway_with(|_| {}).await
+}
+
+/// A gateway with every path public to one recording upstream, its configuration tuned first.
+async fn gateway_with(tune: impl FnOnce(&mut wxgate::config::Config)) -> (Upstream, Running) {
     let up = Upstream::start().await;
-    let gw = support::start(&support::config_with_routes(&[("/", up.addr)])).await;
+    let mut config = support::config_with_routes(&[("/", up.addr)]);
+    tune(&mut config);
+    let gw = support::start(&config).await;
     (up, gw)
 }
 
@@ -162,10 +169,10 @@ async fn requests_pipelined_onto_a_parked_connection_are_all_answered_in_order()
 
 #[tokio::test]
 async fn a_half_sent_head_is_never_parked_so_its_header_timeout_is_never_restarted() {
-    let up = Upstream::start().await;
-    let mut config = support::config_with_routes(&[("/", up.addr)]);
-    config.server.limits.header_read_timeout = Duration::from_secs(3);
-    let gw = support::start(&config).await;
+    let (up, gw) = gateway_with(|config| {
+        config.server.limits.header_read_timeout = Duration::from_secs(3);
+    })
+    .await;
     let mut stream = connect(gw.addr).await;
     assert_eq!(get(&mut stream, "/first").await.0, 200);
     let started = tokio::time::Instant::now();
@@ -268,10 +275,10 @@ async fn a_response_the_client_has_not_taken_yet_is_never_cut_short() {
 
 #[tokio::test]
 async fn a_parked_connection_is_closed_once_idle_for_the_idle_timeout() {
-    let up = Upstream::start().await;
-    let mut config = support::config_with_routes(&[("/", up.addr)]);
-    config.server.limits.idle_timeout = Duration::from_millis(2500);
-    let gw = support::start(&config).await;
+    let (_up, gw) = gateway_with(|config| {
+        config.server.limits.idle_timeout = Duration::from_millis(2500);
+    })
+    .await;
     let mut stream = connect(gw.addr).await;
     assert_eq!(get(&mut stream, "/first").await.0, 200);
     until_parked(&gw, 1).await;
@@ -287,10 +294,10 @@ async fn a_parked_connection_is_closed_once_idle_for_the_idle_timeout() {
 
 #[tokio::test]
 async fn shutdown_closes_parked_connections_without_waiting_for_the_drain_timeout() {
-    let up = Upstream::start().await;
-    let mut config = support::config_with_routes(&[("/", up.addr)]);
-    config.server.drain_timeout = Duration::from_secs(30);
-    let gw = support::start(&config).await;
+    let (_up, gw) = gateway_with(|config| {
+        config.server.drain_timeout = Duration::from_secs(30);
+    })
+    .await;
     let mut stream = connect(gw.addr).await;
     assert_eq!(get(&mut stream, "/first").await.0, 200);
     until_parked(&gw, 1).await;
@@ -304,10 +311,10 @@ async fn shutdown_closes_parked_connections_without_waiting_for_the_drain_timeou
 async fn a_parked_tls_connection_resumes_on_the_same_session() {
     let dir = tempfile::tempdir().unwrap();
     let (tls, cert) = support::self_signed(dir.path(), "localhost");
-    let up = Upstream::start().await;
-    let mut config = support::config_with_routes(&[("/", up.addr)]);
-    config.server.tls = Some(tls);
-    let gw = support::start(&config).await;
+    let (up, gw) = gateway_with(|config| {
+        config.server.tls = Some(tls);
+    })
+    .await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
