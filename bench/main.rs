@@ -254,6 +254,18 @@ fn run(args: &Args) -> Result<(), String> {
         }
     };
 
+    // The process that serves a row's requests, whose CPU time is counted.
+    let server_pid = |row: &Row| -> u32 {
+        match row.target {
+            Target::Origin => world.origin.0.pid(),
+            Target::NginxProxy => world.proxy.0.pid(),
+            Target::Gateway { variant, .. } => match gateways.get(&variant) {
+                Some(Ok((gw, _))) => gw.proc.pid(),
+                _ => 0,
+            },
+        }
+    };
+
     // Peak throughput, rows alternating within each round.
     let duration = Duration::from_secs(args.duration);
     let mut peak: Vec<Vec<wrk::Outcome>> = vec![Vec::new(); ROWS.len()];
@@ -298,14 +310,19 @@ fn run(args: &Args) -> Result<(), String> {
                 duration,
                 think_ms: None,
             };
-            let outcome = wrk::run(&load, world.dir.path(), &format!("peak-{i}"))?;
+            let server = server_pid(row);
+            let cpu_before = procs::cpu_seconds(server);
+            let mut outcome = wrk::run(&load, world.dir.path(), &format!("peak-{i}"))?;
+            let served = outcome.rps * duration.as_secs_f64();
+            outcome.cpu_us = (procs::cpu_seconds(server) - cpu_before) * 1e6 / served.max(1.0);
             println!(
-                "bench: round {} {:<40} {:>9.0} req/s p99 {:>7.0} µs errors {}",
+                "bench: round {} {:<40} {:>9.0} req/s p99 {:>7.0} µs errors {} cpu {:>5.1} µs/req",
                 round + 1,
                 row.name,
                 outcome.rps,
                 outcome.p99_us,
-                outcome.errors
+                outcome.errors,
+                outcome.cpu_us
             );
             peak[i].push(outcome);
         }
@@ -411,14 +428,16 @@ fn print_peak(peak: &[Option<wrk::Outcome>]) {
         .iter()
         .position(|r| matches!(r.target, Target::NginxProxy))
         .and_then(|i| peak[i])
-        .map_or(f64::NAN, |o| o.rps);
+        .unwrap_or_default();
     for (row, outcome) in ROWS.iter().zip(peak) {
         if let Some(o) = outcome {
             println!(
-                "bench: {:<40} {:>9.0} req/s {:>5.2}x nginx",
+                "bench: {:<40} {:>9.0} req/s {:>5.2}x nginx, cpu {:>5.1} µs/req {:>5.2}x nginx",
                 row.name,
                 o.rps,
-                o.rps / nginx
+                o.rps / nginx.rps,
+                o.cpu_us,
+                o.cpu_us / nginx.cpu_us
             );
         }
     }

@@ -96,6 +96,37 @@ impl Drop for Proc {
     }
 }
 
+/// CPU time, user and system, of `root` and its direct children (nginx's workers), in
+/// seconds, from `/proc`.
+pub fn cpu_seconds(root: u32) -> f64 {
+    let ticks_per_second = output_of("getconf", &["CLK_TCK"])
+        .trim()
+        .parse::<f64>()
+        .unwrap_or(100.0);
+    let mut ticks = 0u64;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name, which may hold spaces, in parentheses.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let pid = head.split(' ').next().and_then(|p| p.parse::<u32>().ok());
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ppid = fields.get(1).and_then(|p| p.parse::<u32>().ok());
+        if pid == Some(root) || ppid == Some(root) {
+            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+            // utime and stime: fields 14 and 15 of stat, 11 and 12 after the name.
+            ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
+        }
+    }
+    ticks as f64 / ticks_per_second
+}
+
 /// `VmRSS` of `pid` from `/proc`, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -114,10 +114,15 @@ pub struct Results {
 }
 
 /// The run whose requests per second is the median (percentiles are taken from it as well).
+/// The round with the median requests/s, carrying the median CPU per request of all rounds
+/// (taken on its own, as the two need not come from one round).
 pub fn median(outcomes: &[Outcome]) -> Option<Outcome> {
     let mut sorted = outcomes.to_vec();
     sorted.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    sorted.get(sorted.len() / 2).copied()
+    let mut median = sorted.get(sorted.len() / 2).copied()?;
+    sorted.sort_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us));
+    median.cpu_us = sorted[sorted.len() / 2].cpu_us;
+    Some(median)
 }
 
 fn ms(us: f64) -> String {
@@ -164,35 +169,48 @@ impl Results {
     }
 
     fn throughput(&self, md: &mut String) {
-        let nginx = self
+        let nginx_row = self
             .index_of(|t| matches!(t, Target::NginxProxy))
-            .and_then(|i| self.peak[i])
-            .map(|o| o.rps);
+            .and_then(|i| self.peak[i]);
+        let nginx = nginx_row.map(|o| o.rps);
+        let nginx_cpu = nginx_row.map(|o| o.cpu_us);
         let _ = writeln!(md, "### Throughput at peak load\n");
         let _ = writeln!(
             md,
-            "| row | requests/s | × nginx proxy | p50 | p99 | p99.9 | errors |"
+            "CPU per request is the CPU time (user and system) of the serving process, the \
+             origin's on the first row and the proxy's on the others, over the requests it \
+             served: what requests/s would be if the proxy had a core to itself, and nearly \
+             independent of what else the cores were doing.\n"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "| row | requests/s | × nginx proxy | p50 | p99 | p99.9 | errors | CPU per request | CPU × nginx proxy |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (i, row) in self.rows.iter().enumerate() {
             match (&self.peak[i], &self.skipped[i]) {
                 (Some(o), _) => {
                     let ratio = nginx.map_or("—".to_owned(), |n| format!("{:.2}×", o.rps / n));
+                    let cpu_ratio = nginx_cpu
+                        .filter(|n| *n > 0.0)
+                        .map_or("—".to_owned(), |n| format!("{:.2}×", o.cpu_us / n));
                     let _ = writeln!(
                         md,
-                        "| {} | {:.0} | {} | {} | {} | {} | {} |",
+                        "| {} | {:.0} | {} | {} | {} | {} | {} | {:.1} µs | {} |",
                         row.name,
                         o.rps,
                         ratio,
                         ms(o.p50_us),
                         ms(o.p99_us),
                         ms(o.p999_us),
-                        o.errors
+                        o.errors,
+                        o.cpu_us,
+                        cpu_ratio
                     );
                 }
                 (None, reason) => {
                     let reason = reason.as_deref().unwrap_or("no result");
-                    let _ = writeln!(md, "| {} | {reason} | | | | | |", row.name);
+                    let _ = writeln!(md, "| {} | {reason} | | | | | | | |", row.name);
                 }
             }
         }

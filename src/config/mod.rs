@@ -432,7 +432,8 @@ pub struct UpstreamConfig {
     /// How long an unused pooled upstream connection may be reused.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
-    /// Idle pooled connections kept per upstream and worker thread.
+    /// Idle pooled connections kept per upstream and worker thread, for requests without a
+    /// body and for those with one each.
     pub pool_max_idle: usize,
 }
 

@@ -3,6 +3,7 @@
 //! tunnelled once the upstream has said 101.
 
 mod pool;
+mod wire;
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
@@ -327,8 +328,10 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade
 
 /// Maps a client error to what the visitor sees; an over-long body is the client's fault.
 fn classify(error: &SendError) -> Failure {
-    let SendError::Http(error) = error else {
-        return Failure::UpstreamUnreachable;
+    let error = match error {
+        SendError::Connect(_) => return Failure::UpstreamUnreachable,
+        SendError::Wire(_) => return Failure::UpstreamFailed,
+        SendError::Http(error) => error,
     };
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(e) = source {

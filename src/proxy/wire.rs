@@ -1,0 +1,802 @@
+//! HTTP/1.1 exchanges with an upstream, driven in the task of the request that makes them.
+//!
+//! Why not hyper's client for these: its connection runs as a task of its own, so every
+//! request crosses to it over a channel, its response comes back over a oneshot and every
+//! body chunk over another channel, each a wake-up of one task by another. Under callgrind
+//! that hand-off and hyper's client codec were a quarter of a logged-in request. Here a
+//! request without a body (nearly every page and asset load) is written to the socket
+//! straight from its parsed head, and the response head and body are read from the socket
+//! by whoever polls them. Requests with a body and protocol upgrades still go through
+//! hyper's client, which writes a body while it reads an early response and hands over the
+//! upgraded stream.
+//!
+//! Parsing is httparse's, as in hyper; what is written here is the framing of RFC 9112:
+//! which response has a body, how long it is, and when the connection may carry another.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version, request};
+use http_body::Frame;
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A connection as the connector opens it, with tokio's I/O traits.
+pub type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+
+/// Most header fields a response head (or a chunked body's trailer) may carry, as hyper's.
+const MAX_FIELDS: usize = 100;
+/// Largest response head read; a longer one is refused as hyper's client refuses it.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest chunk-size line (with extensions) or trailer section waited for.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Room made in the read buffer before a read: enough for nearly every response head and
+/// small body at once. The buffer is reused by the next exchange once the bytes handed out
+/// of it are gone, so a small response costs no allocation.
+const READ_ROOM: usize = 8 * 1024;
+/// A body whose reads fill the room doubles it, up to this, to be read in fewer system
+/// calls; its connection starts small again once back in the pool.
+const MAX_ROOM: usize = 256 * 1024;
+
+/// Why an exchange or a body read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Writing the request, or reading before any byte of the answer came, failed: on a
+    /// reused connection, the upstream most likely closed it while it was idle.
+    #[error("the upstream connection failed before an answer: {0}")]
+    Unanswered(io::Error),
+    /// The connection ended before any byte of the answer came.
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+    #[error("the upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the upstream's response head is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the upstream's response head is longer than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("the upstream switched protocols without being asked to")]
+    UnaskedSwitch,
+    #[error("the upstream closed the connection before the body's end")]
+    Truncated,
+}
+
+impl WireError {
+    /// True when the request may not have reached the upstream at all, so an idempotent
+    /// one can be sent again on another connection.
+    pub fn unanswered(&self) -> bool {
+        matches!(self, WireError::Unanswered(_) | WireError::Closed)
+    }
+}
+
+impl From<httparse::Error> for WireError {
+    fn from(e: httparse::Error) -> Self {
+        WireError::Malformed(match e {
+            httparse::Error::TooManyHeaders => "too many header fields",
+            httparse::Error::Version => "not HTTP/1.x",
+            httparse::Error::Status => "bad status code",
+            _ => "bad syntax",
+        })
+    }
+}
+
+/// One keep-alive connection to an upstream and the bytes read from it but not yet used.
+pub struct Wire {
+    io: Io,
+    buf: BytesMut,
+    /// Room made before the next body read.
+    room: usize,
+    spans: Vec<Span>,
+}
+
+/// How the body after a response head is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body: a `HEAD` request, 1xx, 204, 304.
+    Empty,
+    /// `Content-Length`: this many bytes remain.
+    Length(u64),
+    Chunked(Chunk),
+    /// Neither: the body ends when the upstream closes the connection.
+    UntilClose,
+    /// Read to its end.
+    Done,
+}
+
+/// Where a chunked body's reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    /// This many bytes of the current chunk remain.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// A response head, with what it says of its body and of the connection.
+pub struct Answer {
+    pub response: Response<()>,
+    framing: Framing,
+    /// The connection may carry another request once the body has been read.
+    reusable: bool,
+}
+
+impl Wire {
+    pub fn new(io: Io) -> Box<Self> {
+        Box::new(Wire {
+            io,
+            buf: BytesMut::new(),
+            room: READ_ROOM,
+            spans: Vec::new(),
+        })
+    }
+
+    /// Whether an idle connection can take a request: neither closed by the upstream nor
+    /// holding bytes nobody asked for. Costs no system call while the socket has had
+    /// nothing to read since the last response: tokio answers from its readiness state.
+    pub fn still_open(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        self.buf.reserve(READ_ROOM);
+        matches!(
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf),
+            Poll::Pending
+        )
+    }
+
+    /// Writes a request head (from `encode_head`) and reads the response's head; 1xx
+    /// interim responses are skipped, as hyper's client skips them.
+    pub async fn exchange(&mut self, head: &[u8], method: &Method) -> Result<Answer, WireError> {
+        if let Err(e) = self.write_head(head).await {
+            return Err(WireError::Unanswered(e));
+        }
+        let mut answered = false;
+        loop {
+            if let Some(response) = parse_head(&mut self.buf, &mut self.spans)? {
+                answered = true;
+                let status = response.status();
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(WireError::UnaskedSwitch);
+                }
+                if status.is_informational() {
+                    continue;
+                }
+                let (framing, reusable) = framing(&response, method)?;
+                return Ok(Answer {
+                    response,
+                    framing,
+                    reusable,
+                });
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(WireError::HeadTooLarge);
+            }
+            self.buf.reserve(READ_ROOM);
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) if answered || !self.buf.is_empty() => return Err(WireError::Truncated),
+                Ok(0) => return Err(WireError::Closed),
+                Ok(_) => {}
+                Err(e) if !answered && self.buf.is_empty() => {
+                    return Err(WireError::Unanswered(e));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn write_head(&mut self, head: &[u8]) -> io::Result<()> {
+        self.io.write_all(head).await?;
+        self.io.flush().await
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, WireError>> {
+        self.buf.reserve(self.room);
+        let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n >= self.room {
+                self.room = (self.room * 2).min(MAX_ROOM);
+            }
+        }
+        polled.map_err(WireError::from)
+    }
+}
+
+/// The request head as it goes on the wire: request line, then the fields as they are in
+/// the map. Its caller has removed hop-by-hop fields and set `Host`; a `POST`, `PUT` or
+/// `PATCH` without a body says `Content-Length: 0`, which some upstreams require.
+pub fn encode_head(parts: &request::Parts) -> Vec<u8> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let method = parts.method.as_str();
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let mut head = Vec::with_capacity(method.len() + target.len() + fields + 40);
+    head.extend_from_slice(method.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let needs_length = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+        && !parts.headers.contains_key(header::CONTENT_LENGTH);
+    if needs_length {
+        head.extend_from_slice(b"content-length: 0\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Where a field's name and value sit in a response head: offsets and lengths.
+type Span = [u32; 4];
+
+/// A complete response head at the front of `buf`, taken out of it; `None` while it is
+/// still incomplete. Field values share the head's bytes instead of being copied.
+/// `spans` is scratch space, kept by the connection so no response allocates it.
+fn parse_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<Span>,
+) -> Result<Option<Response<()>>, WireError> {
+    // Uninitialised slots, as hyper's: a hundred empty fields would be 3 KiB to clear on
+    // every response.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let httparse::Status::Complete(len) =
+        config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields)?
+    else {
+        return Ok(None);
+    };
+    let code = parsed.code.unwrap_or_default();
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Where each field sits in the head, so the values can be slices of it once frozen.
+    // The head is under `MAX_HEAD` plus one read, so offsets fit in 32 bits.
+    let base = buf.as_ptr() as usize;
+    let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+    spans.clear();
+    spans.extend(parsed.headers.iter().map(|field| {
+        let (name, value) = (field.name.as_bytes(), field.value);
+        [
+            offset(name),
+            name.len() as u32,
+            offset(value),
+            value.len() as u32,
+        ]
+    }));
+    let head = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| WireError::Malformed("bad status code"))?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &[name, name_len, value, value_len] in spans.iter() {
+        let (name, value) = (name as usize, value as usize);
+        let name = HeaderName::from_bytes(&head[name..name + name_len as usize])
+            .map_err(|_| WireError::Malformed("bad field name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len as usize))
+            .map_err(|_| WireError::Malformed("bad field value"))?;
+        headers.append(name, value);
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Some(response))
+}
+
+/// The body's framing and whether the connection outlives this response (RFC 9112 §6.3,
+/// §9.3).
+fn framing(response: &Response<()>, method: &Method) -> Result<(Framing, bool), WireError> {
+    let headers = response.headers();
+    let close = has_token(headers, "close");
+    let reusable = match response.version() {
+        Version::HTTP_11 => !close,
+        _ => !close && has_token(headers, "keep-alive"),
+    };
+    let status = response.status();
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, reusable));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked last is the only coding with an end of its own; with any other, or with a
+        // Content-Length beside it, the body ends at close and the connection with it.
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        let smuggled = headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(match chunked {
+            true => (Framing::Chunked(Chunk::Size), reusable && !smuggled),
+            false => (Framing::UntilClose, false),
+        });
+    }
+    match content_length(headers)? {
+        Some(0) => Ok((Framing::Empty, reusable)),
+        Some(n) => Ok((Framing::Length(n), reusable)),
+        None => Ok((Framing::UntilClose, false)),
+    }
+}
+
+/// The one length all `Content-Length` values agree on; differing values are an error
+/// (RFC 9112 §6.3, item 5), as is anything but digits.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, WireError> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let digits = part.trim_ascii();
+            let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or(WireError::Malformed("bad Content-Length"))?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(WireError::Malformed("conflicting Content-Length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A response body read from its connection by whoever polls it.
+pub struct WireBody {
+    wire: Box<Wire>,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl WireBody {
+    pub fn new(wire: Box<Wire>, answer: Answer) -> (Response<()>, Self) {
+        let body = WireBody {
+            wire,
+            framing: answer.framing,
+            reusable: answer.reusable,
+        };
+        (answer.response, body)
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Empty | Framing::Done)
+    }
+
+    pub fn exact_len(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Empty | Framing::Done => Some(0),
+            Framing::Length(n) => Some(n),
+            Framing::Chunked(_) | Framing::UntilClose => None,
+        }
+    }
+
+    /// The connection, once the body has been read to its end and the upstream left it
+    /// fit for another request.
+    pub fn into_reusable(mut self) -> Option<Box<Wire>> {
+        if !(self.is_end_stream() && self.reusable && self.wire.buf.is_empty()) {
+            return None;
+        }
+        if self.wire.room > READ_ROOM {
+            // A large body grew the buffer: an idle connection keeps only a small one.
+            self.wire.room = READ_ROOM;
+            self.wire.buf = BytesMut::new();
+        }
+        Some(self.wire)
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
+        loop {
+            let step = match self.framing {
+                Framing::Empty | Framing::Done => {
+                    self.framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Framing::Length(remaining) => self.length_step(remaining),
+                Framing::UntilClose => self.until_close_step(),
+                Framing::Chunked(chunk) => self.chunk_step(chunk),
+            };
+            match step {
+                Step::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
+                Step::Again => {}
+                Step::Read => match self.wire.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
+                        self.framing = Framing::Done;
+                        self.reusable = false;
+                    }
+                    Poll::Ready(Ok(0)) => {
+                        self.reusable = false;
+                        return Poll::Ready(Some(Err(WireError::Truncated)));
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => {
+                        self.reusable = false;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Step::Fail(e) => {
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    /// Up to `n` buffered bytes, as a frame.
+    fn take(&mut self, n: u64) -> Frame<Bytes> {
+        let n = usize::try_from(n).map_or(self.wire.buf.len(), |n| n.min(self.wire.buf.len()));
+        Frame::data(self.wire.buf.split_to(n).freeze())
+    }
+
+    fn length_step(&mut self, remaining: u64) -> Step {
+        if self.wire.buf.is_empty() {
+            return Step::Read;
+        }
+        let frame = self.take(remaining);
+        let left = remaining - frame.data_ref().map_or(0, |d| d.len() as u64);
+        self.framing = match left {
+            0 => Framing::Done,
+            n => Framing::Length(n),
+        };
+        Step::Frame(frame)
+    }
+
+    fn until_close_step(&mut self) -> Step {
+        match self.wire.buf.is_empty() {
+            true => Step::Read,
+            false => Step::Frame(self.take(u64::MAX)),
+        }
+    }
+
+    fn chunk_step(&mut self, chunk: Chunk) -> Step {
+        let buf = &mut self.wire.buf;
+        match chunk {
+            Chunk::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    self.framing = Framing::Chunked(match size {
+                        0 => Chunk::Trailers,
+                        n => Chunk::Data(n),
+                    });
+                    Step::Again
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => Step::Read,
+                _ => Step::Fail(WireError::Malformed("bad chunk size line")),
+            },
+            Chunk::Data(remaining) => {
+                if buf.is_empty() {
+                    return Step::Read;
+                }
+                let frame = self.take(remaining);
+                let left = remaining - frame.data_ref().map_or(0, |d| d.len() as u64);
+                self.framing = Framing::Chunked(match left {
+                    0 => Chunk::DataEnd,
+                    n => Chunk::Data(n),
+                });
+                Step::Frame(frame)
+            }
+            Chunk::DataEnd => match buf.get(..2) {
+                Some(b"\r\n") => {
+                    buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                    Step::Again
+                }
+                Some(_) => Step::Fail(WireError::Malformed("chunk data longer than its size")),
+                None => Step::Read,
+            },
+            Chunk::Trailers => self.trailers_step(),
+        }
+    }
+
+    /// The trailer section after the last chunk: empty (a bare CRLF) nearly always.
+    fn trailers_step(&mut self) -> Step {
+        let buf = &mut self.wire.buf;
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+            self.framing = Framing::Done;
+            return Step::Again;
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let (used, trailers) = match httparse::parse_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete((used, parsed))) => {
+                let mut trailers = HeaderMap::with_capacity(parsed.len());
+                for field in parsed {
+                    let name = HeaderName::from_bytes(field.name.as_bytes());
+                    let value = HeaderValue::from_bytes(field.value);
+                    if let (Ok(name), Ok(value)) = (name, value) {
+                        trailers.append(name, value);
+                    }
+                }
+                (used, trailers)
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => return Step::Read,
+            _ => return Step::Fail(WireError::Malformed("bad trailer section")),
+        };
+        buf.advance(used);
+        self.framing = Framing::Done;
+        Step::Frame(Frame::trailers(trailers))
+    }
+}
+
+/// What one look at the buffer found.
+enum Step {
+    Frame(Frame<Bytes>),
+    /// The state moved; look again.
+    Again,
+    /// More bytes are needed.
+    Read,
+    Fail(WireError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Response<()> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        let response = parse_head(&mut buf, &mut Vec::new()).unwrap().unwrap();
+        assert!(buf.is_empty(), "the head is taken out of the buffer whole");
+        response
+    }
+
+    fn framed(text: &str, method: Method) -> Result<(Framing, bool), WireError> {
+        framing(&head(text), &method)
+    }
+
+    #[test]
+    fn a_head_is_parsed_only_once_complete_and_leaves_what_follows() {
+        let text = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Two: a\r\nX-Two: b\r\n\r\nhello";
+        for cut in 0..text.len() - 5 {
+            let mut partial = BytesMut::from(&text[..cut]);
+            assert!(
+                parse_head(&mut partial, &mut Vec::new()).unwrap().is_none(),
+                "cut at {cut}"
+            );
+            assert_eq!(partial.len(), cut, "nothing consumed at {cut}");
+        }
+        let mut buf = BytesMut::from(&text[..]);
+        let response = parse_head(&mut buf, &mut Vec::new()).unwrap().unwrap();
+        assert_eq!(&buf[..], b"hello");
+        assert_eq!(response.status(), 200);
+        let twos: Vec<_> = response.headers().get_all("x-two").iter().collect();
+        assert_eq!(twos, ["a", "b"]);
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        use Framing::*;
+        let get = || Method::GET;
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Length(5),
+                true,
+            ),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Empty, true),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+                Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Chunked(Chunk::Size),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                Chunked(Chunk::Size),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                UntilClose,
+                false,
+            ),
+            // Both: the length is ignored and the connection not trusted again.
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                Chunked(Chunk::Size),
+                false,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", UntilClose, false),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\n",
+                Length(5),
+                false,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Empty,
+                true,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Length(5),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 5\r\n\r\n",
+                Length(5),
+                true,
+            ),
+        ];
+        for (text, framing, reusable) in cases {
+            let got = framed(text, get()).unwrap();
+            assert_eq!(got, (framing, reusable), "{text:?}");
+        }
+        let head_request = framed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD);
+        assert_eq!(head_request.unwrap(), (Empty, true));
+    }
+
+    #[test]
+    fn bad_lengths_are_refused() {
+        for text in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        ] {
+            assert!(framed(text, Method::GET).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn not_http_is_malformed() {
+        for text in ["SSH-2.0-OpenSSH_9.2\r\n\r\n", "HTTP/1.1 abc OK\r\n\r\n"] {
+            let mut buf = BytesMut::from(text.as_bytes());
+            assert!(parse_head(&mut buf, &mut Vec::new()).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_head_is_written_as_the_map_holds_it() {
+        let (mut parts, ()) = http::Request::builder()
+            .method(Method::POST)
+            .uri("/a/b?x=1&y=%20")
+            .header("host", "up.example")
+            .header("x-two", "1")
+            .header("x-two", "2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(
+            String::from_utf8(encode_head(&parts)).unwrap(),
+            "POST /a/b?x=1&y=%20 HTTP/1.1\r\nhost: up.example\r\nx-two: 1\r\nx-two: 2\r\n\
+             content-length: 0\r\n\r\n"
+        );
+        parts.method = Method::GET;
+        let get = String::from_utf8(encode_head(&parts)).unwrap();
+        assert!(!get.contains("content-length"), "{get}");
+    }
+
+    /// A connected pair over loopback: the gateway's side as a `Wire`, and the upstream's.
+    async fn pair() -> (Box<Wire>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ours = TcpStream::connect(addr).await.unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        theirs.set_nodelay(true).unwrap();
+        let io = TokioIo::new(MaybeHttpsStream::Http(TokioIo::new(ours)));
+        (Wire::new(io), theirs)
+    }
+
+    /// Data and trailers of the body that follows a response, as the client would get them.
+    async fn read_body(mut body: WireBody) -> (Vec<u8>, Option<HeaderMap>, WireBody) {
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+            let frame = frame.unwrap();
+            match frame.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        (data, trailers, body)
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_split_anywhere_is_read_whole_with_its_trailers() {
+        let answer: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;ext=\"a b\"\r\nhello\r\nA\r\n, world!!!\r\n0\r\nx-sum: 15\r\nx-more: y\r\n\r\n";
+        let head_len = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        for cut in 1..answer.len() {
+            let (mut wire, mut upstream) = pair().await;
+            let writer = tokio::spawn(async move {
+                upstream.write_all(&answer[..cut]).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                upstream.write_all(&answer[cut..]).await.unwrap();
+                upstream
+            });
+            let answered = wire.exchange(b"GET / HTTP/1.1\r\n\r\n", &Method::GET).await;
+            let (_, body) = WireBody::new(wire, answered.unwrap());
+            let (data, trailers, body) = read_body(body).await;
+            assert_eq!(data, b"hello, world!!!", "cut at {cut} (head {head_len})");
+            let trailers = trailers.unwrap_or_else(|| panic!("no trailers, cut at {cut}"));
+            assert_eq!(trailers["x-sum"], "15");
+            assert_eq!(trailers["x-more"], "y");
+            assert!(body.into_reusable().is_some(), "cut at {cut}");
+            drop(writer.await.unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_its_connection_is_not_reused() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"[..],
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"[..],
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello, too long\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+        ] {
+            let (mut wire, mut upstream) = pair().await;
+            upstream.write_all(answer).await.unwrap();
+            drop(upstream);
+            let answered = wire.exchange(b"GET / HTTP/1.1\r\n\r\n", &Method::GET).await;
+            let (_, mut body) = WireBody::new(wire, answered.unwrap());
+            let mut failed = false;
+            while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+                if frame.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            assert!(failed, "{:?}", String::from_utf8_lossy(answer));
+            assert!(body.into_reusable().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_is_not_open() {
+        let (mut wire, upstream) = pair().await;
+        assert!(std::future::poll_fn(|cx| Poll::Ready(wire.still_open(cx))).await);
+        drop(upstream);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!std::future::poll_fn(|cx| Poll::Ready(wire.still_open(cx))).await);
+        let (mut wire, mut upstream) = pair().await;
+        upstream
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            !std::future::poll_fn(|cx| Poll::Ready(wire.still_open(cx))).await,
+            "bytes nobody asked for"
+        );
+    }
+}
