@@ -99,10 +99,13 @@ impl Drop for Proc {
 /// CPU time, user and system, of `root` and its direct children (nginx's workers), in
 /// seconds, from `/proc`.
 pub fn cpu_seconds(root: u32) -> f64 {
-    let ticks_per_second = output_of("getconf", &["CLK_TCK"])
-        .trim()
-        .parse::<f64>()
-        .unwrap_or(100.0);
+    static TICKS_PER_SECOND: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks_per_second = *TICKS_PER_SECOND.get_or_init(|| {
+        output_of("getconf", &["CLK_TCK"])
+            .trim()
+            .parse()
+            .unwrap_or(100.0)
+    });
     let mut ticks = 0u64;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0.0;

@@ -451,18 +451,22 @@ impl WireBody {
         }
     }
 
-    /// Up to `n` buffered bytes, as a frame.
-    fn take(&mut self, n: u64) -> Frame<Bytes> {
-        let n = usize::try_from(n).map_or(self.wire.buf.len(), |n| n.min(self.wire.buf.len()));
-        Frame::data(self.wire.buf.split_to(n).freeze())
+    /// Up to `n` buffered bytes, as a frame, and how many of the `n` are still to come.
+    /// `None` while nothing is buffered.
+    fn take(&mut self, n: u64) -> Option<(Frame<Bytes>, u64)> {
+        let buffered = self.wire.buf.len();
+        if buffered == 0 {
+            return None;
+        }
+        let taken = usize::try_from(n).map_or(buffered, |n| n.min(buffered));
+        let data = self.wire.buf.split_to(taken).freeze();
+        Some((Frame::data(data), n - taken as u64))
     }
 
     fn length_step(&mut self, remaining: u64) -> Step {
-        if self.wire.buf.is_empty() {
+        let Some((frame, left)) = self.take(remaining) else {
             return Step::Read;
-        }
-        let frame = self.take(remaining);
-        let left = remaining - frame.data_ref().map_or(0, |d| d.len() as u64);
+        };
         self.framing = match left {
             0 => Framing::Done,
             n => Framing::Length(n),
@@ -471,9 +475,9 @@ impl WireBody {
     }
 
     fn until_close_step(&mut self) -> Step {
-        match self.wire.buf.is_empty() {
-            true => Step::Read,
-            false => Step::Frame(self.take(u64::MAX)),
+        match self.take(u64::MAX) {
+            Some((frame, _)) => Step::Frame(frame),
+            None => Step::Read,
         }
     }
 
@@ -493,11 +497,9 @@ impl WireBody {
                 _ => Step::Fail(WireError::Malformed("bad chunk size line")),
             },
             Chunk::Data(remaining) => {
-                if buf.is_empty() {
+                let Some((frame, left)) = self.take(remaining) else {
                     return Step::Read;
-                }
-                let frame = self.take(remaining);
-                let left = remaining - frame.data_ref().map_or(0, |d| d.len() as u64);
+                };
                 self.framing = Framing::Chunked(match left {
                     0 => Chunk::DataEnd,
                     n => Chunk::Data(n),
