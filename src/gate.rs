@@ -194,15 +194,18 @@ impl Gate {
         };
         let peer = self.peer(conn);
         // Before anything reads them: a client must never pose as an identity, nor say where
-        // it came from unless it is a trusted proxy.
-        proxy::drop_connection_options(request.headers_mut());
-        // A proxy in front that asks `/_wxgate/auth` or `/_wxgate/start` names the page to
-        // return to in X-Forwarded-Uri; believed from trusted peers only, never forwarded.
-        let return_page = (peer.trusted && path.as_str().starts_with("/_wxgate/"))
+        // it came from unless it is a trusted proxy. A proxy in front that asks
+        // `/_wxgate/auth` or `/_wxgate/start` names the page to return to in X-Forwarded-Uri;
+        // believed from trusted peers only, never forwarded.
+        let keeps_return_page = peer.trusted && path.as_str().starts_with("/_wxgate/");
+        let configured = self.identity_header.as_str();
+        let cleaned = proxy::clean_request(request.headers_mut(), peer.trusted, |name| {
+            !(keeps_return_page && name == "x-forwarded-uri")
+                && (is_identity_header(name, configured) || is_foreign_identity_header(name))
+        });
+        let return_page = keeps_return_page
             .then(|| request.headers_mut().remove(X_FORWARDED_URI))
             .flatten();
-        strip_identity_headers(request.headers_mut(), &self.identity_header);
-        proxy::strip_client_forwarding(request.headers_mut(), peer.trusted);
         if path.as_str().starts_with("/_wxgate/") {
             let login = self
                 .logins
@@ -229,7 +232,7 @@ impl Gate {
             return (Target::Unrouted, Err(Failure::NoRoute));
         };
         if route.scope != Scope::Public {
-            if let Err(failure) = self.check_websocket_origin(request.headers()) {
+            if let Err(failure) = self.check_websocket_origin(request.headers(), cleaned) {
                 return (Target::Route(route), Err(failure));
             }
             let Some(login) = self.logins.as_ref().and_then(|l| l.for_route(route)) else {
@@ -250,7 +253,7 @@ impl Gate {
         for login in self.logins.iter().flat_map(Logins::all) {
             login.remove_own_cookies(request.headers_mut());
         }
-        let client_upgrade = match upgrade_of(&request) {
+        let client_upgrade = match upgrade_of(&request, cleaned) {
             Upgrade::None => None,
             Upgrade::Refused => {
                 return (
@@ -267,7 +270,11 @@ impl Gate {
                 request,
                 route,
                 path.as_str(),
-                (peer, conn.worker),
+                proxy::Client {
+                    peer,
+                    worker: conn.worker,
+                    cleaned,
+                },
                 client_upgrade,
             )
             .await;
@@ -316,8 +323,12 @@ impl Gate {
     /// A WebSocket handshake carries the visitor's cookies whichever page opened it, so on a
     /// protected route the opening page must be one of ours (cross-site WebSocket
     /// hijacking). Clients that send no `Origin` are not browsers and are let through.
-    fn check_websocket_origin(&self, headers: &HeaderMap) -> Result<(), Failure> {
-        if !proxy::is_upgrade(headers) {
+    fn check_websocket_origin(
+        &self,
+        headers: &HeaderMap,
+        cleaned: proxy::Cleaned,
+    ) -> Result<(), Failure> {
+        if !cleaned.upgrade() {
             return Ok(());
         }
         let Some(origin) = headers.get(ORIGIN) else {
@@ -391,9 +402,9 @@ enum Upgrade {
     Refused,
 }
 
-fn upgrade_of(request: &Request<Incoming>) -> Upgrade {
+fn upgrade_of(request: &Request<Incoming>, cleaned: proxy::Cleaned) -> Upgrade {
     let headers = request.headers();
-    if !proxy::is_upgrade(headers) {
+    if !cleaned.upgrade() {
         return Upgrade::None;
     }
     let h2c = headers.get_all(UPGRADE).iter().any(|v| {
@@ -476,22 +487,6 @@ fn is_valid_host_header(value: &str) -> bool {
     let port_ok =
         port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
     host_ok && port_ok
-}
-
-/// Removes the configured identity header, every `x-wechat-*` header and other gateways'
-/// identity headers, in any spelling.
-fn strip_identity_headers(headers: &mut HeaderMap, configured: &str) {
-    let spoofed: Vec<http::header::HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            is_identity_header(name.as_str(), configured)
-                || is_foreign_identity_header(name.as_str())
-        })
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
 }
 
 fn record(series: &RouteSeries, response: &Response<Body>, elapsed: std::time::Duration) {

@@ -1099,11 +1099,19 @@ fn remove_cookies(headers: &mut HeaderMap, names: [&str; 2]) {
             .trim_ascii();
         names.iter().any(|n| name == n.as_bytes())
     };
-    if !headers
-        .get_all(COOKIE)
-        .iter()
-        .any(|value| cookie_pairs(value).any(ours))
-    {
+    let (mut any_ours, mut only_ours) = (false, true);
+    for pair in headers.get_all(COOKIE).iter().flat_map(cookie_pairs) {
+        match ours(pair) {
+            true => any_ours = true,
+            false => only_ours = false,
+        }
+    }
+    if !any_ours {
+        return;
+    }
+    if only_ours {
+        // A page that keeps no cookies of its own: the header goes whole, nothing is rebuilt.
+        headers.remove(COOKIE);
         return;
     }
     let kept: Vec<HeaderValue> = headers
@@ -1217,6 +1225,13 @@ mod tests {
             [b"a=1; b=\xe4\xb8\xad".to_vec(), b"c=3".to_vec()],
             "obs-text kept as sent, emptied headers dropped, order kept"
         );
+    }
+
+    #[test]
+    fn a_cookie_header_of_the_gateways_cookies_alone_goes_whole() {
+        let mut h = cookies(&[b"wxgate_session=secret", b" ; wxgate_state=s1;"]);
+        remove_cookies(&mut h, OURS);
+        assert!(!h.contains_key(COOKIE), "{h:?}");
     }
 
     #[test]

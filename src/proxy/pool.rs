@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri, header};
+use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -106,12 +106,14 @@ impl Pool {
     }
 
     /// Sends `request` (origin-form URI) to `upstream` on an idle connection of `worker`'s
-    /// shard, or on a new one.
+    /// shard, or on a new one. `upgrade`: the request asks to switch protocols. The response
+    /// comes without its hop-by-hop fields, whichever client read it.
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Upstream,
         worker: usize,
         request: Request<UpstreamBody>,
+        upgrade: bool,
     ) -> Result<Response<PooledBody>, SendError> {
         let home = Home {
             pool: self.clone(),
@@ -119,7 +121,7 @@ impl Pool {
             upstream: u32::try_from(upstream.id).unwrap_or(u32::MAX),
         };
         let bodiless = request.body().is_end_stream();
-        if bodiless && !request.headers().contains_key(header::UPGRADE) {
+        if bodiless && !upgrade {
             return self.send_on_wire(home, upstream, request).await;
         }
         // Boxed: the rarer path, whose future would otherwise size every request's.
@@ -170,7 +172,7 @@ impl Pool {
                 break;
             };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(home.lend(sender, response)),
+                Ok(response) => return Ok(home.lend(sender, without_hops(response))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(e.into_error().into()),
@@ -180,7 +182,7 @@ impl Pool {
         let io = self.open(upstream).await?;
         let mut sender = handshake(io).await?;
         let response = sender.send_request(request).await?;
-        Ok(home.lend(sender, response))
+        Ok(home.lend(sender, without_hops(response)))
     }
 
     /// The newest idle hyper connection of the shard that is ready for a request. A
@@ -288,6 +290,14 @@ impl Pool {
 
 /// Hands a new connection to hyper's client. The connection runs as a task of the worker
 /// that opened it, the same worker whose requests will borrow it.
+/// A response from hyper's client without its connection fields, as the gateway's own
+/// client returns them.
+fn without_hops<B>(mut response: Response<B>) -> Response<B> {
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    super::headers::strip_hop_by_hop(response.headers_mut(), switching);
+    response
+}
+
 async fn handshake(io: Io) -> Result<Sender, SendError> {
     let (sender, connection) = http1::Builder::new().handshake(io.into_inner()).await?;
     tokio::spawn(async move {

@@ -159,18 +159,18 @@ impl Wire {
         }
         let mut answered = false;
         loop {
-            if let Some(response) = parse_head(&mut self.buf, &mut self.spans)? {
+            if let Some(head) = parse_head(&mut self.buf, &mut self.spans)? {
                 answered = true;
-                let status = response.status();
+                let status = head.response.status();
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(WireError::UnaskedSwitch);
                 }
                 if status.is_informational() {
                     continue;
                 }
-                let (framing, reusable) = framing(&response, method)?;
+                let (framing, reusable) = framing(&head, method)?;
                 return Ok(Answer {
-                    response,
+                    response: head.response,
                     framing,
                     reusable,
                 });
@@ -245,13 +245,25 @@ pub fn encode_head(parts: &request::Parts) -> Vec<u8> {
 /// Where a field's name and value sit in a response head: offsets and lengths.
 type Span = [u32; 4];
 
+/// A response head as read, with its connection fields already taken out of the map (the
+/// response goes to the client as it is): what they said of the connection and the body.
+struct Head {
+    response: Response<()>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`, which an HTTP/1.0 answer needs to be reused.
+    keep_alive: bool,
+    /// With `Transfer-Encoding`: whether the last coding it names is `chunked`.
+    chunked_last: Option<bool>,
+    /// The one length all `Content-Length` values agree on (the field stays in the map).
+    /// Read only without `Transfer-Encoding`, so an error waits here until then.
+    length: Result<Option<u64>, &'static str>,
+}
+
 /// A complete response head at the front of `buf`, taken out of it; `None` while it is
 /// still incomplete. Field values share the head's bytes instead of being copied.
 /// `spans` is scratch space, kept by the connection so no response allocates it.
-fn parse_head(
-    buf: &mut BytesMut,
-    spans: &mut Vec<Span>,
-) -> Result<Option<Response<()>>, WireError> {
+fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>, WireError> {
     // Uninitialised slots, as hyper's: a hundred empty fields would be 3 KiB to clear on
     // every response.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
@@ -281,90 +293,111 @@ fn parse_head(
             value.len() as u32,
         ]
     }));
-    let head = buf.split_to(len).freeze();
+    let bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| WireError::Malformed("bad status code"))?;
+    let mut head = Head {
+        response: Response::new(()),
+        close: false,
+        keep_alive: false,
+        chunked_last: None,
+        length: Ok(None),
+    };
     let mut headers = HeaderMap::with_capacity(spans.len());
+    // Fields the upstream's `Connection` names: nearly never any, so nearly never allocated.
+    let mut named: Vec<HeaderName> = Vec::new();
     for &[name, name_len, value, value_len] in spans.iter() {
         let (name, value) = (name as usize, value as usize);
-        let name = HeaderName::from_bytes(&head[name..name + name_len as usize])
+        let name = HeaderName::from_bytes(&bytes[name..name + name_len as usize])
             .map_err(|_| WireError::Malformed("bad field name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len as usize))
+        let raw = &bytes[value..value + value_len as usize];
+        if name == header::CONNECTION {
+            head.note_connection(raw, &mut named);
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            let last = raw.rsplit(|&b| b == b',').next().unwrap_or_default();
+            head.chunked_last = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            head.length = head.length.and_then(|seen| one_length(seen, raw));
+        } else if super::headers::is_hop_by_hop(&name) {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value..value + value_len as usize))
             .map_err(|_| WireError::Malformed("bad field value"))?;
         headers.append(name, value);
     }
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
-    Ok(Some(response))
+    for name in named {
+        headers.remove(name);
+    }
+    *head.response.status_mut() = status;
+    *head.response.version_mut() = version;
+    *head.response.headers_mut() = headers;
+    Ok(Some(head))
+}
+
+impl Head {
+    /// Reads one `Connection` value: its options, and the fields it names, to remove.
+    fn note_connection(&mut self, value: &[u8], named: &mut Vec<HeaderName>) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
+                named.push(name);
+            }
+        }
+    }
 }
 
 /// The body's framing and whether the connection outlives this response (RFC 9112 §6.3,
 /// §9.3).
-fn framing(response: &Response<()>, method: &Method) -> Result<(Framing, bool), WireError> {
-    let headers = response.headers();
-    let close = has_token(headers, "close");
-    let reusable = match response.version() {
-        Version::HTTP_11 => !close,
-        _ => !close && has_token(headers, "keep-alive"),
+fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), WireError> {
+    let reusable = match head.response.version() {
+        Version::HTTP_11 => !head.close,
+        _ => !head.close && head.keep_alive,
     };
-    let status = response.status();
+    let status = head.response.status();
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         return Ok((Framing::Empty, reusable));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if let Some(chunked) = head.chunked_last {
         // Chunked last is the only coding with an end of its own; with any other, or with a
         // Content-Length beside it, the body ends at close and the connection with it.
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        let smuggled = headers.contains_key(header::CONTENT_LENGTH);
+        let smuggled = head.response.headers().contains_key(header::CONTENT_LENGTH);
         return Ok(match chunked {
             true => (Framing::Chunked(Chunk::Size), reusable && !smuggled),
             false => (Framing::UntilClose, false),
         });
     }
-    match content_length(headers)? {
+    match head.length.map_err(WireError::Malformed)? {
         Some(0) => Ok((Framing::Empty, reusable)),
         Some(n) => Ok((Framing::Length(n), reusable)),
         None => Ok((Framing::UntilClose, false)),
     }
 }
 
-/// The one length all `Content-Length` values agree on; differing values are an error
-/// (RFC 9112 §6.3, item 5), as is anything but digits.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, WireError> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let digits = part.trim_ascii();
-            let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or(WireError::Malformed("bad Content-Length"))?;
-            if length.is_some_and(|seen| seen != n) {
-                return Err(WireError::Malformed("conflicting Content-Length"));
-            }
-            length = Some(n);
+/// `seen` and the lengths one `Content-Length` value lists, which must all agree (RFC 9112
+/// §6.3, item 5); anything but digits is an error.
+fn one_length(seen: Option<u64>, value: &[u8]) -> Result<Option<u64>, &'static str> {
+    let mut length = seen;
+    for part in value.split(|&b| b == b',') {
+        let digits = part.trim_ascii();
+        let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+            .flatten()
+            .ok_or("bad Content-Length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length");
         }
+        length = Some(n);
     }
     Ok(length)
-}
-
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// A response body read from its connection by whoever polls it.
@@ -563,11 +596,11 @@ enum Step {
 mod tests {
     use super::*;
 
-    fn head(text: &str) -> Response<()> {
+    fn head(text: &str) -> Head {
         let mut buf = BytesMut::from(text.as_bytes());
-        let response = parse_head(&mut buf, &mut Vec::new()).unwrap().unwrap();
+        let head = parse_head(&mut buf, &mut Vec::new()).unwrap().unwrap();
         assert!(buf.is_empty(), "the head is taken out of the buffer whole");
-        response
+        head
     }
 
     fn framed(text: &str, method: Method) -> Result<(Framing, bool), WireError> {
@@ -586,11 +619,36 @@ mod tests {
             assert_eq!(partial.len(), cut, "nothing consumed at {cut}");
         }
         let mut buf = BytesMut::from(&text[..]);
-        let response = parse_head(&mut buf, &mut Vec::new()).unwrap().unwrap();
+        let response = parse_head(&mut buf, &mut Vec::new())
+            .unwrap()
+            .unwrap()
+            .response;
         assert_eq!(&buf[..], b"hello");
         assert_eq!(response.status(), 200);
         let twos: Vec<_> = response.headers().get_all("x-two").iter().collect();
         assert_eq!(twos, ["a", "b"]);
+    }
+
+    #[test]
+    fn connection_fields_are_read_then_left_out_of_the_response() {
+        let parsed = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+             X-Hop: 1\r\nProxy-Connection: close\r\nTransfer-Encoding: chunked\r\n\
+             Upgrade: h2c\r\nX-Kept: yes\r\nSet-Cookie: a=1\r\n\r\n",
+        );
+        let mut names: Vec<&str> = parsed
+            .response
+            .headers()
+            .keys()
+            .map(|n| n.as_str())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["set-cookie", "x-kept"]);
+        assert!(parsed.keep_alive && !parsed.close);
+        assert_eq!(parsed.chunked_last, Some(true));
+        let parsed = head("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
+        assert_eq!(parsed.response.headers()["content-length"], "2");
+        assert!(parsed.close);
     }
 
     #[test]
