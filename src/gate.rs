@@ -26,7 +26,7 @@ use crate::proxy::{self, Peer, Proxy};
 use crate::route::{self, Route, RouteTable, path::NormalPath};
 use crate::session::SessionCache;
 
-const X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwarded-uri");
+static X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwarded-uri");
 
 /// How a connection reached the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -200,11 +200,11 @@ impl Gate {
         let keeps_return_page = peer.trusted && path.as_str().starts_with("/_wxgate/");
         let configured = self.identity_header.as_str();
         let cleaned = proxy::clean_request(request.headers_mut(), peer.trusted, |name| {
-            !(keeps_return_page && name == "x-forwarded-uri")
+            !(keeps_return_page && name == X_FORWARDED_URI.as_str())
                 && (is_identity_header(name, configured) || is_foreign_identity_header(name))
         });
         let return_page = keeps_return_page
-            .then(|| request.headers_mut().remove(X_FORWARDED_URI))
+            .then(|| request.headers_mut().remove(&X_FORWARDED_URI))
             .flatten();
         if path.as_str().starts_with("/_wxgate/") {
             let login = self
@@ -214,7 +214,7 @@ impl Gate {
             return match login {
                 Some(login) => {
                     if let Some(page) = return_page {
-                        request.headers_mut().insert(X_FORWARDED_URI, page);
+                        request.headers_mut().insert(X_FORWARDED_URI.clone(), page);
                     }
                     self.tag_client(&mut request, peer);
                     (

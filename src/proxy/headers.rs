@@ -16,7 +16,7 @@ use crate::identity::folded_eq;
 
 /// Fields that describe one connection, never the message. `Trailer` is not among them:
 /// hyper only sends trailer fields that `Trailer` declares. Their index is their bit in
-/// [`Found`]. A `static`, not a `const`: a const array of header names is built and dropped
+/// `Cleaned::found`. A `static`, not a `const`: a const array of header names is built and dropped
 /// at each use.
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -82,7 +82,8 @@ impl Cleaned {
 
 /// What one field name is to the cleaning pass.
 enum Field {
-    /// A bit of [`Found`]: a hop-by-hop field, `Host`, or a trusted proxy's forwarding field.
+    /// A bit of `Cleaned::found`: a hop-by-hop field, `Host`, or a trusted proxy's
+    /// forwarding field.
     Found(u16),
     /// A forwarding field the client may not send, in any spelling.
     Spoofed,
@@ -209,12 +210,12 @@ fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<I
 /// trusted proxy's are extended or kept, anyone else's are gone already.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, cleaned: Cleaned) {
     let ip = ip_text(peer.ip);
-    let xff = match cleaned.found & PRIOR_FOR != 0 {
-        true => match joined(headers, &X_FORWARDED_FOR) {
-            Some(previous) => format!("{previous}, {ip}"),
-            None => ip,
-        },
-        false => ip,
+    let previous = (cleaned.found & PRIOR_FOR != 0)
+        .then(|| joined(headers, &X_FORWARDED_FOR))
+        .flatten();
+    let xff = match previous {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip,
     };
     if let Ok(value) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);

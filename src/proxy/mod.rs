@@ -83,12 +83,9 @@ impl Proxy {
         }
         *request.uri_mut() = origin_form(path, request.uri())?;
         *request.version_mut() = http::Version::HTTP_11;
+        // The gateway opens a tunnel for every upgrade the cleaning kept, or refuses the
+        // request before it gets here.
         let upgrade = client_upgrade.is_some();
-        if client.cleaned.upgrade() && !upgrade {
-            // Kept by the cleaning for a tunnel the gateway then did not open.
-            request.headers_mut().remove(header::UPGRADE);
-            request.headers_mut().remove(header::CONNECTION);
-        }
         headers::set_forwarded(request.headers_mut(), client.peer, client.cleaned);
         let sending = self
             .pool

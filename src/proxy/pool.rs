@@ -288,8 +288,6 @@ impl Pool {
     }
 }
 
-/// Hands a new connection to hyper's client. The connection runs as a task of the worker
-/// that opened it, the same worker whose requests will borrow it.
 /// A response from hyper's client without its connection fields, as the gateway's own
 /// client returns them.
 fn without_hops<B>(mut response: Response<B>) -> Response<B> {
@@ -298,6 +296,8 @@ fn without_hops<B>(mut response: Response<B>) -> Response<B> {
     response
 }
 
+/// Hands a new connection to hyper's client. The connection runs as a task of the worker
+/// that opened it, the same worker whose requests will borrow it.
 async fn handshake(io: Io) -> Result<Sender, SendError> {
     let (sender, connection) = http1::Builder::new().handshake(io.into_inner()).await?;
     tokio::spawn(async move {

@@ -369,7 +369,7 @@ fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), WireError> {
     if let Some(chunked) = head.chunked_last {
         // Chunked last is the only coding with an end of its own; with any other, or with a
         // Content-Length beside it, the body ends at close and the connection with it.
-        let smuggled = head.response.headers().contains_key(header::CONTENT_LENGTH);
+        let smuggled = !matches!(head.length, Ok(None));
         return Ok(match chunked {
             true => (Framing::Chunked(Chunk::Size), reusable && !smuggled),
             false => (Framing::UntilClose, false),
