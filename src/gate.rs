@@ -8,10 +8,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::body::ClientBody;
 use http::header::{CONTENT_LENGTH, HOST, ORIGIN, UPGRADE};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::Limited;
-use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::body::Body;
@@ -128,7 +128,7 @@ impl Gate {
     }
 
     /// Answers one request; never fails, every failure becomes a page or JSON.
-    pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, request: Request<ClientBody>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
         // Kept before the request moves on: the log line and the error's format need them.
@@ -164,13 +164,13 @@ impl Gate {
     /// (rustc keeps an awaited future's bytes beside the caller's own), allocated and copied
     /// at every level on every request; boxed here, the futures above it stay small enough
     /// for the allocator's per-thread cache.
-    fn respond_boxed(&self, request: Request<Incoming>, conn: ConnInfo) -> Responding<'_> {
+    fn respond_boxed(&self, request: Request<ClientBody>, conn: ConnInfo) -> Responding<'_> {
         Box::pin(self.respond(request, conn))
     }
 
     async fn respond(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         conn: ConnInfo,
     ) -> (Target<'_>, Result<Response<Body>, Failure>) {
         if let Err(failure) = self.check_limits(&request) {
@@ -286,7 +286,7 @@ impl Gate {
         (Target::Route(route), result)
     }
 
-    fn check_limits(&self, request: &Request<Incoming>) -> Result<(), Failure> {
+    fn check_limits(&self, request: &Request<ClientBody>) -> Result<(), Failure> {
         let limits = &self.limits;
         let target_len = request
             .uri()
@@ -351,7 +351,7 @@ impl Gate {
 
     /// Tells the login flow who the client is (its rate limit is per client); only requests
     /// that may start or finish a login carry it.
-    fn tag_client(&self, request: &mut Request<Incoming>, peer: Peer) {
+    fn tag_client(&self, request: &mut Request<ClientBody>, peer: Peer) {
         let client = ClientIp(self.client_ip(peer, request.headers()));
         request.extensions_mut().insert(client);
     }
@@ -402,7 +402,7 @@ enum Upgrade {
     Refused,
 }
 
-fn upgrade_of(request: &Request<Incoming>, cleaned: proxy::Cleaned) -> Upgrade {
+fn upgrade_of(request: &Request<ClientBody>, cleaned: proxy::Cleaned) -> Upgrade {
     let headers = request.headers();
     if !cleaned.upgrade() {
         return Upgrade::None;
@@ -424,7 +424,7 @@ static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forw
 /// RFC 9112 §3.2: an HTTP/1.1 request without exactly one valid `Host` is malformed (HTTP/1.0
 /// may omit it); and where both exist they must name the same host, or routing and the
 /// upstream would read different ones.
-fn request_host(request: &Request<Incoming>) -> Result<String, &'static str> {
+fn request_host(request: &Request<ClientBody>) -> Result<String, &'static str> {
     let mut hosts = request.headers().get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {

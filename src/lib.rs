@@ -12,6 +12,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;
+pub mod head;
 pub mod identity;
 pub mod login;
 pub mod metrics;

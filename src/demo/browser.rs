@@ -3,10 +3,10 @@
 //! visitor switched to the desktop view to see the page a real desktop visitor gets.
 //! Only `wxgate demo` uses this; production has no setting that treats browsers as WeChat.
 
+use crate::body::ClientBody;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::body::{Body, full};
 use crate::gate::ConnInfo;
@@ -41,7 +41,7 @@ impl<H: Handler> SimulatedWeChat<H> {
 }
 
 impl<H: Handler> Handler for SimulatedWeChat<H> {
-    async fn call(&self, mut request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    async fn call(&self, mut request: Request<ClientBody>, conn: ConnInfo) -> Response<Body> {
         if request.uri().path() == SWITCH_PATH {
             return switch(request.uri().query(), request.headers());
         }

@@ -182,7 +182,7 @@ pub fn clean_request(
 }
 
 /// A field that describes one connection only.
-pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 

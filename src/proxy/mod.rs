@@ -10,23 +10,23 @@ use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::body::ClientBody;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Limited};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::pages::Failure;
 use crate::route::Route;
-pub use headers::{Cleaned, clean_request};
+pub use headers::{Cleaned, clean_request, is_hop_by_hop};
 pub use pool::PooledBody;
 use pool::{Pool, SendError};
 
 /// The body sent upstream: the client's, cut off at `server.limits.max_body_bytes`.
-pub type UpstreamBody = Limited<Incoming>;
+pub type UpstreamBody = Limited<ClientBody>;
 
 /// How the client reached the gateway, for the forwarded headers.
 #[derive(Debug, Clone, Copy)]

@@ -27,6 +27,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::head::{Span, field_spans};
+
 /// A connection as the connector opens it, with tokio's I/O traits.
 pub type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
 
@@ -242,9 +244,6 @@ pub fn encode_head(parts: &request::Parts) -> Vec<u8> {
     head
 }
 
-/// Where a field's name and value sit in a response head: offsets and lengths.
-type Span = [u32; 4];
-
 /// A response head as read, with its connection fields already taken out of the map (the
 /// response goes to the client as it is): what they said of the connection and the body.
 struct Head {
@@ -279,20 +278,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>,
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Where each field sits in the head, so the values can be slices of it once frozen.
-    // The head is under `MAX_HEAD` plus one read, so offsets fit in 32 bits.
-    let base = buf.as_ptr() as usize;
-    let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
-    spans.clear();
-    spans.extend(parsed.headers.iter().map(|field| {
-        let (name, value) = (field.name.as_bytes(), field.value);
-        [
-            offset(name),
-            name.len() as u32,
-            offset(value),
-            value.len() as u32,
-        ]
-    }));
+    // Where each field sits in the head (under `MAX_HEAD` plus one read), so the values can
+    // be slices of it once frozen.
+    field_spans(buf, parsed.headers, spans);
     let bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| WireError::Malformed("bad status code"))?;
     let mut head = Head {

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::body::ClientBody;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::body::{Body, full};
 use crate::metrics::Metrics;
@@ -23,7 +23,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn handle(&self, request: &Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, request: &Request<ClientBody>) -> Response<Body> {
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readiness().await,

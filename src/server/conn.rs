@@ -30,11 +30,12 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Handler;
 use super::idle::{Activity, InFlight, Tracked};
+use super::lane;
 use super::rewind::Rewind;
 #[cfg(test)]
 use super::signals::PARK_AFTER;
 use super::signals::{Event, Rest, Signals, Verdict};
-use crate::body::Body;
+use crate::body::{Body, ClientBody};
 use crate::config::LimitsConfig;
 use crate::gate::ConnInfo;
 
@@ -55,6 +56,13 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How many bytes a parked (or new) connection reads to notice it has been woken.
 const WAKE_READ: usize = 64;
 
+/// Room made in the lane's buffer before each read of a request head: what nearly every head
+/// needs at once.
+const LANE_READ: usize = 8 * 1024;
+
+/// The lane's write buffer is kept between requests up to this size.
+const LANE_WRITE_KEPT: usize = 16 * 1024;
+
 /// How long closing a parked connection may take (a TLS close_notify to a full socket).
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -62,24 +70,31 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// hyper's HTTP/1.1 read buffer: the longest request head it reads.
+    max_head: usize,
 }
 
 impl Protocols {
     pub fn new(limits: &LimitsConfig) -> Self {
+        // Room for the whole head; the exact header and URI limits are checked per request.
+        let max_head = (limits.max_header_bytes + limits.max_uri_bytes + 1024).max(8192);
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_headers(limits.max_headers.max(1))
-            // Room for the whole head; the exact header and URI limits are checked per request.
-            .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 1024).max(8192));
+            .max_buf_size(max_head);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(100)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        Self { http1, http2 }
+        Self {
+            http1,
+            http2,
+            max_head,
+        }
     }
 }
 
@@ -95,6 +110,16 @@ enum H1End<I> {
     Closed,
     /// Parked: the socket, and bytes hyper had read but not parsed.
     Parked(Tracked<I>, Bytes),
+}
+
+/// How the lane gave a connection up.
+enum LaneEnd {
+    /// Closed by the client, or to be closed now.
+    Close,
+    /// At rest long enough to park.
+    Park,
+    /// hyper serves it from here, from these bytes on.
+    Hyper(Bytes),
 }
 
 /// What the first bytes of a connection say it speaks.
@@ -183,18 +208,26 @@ impl<H: Handler> Conn<H> {
         };
         loop {
             signals.woke();
-            let (back, rest) = match self
-                .serve_h1(Rewind::new(io, pending), info, &activity, &mut signals)
-                .await
-            {
-                H1End::Closed => return,
-                H1End::Parked(back, rest) => (back, rest),
-            };
-            io = back;
-            if !rest.is_empty() {
-                // hyper had read part of a next request: serve it without waiting.
-                pending = rest;
-                continue;
+            // Boxed so that parking frees it, with the request state it holds inline.
+            let lane = Box::pin(self.serve_lane(&mut io, pending, info, &activity, &mut signals));
+            match lane.await {
+                LaneEnd::Close => return close(io).await,
+                LaneEnd::Park => {}
+                LaneEnd::Hyper(bytes) => {
+                    let (back, rest) = match self
+                        .serve_h1(Rewind::new(io, bytes), info, &activity, &mut signals)
+                        .await
+                    {
+                        H1End::Closed => return,
+                        H1End::Parked(back, rest) => (back, rest),
+                    };
+                    io = back;
+                    if !rest.is_empty() {
+                        // hyper had read part of a next request: serve it without waiting.
+                        pending = rest;
+                        continue;
+                    }
+                }
             }
             self.hook(ConnEvent::Parked);
             let woken = wait_for_bytes(&mut io, &activity, &mut signals).await;
@@ -251,11 +284,134 @@ impl<H: Handler> Conn<H> {
             // as the connection lives; boxed, that slot is a pointer and the request's state
             // is freed when its response is sent.
             let respond: BoxedResponse = Box::pin(async move {
-                let response = handler.call(request, info).await;
+                let response = handler.call(request.map(ClientBody::from), info).await;
                 Ok(response.map(|body| Guarded { body, in_flight }))
             });
             respond
         })
+    }
+
+    /// Serves requests in the lane (see `lane`) from `pending` on, until one is hyper's, the
+    /// connection should close, or it has been at rest long enough to park.
+    async fn serve_lane<I, S>(
+        &self,
+        io: &mut Tracked<I>,
+        pending: Bytes,
+        info: ConnInfo,
+        activity: &Activity,
+        signals: &mut Signals<'_, S>,
+    ) -> LaneEnd
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+        S: Future,
+    {
+        let mut buf = BytesMut::from(pending);
+        let mut spans = Vec::new();
+        let mut out = BytesMut::new();
+        let mut shutting_down = false;
+        let mut head_deadline = None;
+        loop {
+            if buf.is_empty() {
+                if shutting_down {
+                    return LaneEnd::Close;
+                }
+                buf.reserve(LANE_READ);
+                let read = io.read_buf(&mut buf);
+                tokio::pin!(read);
+                loop {
+                    match signals.drive(read.as_mut()).await {
+                        Event::Ended(Ok(n)) if n > 0 => break,
+                        Event::Ended(_) | Event::Shutdown => return LaneEnd::Close,
+                        Event::Quiet => match signals.look(activity.moves(), Rest::Idle) {
+                            Verdict::Wait => {}
+                            Verdict::Close => return LaneEnd::Close,
+                            Verdict::Park => return LaneEnd::Park,
+                        },
+                    }
+                }
+            }
+            let (request, asked) = match lane::take_request(&mut buf, &mut spans) {
+                lane::Next::Serve { request, asked } => (request, asked),
+                lane::Next::Hyper => return LaneEnd::Hyper(buf.freeze()),
+                // As long as hyper's buffer: hyper refuses it at once, with no second timeout.
+                lane::Next::Partial if buf.len() >= self.protocols.max_head => {
+                    return LaneEnd::Hyper(buf.freeze());
+                }
+                lane::Next::Partial => {
+                    // The head's time runs from when it was first seen incomplete, however many
+                    // reads it then takes.
+                    let deadline = *head_deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.limits.header_read_timeout
+                    });
+                    if !self
+                        .read_head(io, &mut buf, deadline, activity, signals)
+                        .await
+                    {
+                        return LaneEnd::Close;
+                    }
+                    continue;
+                }
+            };
+            head_deadline = None;
+            let answer = async {
+                let response = self.handler.call(request, info).await;
+                lane::write_response(io, &mut out, response, asked).await
+            };
+            let reusable = {
+                tokio::pin!(answer);
+                loop {
+                    match signals.drive(answer.as_mut()).await {
+                        Event::Ended(written) => break written.unwrap_or(false),
+                        // The request in hand is answered first, as hyper's graceful shutdown
+                        // does.
+                        Event::Shutdown => shutting_down = true,
+                        Event::Quiet => {
+                            if signals.look(activity.moves(), Rest::Busy) == Verdict::Close {
+                                return LaneEnd::Close;
+                            }
+                        }
+                    }
+                }
+            };
+            if !reusable || shutting_down {
+                return LaneEnd::Close;
+            }
+            if out.capacity() > LANE_WRITE_KEPT {
+                // A large answer's buffer is not held for the next, usually small, one.
+                out = BytesMut::new();
+            }
+        }
+    }
+
+    /// Reads more of a request head, until `deadline`; false if the connection is to close:
+    /// the head came too slowly, the client closed, or the server is shutting down.
+    async fn read_head<I, S>(
+        &self,
+        io: &mut Tracked<I>,
+        buf: &mut BytesMut,
+        deadline: tokio::time::Instant,
+        activity: &Activity,
+        signals: &mut Signals<'_, S>,
+    ) -> bool
+    where
+        I: AsyncRead + Unpin,
+        S: Future,
+    {
+        buf.reserve(LANE_READ);
+        let read = tokio::time::timeout_at(deadline, io.read_buf(buf));
+        tokio::pin!(read);
+        loop {
+            match signals.drive(read.as_mut()).await {
+                Event::Ended(Ok(Ok(n))) => return n > 0,
+                Event::Ended(_) | Event::Shutdown => return false,
+                Event::Quiet => {
+                    // Half a head is never at rest.
+                    if signals.look(activity.moves(), Rest::Busy) == Verdict::Close {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     async fn serve_h1<I, S>(
@@ -445,14 +601,43 @@ mod tests {
     struct Answer(Bytes);
 
     impl Handler for Answer {
-        async fn call(&self, _request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        async fn call(&self, _request: Request<ClientBody>, _conn: ConnInfo) -> Response<Body> {
             Response::new(crate::body::full(self.0.clone()))
+        }
+    }
+
+    /// Answers with the request's method, target and body.
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn call(&self, request: Request<ClientBody>, _conn: ConnInfo) -> Response<Body> {
+            use http_body_util::BodyExt;
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            let text = format!(
+                "{} {} {}",
+                parts.method,
+                parts.uri,
+                String::from_utf8_lossy(&body)
+            );
+            Response::new(crate::body::full(text))
         }
     }
 
     /// A connection served over an in-memory pipe of `capacity` bytes, and what its hook heard.
     fn serve_over_pipe(
         body: Bytes,
+        capacity: usize,
+    ) -> (
+        DuplexStream,
+        Arc<Mutex<Vec<ConnEvent>>>,
+        watch::Sender<bool>,
+    ) {
+        serve_with_pipe(Answer(body), capacity)
+    }
+
+    fn serve_with_pipe<H: Handler>(
+        handler: H,
         capacity: usize,
     ) -> (
         DuplexStream,
@@ -466,7 +651,7 @@ mod tests {
         let limits = LimitsConfig::default();
         let conn = Conn {
             protocols: Arc::new(Protocols::new(&limits)),
-            handler: Arc::new(Answer(body)),
+            handler: Arc::new(handler),
             shutdown,
             limits,
             on_conn: Some(Arc::new(move |event| log.lock().unwrap().push(event))),
@@ -497,6 +682,57 @@ mod tests {
         let mut body = vec![0u8; length];
         client.read_exact(&mut body).await.unwrap();
         body
+    }
+
+    async fn read_text(client: &mut DuplexStream) -> String {
+        String::from_utf8(read_response(client).await).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_pipelined_across_the_lane_and_hyper_are_each_answered_in_order() {
+        let (mut client, heard, _stop) = serve_with_pipe(Echo, 64 * 1024);
+        // The lane serves the first GET; the POST, and what follows it in the same bytes, go
+        // to hyper whole; a head split across writes is waited for.
+        client
+            .write_all(
+                b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n\
+                  POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+                  GET /3 HTTP/1.1\r\nHost: x\r\n\r\nGET /4 HT",
+            )
+            .await
+            .unwrap();
+        assert_eq!(read_text(&mut client).await, "GET /1 ");
+        assert_eq!(read_text(&mut client).await, "POST /2 hello");
+        assert_eq!(read_text(&mut client).await, "GET /3 ");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        client
+            .write_all(b"TP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_text(&mut client).await, "GET /4 ");
+        // After a park, the lane again, with a head that arrives in pieces.
+        tokio::time::sleep(PARK_AFTER * 5 / 2).await;
+        client.write_all(b"HEAD /5 HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        client
+            .write_all(b"Host: x\r\n\r\nGET /6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = String::new();
+        client.read_to_string(&mut rest).await.unwrap();
+        let (head, sixth) = rest.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+        assert!(
+            head.contains("content-length: 8"),
+            "a HEAD says the GET's length: {rest}"
+        );
+        assert!(sixth.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+        assert!(sixth.contains("\r\nconnection: close\r\n"), "{rest}");
+        assert!(sixth.ends_with("\r\n\r\nGET /6 "), "{rest}");
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [ConnEvent::Parked, ConnEvent::Resumed]
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 mod admin;
 mod conn;
 mod idle;
+mod lane;
 pub mod plain;
 pub mod reload;
 mod rewind;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::body::ClientBody;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -53,7 +54,7 @@ pub enum StartError {
 pub trait Handler: Send + Sync + 'static {
     fn call(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
@@ -61,7 +62,7 @@ pub trait Handler: Send + Sync + 'static {
 impl<H: Handler> Handler for Arc<H> {
     fn call(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
         H::call(self, request, conn)
@@ -69,7 +70,7 @@ impl<H: Handler> Handler for Arc<H> {
 }
 
 impl Handler for Admin {
-    async fn call(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+    async fn call(&self, request: Request<ClientBody>, _conn: ConnInfo) -> Response<Body> {
         self.handle(&request).await
     }
 }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::body::ClientBody;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -55,7 +55,7 @@ impl LiveGate {
 }
 
 impl Handler for LiveGate {
-    async fn call(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    async fn call(&self, request: Request<ClientBody>, conn: ConnInfo) -> Response<Body> {
         // Held for the whole request: a reload meanwhile does not pull the gate from under it.
         let gate = self.current.load_full();
         gate.handle(request, conn).await
