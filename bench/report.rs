@@ -313,7 +313,7 @@ impl Results {
         );
         let _ = writeln!(
             md,
-            "| per connection in its first second of quiet (hyper's connection still held) | {:.1} KiB |",
+            "| per connection in its first second of quiet (its HTTP state still held) | {:.1} KiB |",
             g.live_per_connection_kib()
         );
         let _ = writeln!(
