@@ -1,13 +1,17 @@
 //! One client connection, from its first byte to its close: which HTTP it speaks, serving it
 //! with the configured limits, and parking it while it is idle.
 //!
+//! Serving: an HTTP/1.1 connection is served by the lane (`lane`) while its requests have no
+//! body, and by hyper from the first request that does (or that is anything else unusual)
+//! until it next parks; HTTP/2 by hyper throughout.
+//!
 //! Parking: an HTTP/1.1 connection that stands between two requests, with nothing in flight,
-//! for `PARK_AFTER` gives up its hyper connection — two 8 KiB buffers, the parser's state,
-//! the task's share — and keeps only its socket. hyper's connection is ended without
-//! shutting the socket down, and a new one is started with whatever hyper had read once the
-//! client sends again. nginx does the same between keep-alive requests (it frees the
-//! request's pool and header buffer); without it, ten thousand idle keep-alive connections
-//! held about 20 KiB each. HTTP/2 connections are not parked.
+//! for `PARK_AFTER` gives up its HTTP state — the lane's buffers, or hyper's connection with
+//! its two 8 KiB buffers and parser — and keeps only its socket. hyper's connection is ended
+//! without shutting the socket down. When the client sends again, the lane starts over with
+//! what was read. nginx does the same between keep-alive requests (it frees the request's
+//! pool and header buffer); without it, ten thousand idle keep-alive connections held about
+//! 20 KiB each. HTTP/2 connections are not parked.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -343,10 +347,7 @@ impl<H: Handler> Conn<H> {
                     let deadline = *head_deadline.get_or_insert_with(|| {
                         tokio::time::Instant::now() + self.limits.header_read_timeout
                     });
-                    if !self
-                        .read_head(io, &mut buf, deadline, activity, signals)
-                        .await
-                    {
+                    if !read_head(io, &mut buf, deadline, activity, signals).await {
                         return LaneEnd::Close;
                     }
                     continue;
@@ -379,37 +380,6 @@ impl<H: Handler> Conn<H> {
             if out.capacity() > LANE_WRITE_KEPT {
                 // A large answer's buffer is not held for the next, usually small, one.
                 out = BytesMut::new();
-            }
-        }
-    }
-
-    /// Reads more of a request head, until `deadline`; false if the connection is to close:
-    /// the head came too slowly, the client closed, or the server is shutting down.
-    async fn read_head<I, S>(
-        &self,
-        io: &mut Tracked<I>,
-        buf: &mut BytesMut,
-        deadline: tokio::time::Instant,
-        activity: &Activity,
-        signals: &mut Signals<'_, S>,
-    ) -> bool
-    where
-        I: AsyncRead + Unpin,
-        S: Future,
-    {
-        buf.reserve(LANE_READ);
-        let read = tokio::time::timeout_at(deadline, io.read_buf(buf));
-        tokio::pin!(read);
-        loop {
-            match signals.drive(read.as_mut()).await {
-                Event::Ended(Ok(Ok(n))) => return n > 0,
-                Event::Ended(_) | Event::Shutdown => return false,
-                Event::Quiet => {
-                    // Half a head is never at rest.
-                    if signals.look(activity.moves(), Rest::Busy) == Verdict::Close {
-                        return false;
-                    }
-                }
             }
         }
     }
@@ -519,6 +489,36 @@ where
         [unread_prefix, parts.read_buf].concat().into()
     };
     H1End::Parked(io, rest)
+}
+
+/// Reads more of a request head, until `deadline`; false if the connection is to close:
+/// the head came too slowly, the client closed, or the server is shutting down.
+async fn read_head<I, S>(
+    io: &mut Tracked<I>,
+    buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+    activity: &Activity,
+    signals: &mut Signals<'_, S>,
+) -> bool
+where
+    I: AsyncRead + Unpin,
+    S: Future,
+{
+    buf.reserve(LANE_READ);
+    let read = tokio::time::timeout_at(deadline, io.read_buf(buf));
+    tokio::pin!(read);
+    loop {
+        match signals.drive(read.as_mut()).await {
+            Event::Ended(Ok(Ok(n))) => return n > 0,
+            Event::Ended(_) | Event::Shutdown => return false,
+            Event::Quiet => {
+                // Half a head is never at rest.
+                if signals.look(activity.moves(), Rest::Busy) == Verdict::Close {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// Waits, holding nothing but the socket, until the client sends: the bytes it sent, or
