@@ -81,11 +81,14 @@ struct Args {
     /// logged-in-1000-routes).
     #[arg(long)]
     profile_only: Option<String>,
-    /// Internal: fill a memory store with N sessions and print RSS (run in a child process).
+    /// Internal: fill a memory or redb store with N sessions and print RSS (run in a child
+    /// process).
     #[arg(hide = true)]
     mode: Option<String>,
     #[arg(hide = true)]
     count: Option<u64>,
+    #[arg(hide = true)]
+    store: Option<String>,
 }
 
 impl Args {
@@ -100,7 +103,8 @@ impl Args {
 fn main() -> ExitCode {
     let mut args = Args::parse();
     if args.mode.as_deref() == Some("session-memory") {
-        return match memory::fill_sessions(args.count.unwrap_or(1_000_000)) {
+        let store = args.store.as_deref().unwrap_or("memory");
+        return match memory::fill_sessions(args.count.unwrap_or(1_000_000), store) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("session-memory: {e}");
@@ -189,7 +193,8 @@ fn run(args: &Args) -> Result<(), String> {
             campaigns: 0,
         };
         let g = runtime.block_on(gateway_memory(&setup, variant, args.idle_connections))?;
-        let s = memory::measure_sessions(args.sessions)?;
+        let s = memory::measure_sessions(args.sessions, "memory")?;
+        let r = memory::measure_sessions(args.sessions, "redb")?;
         println!(
             "bench: idle {} KiB, after login {} KiB, with {} connections {} KiB just answered ({} parked, {:.1} KiB each), {} KiB parked ({} of {} open): {:.1} KiB per connection; {:.0} bytes per session",
             g.idle_kib,
@@ -203,6 +208,14 @@ fn run(args: &Args) -> Result<(), String> {
             g.gauge,
             g.per_connection_kib(),
             s.bytes_per_session()
+        );
+        println!(
+            "bench: redb with {} sessions: {:.0} bytes resident and {:.0} bytes of file per session (RSS {} -> {} KiB)",
+            r.count,
+            r.bytes_per_session(),
+            r.file_bytes_per_session(),
+            r.before_kib,
+            r.after_kib
         );
         return Ok(());
     }
@@ -391,7 +404,12 @@ fn run(args: &Args) -> Result<(), String> {
         "bench: filling a memory store with {} sessions",
         args.sessions
     );
-    let sessions = memory::measure_sessions(args.sessions)?;
+    let sessions = memory::measure_sessions(args.sessions, "memory")?;
+    println!(
+        "bench: filling a redb store with {} sessions",
+        args.sessions
+    );
+    let redb_sessions = memory::measure_sessions(args.sessions, "redb")?;
 
     let results = report::Results {
         machine,
@@ -410,6 +428,7 @@ fn run(args: &Args) -> Result<(), String> {
         logins,
         memory,
         sessions,
+        redb_sessions,
     };
     let text = results.markdown();
     println!("\n{text}");

@@ -1,6 +1,6 @@
 //! Resident memory: a gateway idle, the same gateway holding 10 000 idle keep-alive
-//! connections, and the memory store holding a million sessions (in a child process of its
-//! own, so nothing else is in its RSS).
+//! connections, and the memory and redb stores each holding a million sessions (in a child
+//! process of its own, so nothing else is in its RSS).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use wxgate::login::AuthScope;
 use wxgate::session::{
-    Lifetimes, MemoryStore, NewSession, Profile, Session, SessionId, SessionStore, WeChatToken,
-    WeChatTokens,
+    Clock, Lifetimes, MemoryStore, NewSession, Profile, RecordKeys, RedbStore, Session, SessionId,
+    SessionStore, WeChatToken, WeChatTokens,
 };
 
 use crate::procs::rss_kib;
@@ -94,19 +94,25 @@ pub struct SessionMemory {
     pub count: u64,
     pub before_kib: u64,
     pub after_kib: u64,
+    /// The redb file's size once filled (0 for the memory store).
+    pub file_bytes: u64,
 }
 
 impl SessionMemory {
     pub fn bytes_per_session(&self) -> f64 {
         (self.after_kib.saturating_sub(self.before_kib) * 1024) as f64 / self.count as f64
     }
+
+    pub fn file_bytes_per_session(&self) -> f64 {
+        self.file_bytes as f64 / self.count as f64
+    }
 }
 
-/// Runs this bench binary again as `session-memory COUNT` and reads its answer.
-pub fn measure_sessions(count: u64) -> Result<SessionMemory, String> {
+/// Runs this bench binary again as `session-memory COUNT STORE` and reads its answer.
+pub fn measure_sessions(count: u64, store: &'static str) -> Result<SessionMemory, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let output = Command::new(exe)
-        .args(["session-memory", &count.to_string()])
+        .args(["session-memory", &count.to_string(), store])
         .output()
         .map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -124,40 +130,70 @@ pub fn measure_sessions(count: u64) -> Result<SessionMemory, String> {
         .filter_map(|n| n.parse().ok())
         .collect();
     match numbers[..] {
-        [count, before_kib, after_kib] => Ok(SessionMemory {
+        [count, before_kib, after_kib, file_bytes] => Ok(SessionMemory {
             count,
             before_kib,
             after_kib,
+            file_bytes,
         }),
         _ => Err(format!("session-memory answered {line:?}")),
     }
 }
 
-/// The child's side: fills a `MemoryStore` with `count` sessions as logins through the mock
-/// leave them (snsapi_userinfo, unionid, profile, both tokens) and prints RSS before and after.
-pub fn fill_sessions(count: u64) -> Result<(), String> {
+/// Logins in flight at once while a store is filled: a redb commit is shared by the puts
+/// waiting for it, as on a busy gateway.
+const FILLING: usize = 64;
+
+/// The child's side: fills a store (`memory`, or `redb` in a temporary file) with `count`
+/// sessions as logins through the mock leave them (snsapi_userinfo, unionid, profile, both
+/// tokens) and prints RSS before and after, and the redb file's size.
+pub fn fill_sessions(count: u64, store: &str) -> Result<(), String> {
+    use futures_util::StreamExt;
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let store = MemoryStore::new(count);
-    let now = SystemTime::now();
-    let lifetimes = Lifetimes::with_ttl(Duration::from_secs(7 * 86_400));
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("sessions.redb");
     let pid = std::process::id();
     let before = rss_kib(pid).ok_or("no /proc/self/status")?;
-    runtime.block_on(async {
-        for n in 0..count {
-            let session = Session::new(typical_login(n), now, lifetimes);
-            let key = SessionId::generate().storage_key();
-            store.put(&key, &session).await.map_err(|e| e.to_string())?;
+    let store: Arc<dyn SessionStore> = match store {
+        "memory" => Arc::new(MemoryStore::new(count)),
+        "redb" => {
+            let keys = RecordKeys::derive(b"bench-session-memory-secret-0123456789abcdef")
+                .map_err(|e| e.to_string())?;
+            Arc::new(
+                RedbStore::open(&path, keys, Duration::from_secs(60), Clock::system())
+                    .map_err(|e| e.to_string())?,
+            )
         }
-        Ok::<_, String>(())
+        other => return Err(format!("no store {other:?}")),
+    };
+    let now = SystemTime::now();
+    let lifetimes = Lifetimes::with_ttl(Duration::from_secs(7 * 86_400));
+    runtime.block_on(async {
+        futures_util::stream::iter(0..count)
+            .map(|n| {
+                let store = store.clone();
+                async move {
+                    let session = Session::new(typical_login(n), now, lifetimes);
+                    let key = SessionId::generate().storage_key();
+                    store.put(&key, &session).await.map_err(|e| e.to_string())
+                }
+            })
+            .buffer_unordered(FILLING)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, String>>()
     })?;
     let after = rss_kib(pid).ok_or("no /proc/self/status")?;
     let held = runtime.block_on(store.count()).map_err(|e| e.to_string())?;
     if held != count {
         return Err(format!("the store holds {held} sessions, not {count}"));
     }
-    println!("SESSION_MEMORY {count} {before} {after}");
+    let file = std::fs::metadata(&path).map_or(0, |m| m.len());
+    println!("SESSION_MEMORY {count} {before} {after} {file}");
     Ok(())
 }
 

@@ -111,6 +111,7 @@ pub struct Results {
     pub logins: Vec<Logins>,
     pub memory: GatewayMemory,
     pub sessions: SessionMemory,
+    pub redb_sessions: SessionMemory,
 }
 
 /// The run whose requests per second is the median (percentiles are taken from it as well).
@@ -340,6 +341,22 @@ impl Results {
             md,
             "| **per stored session** | **{:.0} bytes** |",
             s.bytes_per_session()
+        );
+        let r = &self.redb_sessions;
+        let _ = writeln!(
+            md,
+            "| redb store with {} typical sessions (own process, RSS {:.0} → {:.0} MiB; file {:.0} MiB) | {:.0} MiB |",
+            r.count,
+            r.before_kib as f64 / 1024.0,
+            r.after_kib as f64 / 1024.0,
+            r.file_bytes as f64 / 1_048_576.0,
+            (r.after_kib.saturating_sub(r.before_kib)) as f64 / 1024.0
+        );
+        let _ = writeln!(
+            md,
+            "| per stored session in redb: resident / on disk | {:.0} / {:.0} bytes |",
+            r.bytes_per_session(),
+            r.file_bytes_per_session()
         );
         md.push('\n');
     }

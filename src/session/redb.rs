@@ -36,6 +36,11 @@ const LEASES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("leases");
 
 /// Expired sessions removed per write transaction, so a sweep never holds the writer long.
 const SWEEP_BATCH: usize = 1000;
+/// redb's in-process page cache. Its default (1 GiB) kept a million sessions' whole file
+/// resident, 1.2 KiB a session; the session cache in front of the store serves the hot path,
+/// so a miss may read a page through the kernel's cache instead, which is not the gateway's
+/// memory.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Writes committed together at most, and queued at most before callers wait.
 const MAX_GROUP: usize = 512;
 const QUEUE: usize = 4096;
@@ -120,13 +125,16 @@ impl RedbStore {
         clock: Clock,
     ) -> Result<Self, RedbOpenError> {
         create_private(path)?;
-        let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => RedbOpenError::Locked(path.to_owned()),
-            other => RedbOpenError::Unreadable {
-                path: path.to_owned(),
-                reason: other.to_string(),
-            },
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => RedbOpenError::Locked(path.to_owned()),
+                other => RedbOpenError::Unreadable {
+                    path: path.to_owned(),
+                    reason: other.to_string(),
+                },
+            })?;
         let unreadable = |e: DbError| RedbOpenError::Unreadable {
             path: path.to_owned(),
             reason: e.0.to_string(),
