@@ -329,29 +329,15 @@ impl Results {
             "| **per idle connection** (parked) | **{:.1} KiB** |",
             g.per_connection_kib()
         );
-        let _ = writeln!(
-            md,
-            "| memory store with {} typical sessions (own process, RSS {:.0} → {:.0} MiB) | {:.0} MiB |",
-            s.count,
-            s.before_kib as f64 / 1024.0,
-            s.after_kib as f64 / 1024.0,
-            (s.after_kib.saturating_sub(s.before_kib)) as f64 / 1024.0
-        );
+        let _ = writeln!(md, "{}", filled_row("memory", s, ""));
         let _ = writeln!(
             md,
             "| **per stored session** | **{:.0} bytes** |",
             s.bytes_per_session()
         );
         let r = &self.redb_sessions;
-        let _ = writeln!(
-            md,
-            "| redb store with {} typical sessions (own process, RSS {:.0} → {:.0} MiB; file {:.0} MiB) | {:.0} MiB |",
-            r.count,
-            r.before_kib as f64 / 1024.0,
-            r.after_kib as f64 / 1024.0,
-            r.file_bytes as f64 / 1_048_576.0,
-            (r.after_kib.saturating_sub(r.before_kib)) as f64 / 1024.0
-        );
+        let file = format!("; file {:.0} MiB", r.file_bytes as f64 / 1_048_576.0);
+        let _ = writeln!(md, "{}", filled_row("redb", r, &file));
         let _ = writeln!(
             md,
             "| per stored session in redb: resident / on disk | {:.0} / {:.0} bytes |",
@@ -360,6 +346,17 @@ impl Results {
         );
         md.push('\n');
     }
+}
+
+/// The row of a store filled with sessions in a process of its own: its RSS before and after.
+fn filled_row(store: &str, s: &SessionMemory, more: &str) -> String {
+    format!(
+        "| {store} store with {} typical sessions (own process, RSS {:.0} → {:.0} MiB{more}) | {:.0} MiB |",
+        s.count,
+        s.before_kib as f64 / 1024.0,
+        s.after_kib as f64 / 1024.0,
+        (s.after_kib.saturating_sub(s.before_kib)) as f64 / 1024.0
+    )
 }
 
 /// Replaces the generated section of `path` (creating the file if needed).

@@ -25,3 +25,30 @@ pub fn field_spans(buf: &[u8], fields: &[httparse::Header<'_>], spans: &mut Vec<
         ]
     }));
 }
+
+/// The elements of a comma-separated field value (`Connection`, `TE`, `Trailer`), trimmed.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Whether a comma-separated field value lists `token`, in any case.
+pub fn lists(value: &[u8], token: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// `seen` and the lengths one `Content-Length` value lists, which must all agree (RFC 9112
+/// §6.3, item 5); anything but digits is an error.
+pub fn one_length(seen: Option<u64>, value: &[u8]) -> Result<Option<u64>, &'static str> {
+    let mut length = seen;
+    for digits in tokens(value) {
+        let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+            .flatten()
+            .ok_or("bad Content-Length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length");
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}

@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::head::{Span, field_spans};
+use crate::head::{Span, field_spans, one_length, tokens};
 
 /// A connection as the connector opens it, with tokio's I/O traits.
 pub type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -328,7 +328,7 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>,
 impl Head {
     /// Reads one `Connection` value: its options, and the fields it names, to remove.
     fn note_connection(&mut self, value: &[u8], named: &mut Vec<HeaderName>) {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        for token in tokens(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -368,24 +368,6 @@ fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), WireError> {
         Some(n) => Ok((Framing::Length(n), reusable)),
         None => Ok((Framing::UntilClose, false)),
     }
-}
-
-/// `seen` and the lengths one `Content-Length` value lists, which must all agree (RFC 9112
-/// §6.3, item 5); anything but digits is an error.
-fn one_length(seen: Option<u64>, value: &[u8]) -> Result<Option<u64>, &'static str> {
-    let mut length = seen;
-    for part in value.split(|&b| b == b',') {
-        let digits = part.trim_ascii();
-        let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
-            .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
-            .flatten()
-            .ok_or("bad Content-Length")?;
-        if length.is_some_and(|l| l != n) {
-            return Err("conflicting Content-Length");
-        }
-        length = Some(n);
-    }
-    Ok(length)
 }
 
 /// A response body read from its connection by whoever polls it.

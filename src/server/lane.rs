@@ -24,7 +24,7 @@ use http_body::Body as HttpBody;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::body::ClientBody;
-use crate::head::{Span, field_spans, offset};
+use crate::head::{Span, field_spans, lists, offset, one_length, tokens};
 
 /// Most fields a request head the lane serves may have; one with more goes to hyper, whose
 /// `max_headers` then decides.
@@ -76,8 +76,7 @@ pub fn take_request(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Next {
     };
     let mut asked = Asked {
         head: method == Method::HEAD,
-        close: false,
-        trailers: false,
+        ..Asked::default()
     };
     for field in parsed.headers.iter() {
         if !asked.note(field.name.as_bytes(), field.value) {
@@ -121,7 +120,7 @@ fn build(head: &Bytes, (start, len): (usize, usize), spans: &[Span]) -> Option<(
 }
 
 /// What a request asked of its answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Asked {
     /// A `HEAD`: the answer has no body.
     pub head: bool,
@@ -143,16 +142,15 @@ impl Asked {
         {
             return false;
         }
-        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
         if is(&header::CONNECTION) {
-            for token in tokens() {
+            for token in tokens(value) {
                 if token.eq_ignore_ascii_case(b"upgrade") {
                     return false;
                 }
                 self.close |= token.eq_ignore_ascii_case(b"close");
             }
         } else if is(&header::TE) {
-            self.trailers |= tokens().any(|token| token.eq_ignore_ascii_case(b"trailers"));
+            self.trailers |= lists(value, b"trailers");
         }
         true
     }
@@ -189,9 +187,8 @@ where
         Framing::None if no_body(parts.status) => None,
         // A `HEAD`'s or 304's answer says the length a `GET` would get, as hyper's does.
         Framing::None => match said.length {
-            Some(length) => length.ok(),
-            None if asked.head => body.size_hint().exact().filter(|&n| n > 0),
-            None => None,
+            Ok(None) if asked.head => body.size_hint().exact().filter(|&n| n > 0),
+            length => length.ok().flatten(),
         },
     };
     end_head(framing, length, close, said.date, out);
@@ -210,10 +207,10 @@ where
 }
 
 /// What a response's own fields said, noted while they were written.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Said {
     /// Its `Content-Length`: `Err` if a value was not a length or two disagreed.
-    length: Option<Result<u64, ()>>,
+    length: Result<Option<u64>, &'static str>,
     /// `Connection: close`.
     close: bool,
     date: bool,
@@ -229,17 +226,21 @@ fn encode_fields(parts: &http::response::Parts, out: &mut BytesMut) -> Said {
     out.put_u8(b' ');
     out.put_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
-    let mut said = Said::default();
+    let mut said = Said {
+        length: Ok(None),
+        close: false,
+        date: false,
+        trailer: false,
+    };
     for (name, value) in &parts.headers {
         if *name == header::CONTENT_LENGTH {
-            said.length = Some(one_length(said.length, value));
+            said.length = said
+                .length
+                .and_then(|seen| one_length(seen, value.as_bytes()));
             continue;
         }
         if *name == header::CONNECTION {
-            said.close |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            said.close |= lists(value.as_bytes(), b"close");
             continue;
         }
         if *name == header::TRANSFER_ENCODING || *name == header::TE || *name == header::UPGRADE {
@@ -255,33 +256,19 @@ fn encode_fields(parts: &http::response::Parts, out: &mut BytesMut) -> Said {
     said
 }
 
-/// The lengths seen so far and one more `Content-Length` value, which must agree.
-fn one_length(seen: Option<Result<u64, ()>>, value: &HeaderValue) -> Result<u64, ()> {
-    let length = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .ok_or(())?;
-    match seen {
-        Some(Ok(other)) if other != length => Err(()),
-        Some(Err(())) => Err(()),
-        _ => Ok(length),
-    }
-}
-
 /// The response's framing: its own `Content-Length` when it has a valid one, else the
 /// body's known size, else chunked.
 fn framing<B: HttpBody>(
     status: StatusCode,
     head_request: bool,
-    length: Option<Result<u64, ()>>,
+    length: Result<Option<u64>, &str>,
     body: &B,
 ) -> Framing {
     if head_request || no_body(status) || status == StatusCode::NOT_MODIFIED {
         return Framing::None;
     }
     match (length, body.size_hint().exact()) {
-        (Some(Ok(n)), _) | (_, Some(n)) => Framing::Length(n),
+        (Ok(Some(n)), _) | (_, Some(n)) => Framing::Length(n),
         _ => Framing::Chunked,
     }
 }
@@ -417,13 +404,10 @@ where
 /// The trailer fields whose names the response's `Trailer` fields list.
 fn put_trailers(out: &mut BytesMut, response: &HeaderMap, trailers: &HeaderMap) {
     let declared = |name: &HeaderName| {
-        response.get_all(header::TRAILER).iter().any(|value| {
-            value.as_bytes().split(|&b| b == b',').any(|token| {
-                token
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(name.as_str().as_bytes())
-            })
-        })
+        response
+            .get_all(header::TRAILER)
+            .iter()
+            .any(|value| lists(value.as_bytes(), name.as_str().as_bytes()))
     };
     for (name, value) in trailers {
         if declared(name) {
@@ -545,7 +529,7 @@ mod tests {
         let asked = Asked {
             head,
             close,
-            trailers: false,
+            ..Asked::default()
         };
         let reusable = write_response(&mut wire, &mut out, response, asked)
             .await
@@ -650,9 +634,8 @@ mod tests {
                 .body(body)
                 .unwrap();
             let asked = Asked {
-                head: false,
-                close: false,
                 trailers,
+                ..Asked::default()
             };
             let mut wire = Vec::new();
             let mut out = BytesMut::new();
@@ -718,11 +701,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(4096);
         let writer = tokio::spawn(async move {
             let mut out = BytesMut::new();
-            let asked = Asked {
-                head: false,
-                close: false,
-                trailers: false,
-            };
+            let asked = Asked::default();
             write_response(&mut server, &mut out, Response::new(body), asked).await
         });
         let mut head = vec![0u8; 4096];
