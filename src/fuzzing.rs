@@ -183,3 +183,89 @@ pub fn config(data: &[u8]) {
         }
     }
 }
+
+/// The server lane's request reading (`server::lane`): never panics; a request it serves
+/// is a complete bodiless HTTP/1.1 head taken whole from the front, with what follows left
+/// as it came; anything it does not serve leaves every byte to hyper, untouched.
+pub fn lane_request(data: &[u8]) {
+    use crate::server::lane::{Next, take_request};
+    let mut buf = bytes::BytesMut::from(data);
+    match take_request(&mut buf, &mut Vec::new()) {
+        Next::Serve { request, .. } => {
+            assert!(buf.len() < data.len(), "nothing taken");
+            assert!(data.ends_with(&buf), "what follows the head was changed");
+            let headers = request.headers();
+            assert!(!headers.contains_key(http::header::CONTENT_LENGTH));
+            assert!(!headers.contains_key(http::header::TRANSFER_ENCODING));
+            assert!(!headers.contains_key(http::header::UPGRADE));
+            assert!(!headers.contains_key(http::header::EXPECT));
+            assert_eq!(request.version(), http::Version::HTTP_11);
+            assert_ne!(request.method(), http::Method::CONNECT);
+            assert!(request.uri().path().starts_with('/'));
+            let taken = &data[..data.len() - buf.len()];
+            assert!(taken.ends_with(b"\n"), "a head ends with its empty line");
+        }
+        Next::Partial | Next::Hyper => assert_eq!(&buf[..], data, "bytes left to hyper changed"),
+    }
+}
+
+/// The upstream client's response head parser and every body framing it reads
+/// (`proxy::wire`): never panics; no connection field reaches the client; a body is never
+/// longer than the bytes after the head; a reused connection's body ended exactly.
+pub fn response(data: &[u8]) {
+    use crate::proxy::wire::{Step, framing, parse_head};
+    let mut buf = bytes::BytesMut::from(data);
+    let head = match parse_head(&mut buf, &mut Vec::new()) {
+        Ok(Some(head)) => head,
+        Ok(None) => return assert_eq!(&buf[..], data, "a partial head was consumed"),
+        Err(_) => return,
+    };
+    assert!(data.ends_with(&buf));
+    let headers = head.response.headers();
+    for hop in [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+    ] {
+        assert!(!headers.contains_key(hop), "{hop} reached the client");
+    }
+    for method in [http::Method::GET, http::Method::HEAD] {
+        let Ok((mut body, reusable)) = framing(&head, &method) else {
+            continue;
+        };
+        if headers.contains_key(http::header::CONTENT_LENGTH) && method == http::Method::GET {
+            // A length beside a coding was refused above, whichever came first.
+            assert!(!matches!(body, crate::proxy::wire::Framing::Chunked(_)));
+        }
+        let declared = body;
+        let mut rest = buf.clone();
+        let before = rest.len();
+        let mut data_len = 0;
+        let ended = loop {
+            match body.step(&mut rest) {
+                Step::Done => break true,
+                Step::Frame(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        data_len += data.len();
+                    }
+                }
+                Step::Again => {}
+                Step::Read | Step::Fail(_) => break false,
+            }
+        };
+        assert!(data_len <= before, "more body than bytes");
+        if let (true, crate::proxy::wire::Framing::Length(n)) = (ended, declared) {
+            assert_eq!(
+                data_len as u64, n,
+                "a length-framed body ended early or late"
+            );
+        }
+        if ended && reusable {
+            // A reused connection's next answer starts where this body ended: a body that
+            // ends by the connection's close can never be one.
+            assert!(!matches!(declared, crate::proxy::wire::Framing::UntilClose));
+        }
+    }
+}

@@ -96,7 +96,11 @@ impl Gate {
         let routes = RouteTable::from_config(config)?;
         let logins = Logins::build(config, &metrics, sessions)?;
         Ok(Self {
-            proxy: Proxy::new(&config.upstream, config.server.worker_count()),
+            proxy: Proxy::new(
+                &config.upstream,
+                config.server.worker_count(),
+                config.server.http1_fast_paths,
+            ),
             route_metrics: metrics.for_routes(&routes),
             metrics,
             routes,
@@ -175,6 +179,9 @@ impl Gate {
     ) -> (Target<'_>, Result<Response<Body>, Failure>) {
         if let Err(failure) = self.check_limits(&request) {
             return (Target::Unrouted, Err(failure));
+        }
+        if request.method() == http::Method::CONNECT {
+            return (Target::Unrouted, Err(Failure::MethodNotAllowed));
         }
         let path = match NormalPath::parse(request.uri().path()) {
             Ok(path) => path,

@@ -123,6 +123,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Request size and time limits.
     pub limits: LimitsConfig,
+    /// The gateway's own HTTP/1.1 for requests without a body: the server lane that reads
+    /// them and the upstream client that forwards them (docs/http1.md). `false`: hyper serves
+    /// and forwards everything. The lane follows a restart, the upstream client a reload.
+    pub http1_fast_paths: bool,
 }
 
 impl ServerConfig {
@@ -146,6 +150,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(30),
             workers: 0,
             limits: LimitsConfig::default(),
+            http1_fast_paths: true,
         }
     }
 }

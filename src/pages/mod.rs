@@ -31,6 +31,8 @@ pub enum Failure {
     Unavailable,
     /// The client started or finished too many logins; try again after this many seconds.
     TooManyRequests(u64),
+    /// A method the gateway does not forward (CONNECT: it proxies requests, not tunnels).
+    MethodNotAllowed,
 }
 
 struct Text {
@@ -53,6 +55,7 @@ impl Failure {
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Failure::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -120,6 +123,12 @@ impl Failure {
                 "Too many requests",
                 "Too many logins from this network in a short time. Please wait a moment and try again.",
             ),
+            Failure::MethodNotAllowed => t(
+                "method_not_allowed",
+                "不支持的请求方法",
+                "Method not allowed",
+                "The gateway forwards requests, not tunnels: this method is not accepted.",
+            ),
         }
     }
 }
@@ -140,6 +149,15 @@ pub fn render(failure: &Failure, as_json: bool) -> Response<Body> {
         response
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(*seconds));
+    }
+    if let Failure::MethodNotAllowed = failure {
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        // A client that asked for a tunnel may already be sending the tunnel's bytes.
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

@@ -181,6 +181,63 @@ pub fn clean_request(
     Cleaned { found, upgrade }
 }
 
+/// Fields that have no business in a trailer section (RFC 9110 §6.5.1): framing, routing,
+/// authentication, cookies, caching and the content's own description. An upstream's
+/// trailer with one of them is dropped, so a trailer cannot do what the header cleaning
+/// forbids (set the gateway's session cookie, reframe the body).
+static NOT_IN_TRAILERS: [HeaderName; 17] = [
+    header::TRAILER,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+    header::HOST,
+    header::SET_COOKIE,
+    header::COOKIE,
+    header::AUTHORIZATION,
+    header::WWW_AUTHENTICATE,
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::AGE,
+    header::DATE,
+    header::LOCATION,
+    header::VARY,
+    header::RETRY_AFTER,
+];
+
+/// Removes from an upstream's trailer fields every hop-by-hop field and every field a
+/// trailer may not carry (`NOT_IN_TRAILERS`). Nearly every trailer section is empty or one
+/// checksum, so this allocates only when something goes.
+pub fn clean_trailers(trailers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|name| is_hop_by_hop(name) || NOT_IN_TRAILERS.contains(name))
+        .cloned()
+        .collect();
+    for name in doomed {
+        trailers.remove(name);
+    }
+}
+
+/// Joins several `Cookie` fields into one, with `"; "` (RFC 9113 §8.2.3): an HTTP/2 client
+/// sends each cookie as a field of its own, and an HTTP/1.1 upstream reads only one.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// A field that describes one connection only.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)

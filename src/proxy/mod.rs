@@ -4,7 +4,7 @@
 
 mod headers;
 mod pool;
-mod wire;
+pub(crate) mod wire;
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
@@ -53,9 +53,11 @@ pub struct Proxy {
 impl Proxy {
     /// `workers`: the worker threads that will forward requests, each keeping its own
     /// upstream connections.
-    pub fn new(config: &UpstreamConfig, workers: usize) -> Self {
+    /// `wire`: requests without a body go over the gateway's own client (`wire`); off,
+    /// hyper's client sends everything (`server.http1_fast_paths`).
+    pub fn new(config: &UpstreamConfig, workers: usize, wire: bool) -> Self {
         Self {
-            pool: Pool::new(config, workers),
+            pool: Pool::new(config, workers, wire),
         }
     }
 
@@ -81,6 +83,14 @@ impl Proxy {
                 request.headers_mut().insert(header::HOST, host);
             }
         }
+        if request.method() == http::Method::CONNECT {
+            // A tunnel is not a request an origin answers; the gate refuses it first, and
+            // it never reaches an upstream connection that other visitors share.
+            return Err(Failure::MethodNotAllowed);
+        }
+        headers::join_cookies(request.headers_mut());
+        // The client's trailer fields are dropped (`ClientBody`), so none is announced.
+        request.headers_mut().remove(header::TRAILER);
         *request.uri_mut() = origin_form(path, request.uri())?;
         *request.version_mut() = http::Version::HTTP_11;
         // The gateway opens a tunnel for every upgrade the cleaning kept, or refuses the
@@ -141,7 +151,8 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade
     });
 }
 
-/// Maps a client error to what the visitor sees; an over-long body is the client's fault.
+/// Maps a client error to what the visitor sees; an over-long or malformed body is the
+/// client's fault.
 fn classify(error: &SendError) -> Failure {
     let error = match error {
         SendError::Connect(_) => return Failure::UpstreamUnreachable,
@@ -152,6 +163,9 @@ fn classify(error: &SendError) -> Failure {
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
             return Failure::PayloadTooLarge;
+        }
+        if e.is::<crate::body::ClientBodyError>() {
+            return Failure::BadRequest("The request body is malformed or incomplete.");
         }
         source = e.source();
     }

@@ -55,6 +55,8 @@ pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Requests without a body go over a `Wire`; `false`: over hyper's client too.
+    wire: bool,
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -85,7 +87,7 @@ struct Home {
 
 impl Pool {
     /// `shards`: one per worker thread; connections stay with the worker that opened them.
-    pub fn new(config: &UpstreamConfig, shards: usize) -> Arc<Self> {
+    pub fn new(config: &UpstreamConfig, shards: usize, wire: bool) -> Arc<Self> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -99,6 +101,7 @@ impl Pool {
             connector,
             idle_timeout: config.pool_idle_timeout,
             max_idle: config.pool_max_idle,
+            wire,
             shards: (0..shards.max(1))
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
@@ -121,7 +124,7 @@ impl Pool {
             upstream: u32::try_from(upstream.id).unwrap_or(u32::MAX),
         };
         let bodiless = request.body().is_end_stream();
-        if bodiless && !upgrade {
+        if bodiless && !upgrade && self.wire {
             return self.send_on_wire(home, upstream, request).await;
         }
         // Boxed: the rarer path, whose future would otherwise size every request's.
@@ -172,7 +175,7 @@ impl Pool {
                 break;
             };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(home.lend(sender, without_hops(response))),
+                Ok(response) => return home.lend(sender, without_hops(response)?),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(e.into_error().into()),
@@ -182,7 +185,7 @@ impl Pool {
         let io = self.open(upstream).await?;
         let mut sender = handshake(io).await?;
         let response = sender.send_request(request).await?;
-        Ok(home.lend(sender, without_hops(response)))
+        home.lend(sender, without_hops(response)?)
     }
 
     /// The newest idle hyper connection of the shard that is ready for a request. A
@@ -289,11 +292,33 @@ impl Pool {
 }
 
 /// A response from hyper's client without its connection fields, as the gateway's own
-/// client returns them.
-fn without_hops<B>(mut response: Response<B>) -> Response<B> {
+/// client returns them. One that names both a length and a transfer coding, or lengths that
+/// are not one number, is refused, as the gateway's own client refuses it: hyper reads it chunked and would pass the length on
+/// (RFC 9112 §6.3 item 3: a sign of response splitting). Dropped, the response takes its
+/// connection with it.
+fn without_hops<B>(mut response: Response<B>) -> Result<Response<B>, SendError> {
+    let headers = response.headers();
+    if headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Err(SendError::Wire(WireError::Malformed(
+            "both Transfer-Encoding and Content-Length",
+        )));
+    }
+    // hyper's client does not read the lengths of an answer to HEAD, nor of a 204 or 304:
+    // passed on, lengths that disagree make hyper's server drop the client's connection.
+    let lengths = headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .try_fold(None, |seen, value| {
+            crate::head::one_length(seen, value.as_bytes())
+        });
+    if let Err(e) = lengths {
+        return Err(SendError::Wire(WireError::Malformed(e)));
+    }
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     super::headers::strip_hop_by_hop(response.headers_mut(), switching);
-    response
+    Ok(response)
 }
 
 /// Hands a new connection to hyper's client. The connection runs as a task of the worker
@@ -309,13 +334,17 @@ async fn handshake(io: Io) -> Result<Sender, SendError> {
 }
 
 impl Home {
-    fn lend(self, sender: Sender, response: Response<Incoming>) -> Response<PooledBody> {
+    fn lend(
+        self,
+        sender: Sender,
+        response: Response<Incoming>,
+    ) -> Result<Response<PooledBody>, SendError> {
         // A connection that switched protocols belongs to the tunnel from now on.
         let lease = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS)
             .then_some(Lease { home: self, sender });
-        response.map(|body| PooledBody {
+        Ok(response.map(|body| PooledBody {
             kind: Kind::Hyper { body, lease },
-        })
+        }))
     }
 
     fn lend_wire(self, wire: Box<Wire>, answer: Answer) -> Response<PooledBody> {
@@ -407,6 +436,7 @@ impl HttpBody for PooledBody {
             } => body.poll_frame(cx).map_err(Into::into),
             Kind::Wire { body: None, .. } => Poll::Ready(None),
         };
+        let polled = polled.map(|frame| frame.map(|frame| frame.map(clean_trailers)));
         match &polled {
             // A chunked body's end is known only here: `is_end_stream` never says so.
             Poll::Ready(None) => self.release_if_done(true),
@@ -432,6 +462,18 @@ impl HttpBody for PooledBody {
                 None => SizeHint::default(),
             },
         }
+    }
+}
+
+/// An upstream's trailer fields go through the same filter as its header fields, and more:
+/// see `headers::clean_trailers`.
+fn clean_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            super::headers::clean_trailers(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
     }
 }
 

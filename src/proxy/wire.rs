@@ -98,7 +98,7 @@ pub struct Wire {
 
 /// How the body after a response head is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     /// No body: a `HEAD` request, 1xx, 204, 304.
     Empty,
     /// `Content-Length`: this many bytes remain.
@@ -112,7 +112,7 @@ enum Framing {
 
 /// Where a chunked body's reader is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     Size,
     /// This many bytes of the current chunk remain.
     Data(u64),
@@ -246,8 +246,8 @@ pub fn encode_head(parts: &request::Parts) -> Vec<u8> {
 
 /// A response head as read, with its connection fields already taken out of the map (the
 /// response goes to the client as it is): what they said of the connection and the body.
-struct Head {
-    response: Response<()>,
+pub(crate) struct Head {
+    pub(crate) response: Response<()>,
     /// `Connection: close`.
     close: bool,
     /// `Connection: keep-alive`, which an HTTP/1.0 answer needs to be reused.
@@ -262,7 +262,10 @@ struct Head {
 /// A complete response head at the front of `buf`, taken out of it; `None` while it is
 /// still incomplete. Field values share the head's bytes instead of being copied.
 /// `spans` is scratch space, kept by the connection so no response allocates it.
-fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>, WireError> {
+pub(crate) fn parse_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<Span>,
+) -> Result<Option<Head>, WireError> {
     // Uninitialised slots, as hyper's: a hundred empty fields would be 3 KiB to clear on
     // every response.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
@@ -342,11 +345,20 @@ impl Head {
 
 /// The body's framing and whether the connection outlives this response (RFC 9112 §6.3,
 /// §9.3).
-fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), WireError> {
+pub(crate) fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), WireError> {
     let reusable = match head.response.version() {
         Version::HTTP_11 => !head.close,
         _ => !head.close && head.keep_alive,
     };
+    // Checked whatever the method and status, as hyper's client path checks them
+    // (`pool::without_hops`): an upstream that frames a body two ways, or names lengths
+    // that disagree, is broken or splitting responses (RFC 9112 §6.3 items 3 and 5).
+    let length = head.length.map_err(WireError::Malformed)?;
+    if head.chunked_last.is_some() && length.is_some() {
+        return Err(WireError::Malformed(
+            "both Transfer-Encoding and Content-Length",
+        ));
+    }
     let status = head.response.status();
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -355,15 +367,14 @@ fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), WireError> {
         return Ok((Framing::Empty, reusable));
     }
     if let Some(chunked) = head.chunked_last {
-        // Chunked last is the only coding with an end of its own; with any other, or with a
-        // Content-Length beside it, the body ends at close and the connection with it.
-        let smuggled = !matches!(head.length, Ok(None));
+        // Chunked last is the only coding with an end of its own; with any other the body
+        // ends at close and the connection with it.
         return Ok(match chunked {
-            true => (Framing::Chunked(Chunk::Size), reusable && !smuggled),
+            true => (Framing::Chunked(Chunk::Size), reusable),
             false => (Framing::UntilClose, false),
         });
     }
-    match head.length.map_err(WireError::Malformed)? {
+    match length {
         Some(0) => Ok((Framing::Empty, reusable)),
         Some(n) => Ok((Framing::Length(n), reusable)),
         None => Ok((Framing::UntilClose, false)),
@@ -418,16 +429,8 @@ impl WireBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
         loop {
-            let step = match self.framing {
-                Framing::Empty | Framing::Done => {
-                    self.framing = Framing::Done;
-                    return Poll::Ready(None);
-                }
-                Framing::Length(remaining) => self.length_step(remaining),
-                Framing::UntilClose => self.until_close_step(),
-                Framing::Chunked(chunk) => self.chunk_step(chunk),
-            };
-            match step {
+            match self.framing.step(&mut self.wire.buf) {
+                Step::Done => return Poll::Ready(None),
                 Step::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
                 Step::Again => {}
                 Step::Read => match self.wire.poll_fill(cx) {
@@ -453,44 +456,59 @@ impl WireBody {
             }
         }
     }
+}
+
+impl Framing {
+    /// One look at `buf`, the bytes read after the head: a frame of the body, or what the
+    /// reader needs. The framing's one reader, shared by the connection and the fuzz target.
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Step {
+        match *self {
+            Framing::Empty | Framing::Done => {
+                *self = Framing::Done;
+                Step::Done
+            }
+            Framing::Length(remaining) => self.length_step(buf, remaining),
+            Framing::UntilClose => Self::until_close_step(buf),
+            Framing::Chunked(chunk) => self.chunk_step(buf, chunk),
+        }
+    }
 
     /// Up to `n` buffered bytes, as a frame, and how many of the `n` are still to come.
     /// `None` while nothing is buffered.
-    fn take(&mut self, n: u64) -> Option<(Frame<Bytes>, u64)> {
-        let buffered = self.wire.buf.len();
+    fn take(buf: &mut BytesMut, n: u64) -> Option<(Frame<Bytes>, u64)> {
+        let buffered = buf.len();
         if buffered == 0 {
             return None;
         }
         let taken = usize::try_from(n).map_or(buffered, |n| n.min(buffered));
-        let data = self.wire.buf.split_to(taken).freeze();
+        let data = buf.split_to(taken).freeze();
         Some((Frame::data(data), n - taken as u64))
     }
 
-    fn length_step(&mut self, remaining: u64) -> Step {
-        let Some((frame, left)) = self.take(remaining) else {
+    fn length_step(&mut self, buf: &mut BytesMut, remaining: u64) -> Step {
+        let Some((frame, left)) = Self::take(buf, remaining) else {
             return Step::Read;
         };
-        self.framing = match left {
+        *self = match left {
             0 => Framing::Done,
             n => Framing::Length(n),
         };
         Step::Frame(frame)
     }
 
-    fn until_close_step(&mut self) -> Step {
-        match self.take(u64::MAX) {
+    fn until_close_step(buf: &mut BytesMut) -> Step {
+        match Self::take(buf, u64::MAX) {
             Some((frame, _)) => Step::Frame(frame),
             None => Step::Read,
         }
     }
 
-    fn chunk_step(&mut self, chunk: Chunk) -> Step {
-        let buf = &mut self.wire.buf;
+    fn chunk_step(&mut self, buf: &mut BytesMut, chunk: Chunk) -> Step {
         match chunk {
             Chunk::Size => match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((used, size))) => {
                     buf.advance(used);
-                    self.framing = Framing::Chunked(match size {
+                    *self = Framing::Chunked(match size {
                         0 => Chunk::Trailers,
                         n => Chunk::Data(n),
                     });
@@ -500,10 +518,10 @@ impl WireBody {
                 _ => Step::Fail(WireError::Malformed("bad chunk size line")),
             },
             Chunk::Data(remaining) => {
-                let Some((frame, left)) = self.take(remaining) else {
+                let Some((frame, left)) = Self::take(buf, remaining) else {
                     return Step::Read;
                 };
-                self.framing = Framing::Chunked(match left {
+                *self = Framing::Chunked(match left {
                     0 => Chunk::DataEnd,
                     n => Chunk::Data(n),
                 });
@@ -512,22 +530,26 @@ impl WireBody {
             Chunk::DataEnd => match buf.get(..2) {
                 Some(b"\r\n") => {
                     buf.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
+                    *self = Framing::Chunked(Chunk::Size);
                     Step::Again
                 }
                 Some(_) => Step::Fail(WireError::Malformed("chunk data longer than its size")),
                 None => Step::Read,
             },
-            Chunk::Trailers => self.trailers_step(),
+            Chunk::Trailers => self.trailers_step(buf),
         }
     }
 
     /// The trailer section after the last chunk: empty (a bare CRLF) nearly always.
-    fn trailers_step(&mut self) -> Step {
-        let buf = &mut self.wire.buf;
+    fn trailers_step(&mut self, buf: &mut BytesMut) -> Step {
+        if buf.starts_with(b"\n") {
+            // httparse would read a bare LF as the section's end; where the next answer starts
+            // is then in doubt.
+            return Step::Fail(WireError::Malformed("bare LF after the last chunk"));
+        }
         if buf.starts_with(b"\r\n") {
             buf.advance(2);
-            self.framing = Framing::Done;
+            *self = Framing::Done;
             return Step::Again;
         }
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
@@ -547,13 +569,15 @@ impl WireBody {
             _ => return Step::Fail(WireError::Malformed("bad trailer section")),
         };
         buf.advance(used);
-        self.framing = Framing::Done;
+        *self = Framing::Done;
         Step::Frame(Frame::trailers(trailers))
     }
 }
 
 /// What one look at the buffer found.
-enum Step {
+pub(crate) enum Step {
+    /// The body has ended.
+    Done,
     Frame(Frame<Bytes>),
     /// The state moved; look again.
     Again,
@@ -652,12 +676,6 @@ mod tests {
                 UntilClose,
                 false,
             ),
-            // Both: the length is ignored and the connection not trusted again.
-            (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-                Chunked(Chunk::Size),
-                false,
-            ),
             ("HTTP/1.1 200 OK\r\n\r\n", UntilClose, false),
             (
                 "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\n",
@@ -703,6 +721,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            // Both: a sign of response splitting, refused whichever comes first.
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(framed(text, Method::GET).is_err(), "{text:?}");
         }

@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -39,7 +40,7 @@ use super::rewind::Rewind;
 #[cfg(test)]
 use super::signals::PARK_AFTER;
 use super::signals::{Event, Rest, Signals, Verdict};
-use crate::body::{Body, ClientBody};
+use crate::body::{Body, ClientBody, Doubtful};
 use crate::config::LimitsConfig;
 use crate::gate::ConnInfo;
 
@@ -76,10 +77,12 @@ pub struct Protocols {
     http2: http2::Builder<TokioExecutor>,
     /// hyper's HTTP/1.1 read buffer: the longest request head it reads.
     max_head: usize,
+    /// The lane serves what it can (`server.http1_fast_paths`); `false`: hyper serves all.
+    lane: bool,
 }
 
 impl Protocols {
-    pub fn new(limits: &LimitsConfig) -> Self {
+    pub fn new(limits: &LimitsConfig, lane: bool) -> Self {
         // Room for the whole head; the exact header and URI limits are checked per request.
         let max_head = (limits.max_header_bytes + limits.max_uri_bytes + 1024).max(8192);
         let mut http1 = http1::Builder::new();
@@ -87,7 +90,10 @@ impl Protocols {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_headers(limits.max_headers.max(1))
-            .max_buf_size(max_head);
+            .max_buf_size(max_head)
+            // A client that sends its request and then closes its sending side (`shutdown`
+            // after a POST) still gets its answer, as the lane gives it.
+            .half_close(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -98,6 +104,7 @@ impl Protocols {
             http1,
             http2,
             max_head,
+            lane,
         }
     }
 }
@@ -212,9 +219,13 @@ impl<H: Handler> Conn<H> {
         };
         loop {
             signals.woke();
-            // Boxed so that parking frees it, with the request state it holds inline.
-            let lane = Box::pin(self.serve_lane(&mut io, pending, info, &activity, &mut signals));
-            match lane.await {
+            let served = if self.protocols.lane {
+                // Boxed so that parking frees it, with the request state it holds inline.
+                Box::pin(self.serve_lane(&mut io, pending, info, &activity, &mut signals)).await
+            } else {
+                LaneEnd::Hyper(pending)
+            };
+            match served {
                 LaneEnd::Close => return close(io).await,
                 LaneEnd::Park => {}
                 LaneEnd::Hyper(bytes) => {
@@ -282,13 +293,28 @@ impl<H: Handler> Conn<H> {
         let handler = Arc::new(self.handler.clone());
         let activity = activity.clone();
         service_fn(move |request: Request<Incoming>| {
-            let in_flight = activity.request(!request.body().is_end_stream());
+            let has_body = !request.body().is_end_stream();
+            let in_flight = activity.request(has_body);
             let handler = handler.clone();
+            // Watched only when there is a body: see `ClientBody`.
+            let doubtful = if has_body {
+                Doubtful::watched()
+            } else {
+                Doubtful::default()
+            };
+            let request = request.map(|body| ClientBody::Streamed(body, doubtful.clone()));
             // Boxed: hyper keeps one slot the size of this future per connection for as long
             // as the connection lives; boxed, that slot is a pointer and the request's state
             // is freed when its response is sent.
             let respond: BoxedResponse = Box::pin(async move {
-                let response = handler.call(request.map(ClientBody::from), info).await;
+                let mut response = handler.call(request, info).await;
+                if doubtful.is_set() {
+                    // The body's end is in doubt, so is where the next request starts: hyper
+                    // closes the connection after this answer instead of reading one.
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 Ok(response.map(|body| Guarded { body, in_flight }))
             });
             respond
@@ -650,7 +676,7 @@ mod tests {
         let (stop, shutdown) = watch::channel(false);
         let limits = LimitsConfig::default();
         let conn = Conn {
-            protocols: Arc::new(Protocols::new(&limits)),
+            protocols: Arc::new(Protocols::new(&limits, true)),
             handler: Arc::new(handler),
             shutdown,
             limits,

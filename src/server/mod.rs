@@ -4,7 +4,7 @@
 mod admin;
 mod conn;
 mod idle;
-mod lane;
+pub(crate) mod lane;
 pub mod plain;
 pub mod reload;
 mod rewind;
@@ -152,6 +152,7 @@ pub async fn start_with<H: Handler>(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listen = Listen {
         limits: config.server.limits.clone(),
+        lane: config.server.http1_fast_paths,
         drain: config.server.drain_timeout,
         shutdown: shutdown_rx,
     };
@@ -266,6 +267,7 @@ fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, S
 #[derive(Clone)]
 struct Listen {
     limits: LimitsConfig,
+    lane: bool,
     drain: Duration,
     shutdown: watch::Receiver<bool>,
 }
@@ -282,7 +284,7 @@ async fn serve<H: Handler>(
     mut workers: Option<Workers>,
 ) {
     let slots = Arc::new(Semaphore::new(listen.limits.max_connections));
-    let protocols = Arc::new(Protocols::new(&listen.limits));
+    let protocols = Arc::new(Protocols::new(&listen.limits, listen.lane));
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         let permit = tokio::select! {

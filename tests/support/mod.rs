@@ -19,10 +19,18 @@ pub fn config_with_routes(routes: &[(&str, SocketAddr)]) -> Config {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.log.access_log = false;
+    config.server.http1_fast_paths = fast_paths();
     for (path, upstream) in routes {
         config.routes.push(route(path, *upstream, Scope::Public));
     }
     config
+}
+
+/// Whether the gateway's own HTTP/1.1 (server lane, upstream client) is on in the tests:
+/// `WXGATE_TEST_FAST_PATHS=off` turns it off, and `./scripts/test` runs the transparency,
+/// failure, security and HTTP/1.1 tests a second time that way.
+pub fn fast_paths() -> bool {
+    std::env::var("WXGATE_TEST_FAST_PATHS").as_deref() != Ok("off")
 }
 
 pub fn route(path: &str, upstream: SocketAddr, scope: Scope) -> RouteConfig {
