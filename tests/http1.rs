@@ -1299,3 +1299,48 @@ fn write_report(
     }
     std::fs::write(path, out).unwrap();
 }
+
+/// hyper's own behaviour behind finding 5, recorded so that a hyper that changes it shows up
+/// here (docs/http1.md, "hyper and the bare LF"): a bare hyper HTTP/1.1 server reads
+/// `0\r\n\n` as the start of a trailer section, takes the pipelined request's head as trailer
+/// fields (httparse ends the section at the leading LF and drops the rest) and never answers
+/// that request.
+#[tokio::test]
+async fn hyper_alone_swallows_a_request_after_a_bare_lf_chunk_terminator() {
+    use http_body_util::{BodyExt, Full};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let log = answered.clone();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let service =
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let log = log.clone();
+                async move {
+                    let target = request.uri().to_string();
+                    let collected = request.into_body().collect().await;
+                    let trailers = collected.ok().and_then(|c| c.trailers().cloned());
+                    log.lock()
+                        .unwrap()
+                        .push((target, trailers.map(|t| t.len())));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        bytes::Bytes::from_static(b"ok"),
+                    )))
+                }
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    });
+    let request = b"POST /first HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\nhello\r\n0\r\n\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n";
+    let (text, end) = exchange(addr, &[request], false).await;
+    assert_eq!(statuses(&text), [200], "{text}");
+    assert_eq!(
+        end,
+        End::Hung,
+        "hyper waits for a request it has already read"
+    );
+    assert_eq!(*answered.lock().unwrap(), [("/first".to_owned(), Some(0))]);
+}
