@@ -3,7 +3,7 @@
 //! through the gateway with its own HTTP/1.1 on and off (`server.http1_fast_paths`), in front
 //! of a recording upstream that sees the bytes as they come.
 //!
-//! `WXGATE_HTTP1_REPORT=FILE` writes the harness's table (on, off and, where nginx is
+//! `HTTP1_REPORT=FILE` writes the harness's table (on, off and, where nginx is
 //! installed, nginx in front of the same upstream) to FILE; docs/http1.md has it.
 
 mod support;
@@ -344,7 +344,7 @@ async fn gateway(upstream: SocketAddr, fast_paths: bool) -> wxgate::server::Runn
     support::start(&config).await
 }
 
-/// The gateway as the tests run it (`WXGATE_TEST_FAST_PATHS`).
+/// The gateway as the tests run it (`TEST_FAST_PATHS`).
 async fn gateway_as_configured(upstream: SocketAddr) -> wxgate::server::Running {
     gateway(upstream, support::fast_paths()).await
 }
@@ -1235,7 +1235,7 @@ async fn differential_corpus_fast_paths_on_and_off_agree() {
             }
         }
     }
-    if let Ok(path) = std::env::var("WXGATE_HTTP1_REPORT") {
+    if let Ok(path) = std::env::var("HTTP1_REPORT") {
         let nginx = nginx_outcomes(&cases).await;
         write_report(&path, &cases, &on_outcomes, &off_outcomes, nginx.as_deref());
     }

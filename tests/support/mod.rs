@@ -27,10 +27,11 @@ pub fn config_with_routes(routes: &[(&str, SocketAddr)]) -> Config {
 }
 
 /// Whether the gateway's own HTTP/1.1 (server lane, upstream client) is on in the tests:
-/// `WXGATE_TEST_FAST_PATHS=off` turns it off, and `./scripts/test` runs the transparency,
+/// `TEST_FAST_PATHS=off` turns it off (not a `WXGATE_` name: the binary reads those as
+/// configuration, and tests start the binary too), and `./scripts/test` runs the transparency,
 /// failure, security and HTTP/1.1 tests a second time that way.
 pub fn fast_paths() -> bool {
-    std::env::var("WXGATE_TEST_FAST_PATHS").as_deref() != Ok("off")
+    std::env::var("TEST_FAST_PATHS").as_deref() != Ok("off")
 }
 
 pub fn route(path: &str, upstream: SocketAddr, scope: Scope) -> RouteConfig {
