@@ -1022,7 +1022,6 @@ fn corpus() -> Vec<Case> {
             raw_request(&format!("HEAD /p/{path} HTTP/1.1"), &[host], b"", "\r\n"),
         );
     }
-    drop(add);
     // Splits at every byte of a request with a body and of one without.
     let splits = [
         (
