@@ -1319,6 +1319,7 @@ fn scraped_families() -> Families {
             allow_snapshot: true,
             timeout: None,
             app: None,
+            access: None,
         });
         let gateway = wxgate::server::start(&config)
             .await
