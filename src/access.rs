@@ -175,12 +175,14 @@ impl RuleLoader {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        let ids = Arc::new(parse_list(&text).map_err(|(line, shown)| AccessError::BadLine {
-            key: key.to_owned(),
-            path: path.to_owned(),
-            line,
-            shown,
-        })?);
+        let ids = Arc::new(
+            parse_list(&text).map_err(|(line, shown)| AccessError::BadLine {
+                key: key.to_owned(),
+                path: path.to_owned(),
+                line,
+                shown,
+            })?,
+        );
         self.files.insert(path.to_owned(), ids.clone());
         Ok(ids)
     }
@@ -262,7 +264,9 @@ mod tests {
             unionids: vec!["oUUUU".into()],
             ..AccessConfig::default()
         };
-        let rule = RuleLoader::default().load("routes[0].access", &config).unwrap();
+        let rule = RuleLoader::default()
+            .load("routes[0].access", &config)
+            .unwrap();
         assert!(rule.admits("oAAAA", None));
         assert!(rule.admits("oOther", Some("oUUUU")));
         assert!(!rule.admits("oOther", None));
@@ -290,7 +294,8 @@ mod tests {
             .load("routes[3].access", &config)
             .unwrap_err();
         assert!(
-            err.to_string().starts_with("routes[3].access.openids: \"o A\""),
+            err.to_string()
+                .starts_with("routes[3].access.openids: \"o A\""),
             "{err}"
         );
     }

@@ -194,7 +194,10 @@ fn doctor(args: &crate::doctor::DoctorArgs) -> ExitCode {
             }
         }
         Err(crate::doctor::DoctorError::Config(e)) => {
-            eprintln!("wxgate doctor: invalid configuration ({}):", args.config.display());
+            eprintln!(
+                "wxgate doctor: invalid configuration ({}):",
+                args.config.display()
+            );
             for line in e.to_string().lines() {
                 eprintln!("  {line}");
             }

@@ -171,7 +171,11 @@ fn public_origin(config: &Config, report: &mut impl FnMut(Check)) -> Option<Orig
         return None;
     };
     let Some(host) = url.host_str().map(str::to_owned) else {
-        report(Check::fail(NAME, format!("{url} has no host"), "write it as https://<your domain>"));
+        report(Check::fail(
+            NAME,
+            format!("{url} has no host"),
+            "write it as https://<your domain>",
+        ));
         return None;
     };
     if url.scheme() != "https" {
@@ -219,11 +223,8 @@ fn is_loopback(host: &str) -> bool {
 async fn resolve(origin: &Origin, report: &mut impl FnMut(Check)) -> Option<Vec<SocketAddr>> {
     let name = format!("DNS of {}", origin.host);
     let host = origin.host.trim_start_matches('[').trim_end_matches(']');
-    let looked_up = tokio::time::timeout(
-        STEP_TIMEOUT,
-        tokio::net::lookup_host((host, origin.port)),
-    )
-    .await;
+    let looked_up =
+        tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((host, origin.port))).await;
     let addrs: Vec<SocketAddr> = match looked_up {
         Ok(Ok(addrs)) => addrs.collect(),
         Ok(Err(e)) => {
@@ -345,7 +346,11 @@ async fn tls(
     let inner = match verifier(roots) {
         Ok(inner) => inner,
         Err(e) => {
-            report(Check::fail(name, e, "pass a --ca-file with at least one CA"));
+            report(Check::fail(
+                name,
+                e,
+                "pass a --ca-file with at least one CA",
+            ));
             return false;
         }
     };
@@ -362,7 +367,11 @@ async fn tls(
     ) {
         Ok(n) => n,
         Err(e) => {
-            report(Check::fail(name, e.to_string(), "write public_url with a valid host"));
+            report(Check::fail(
+                name,
+                e.to_string(),
+                "write public_url with a valid host",
+            ));
             return false;
         }
     };
@@ -385,7 +394,11 @@ async fn tls(
         .take()
         .unwrap_or_default();
     let Some((end_entity, intermediates)) = chain.split_first() else {
-        report(Check::fail(name, "no certificate was presented", "configure a certificate"));
+        report(Check::fail(
+            name,
+            "no certificate was presented",
+            "configure a certificate",
+        ));
         return false;
     };
     let valid_at = |at: SystemTime| {
@@ -400,7 +413,11 @@ async fn tls(
     };
     let now = SystemTime::now();
     if let Err(e) = valid_at(now) {
-        report(Check::fail(name, certificate_problem(&e, &origin.host), certificate_fix(&e)));
+        report(Check::fail(
+            name,
+            certificate_problem(&e, &origin.host),
+            certificate_fix(&e),
+        ));
         return false;
     }
     let expiry = last_valid_moment(now, |t| valid_at(t).is_ok());
@@ -410,7 +427,10 @@ async fn tls(
     if left < Duration::from_secs(min_days * 86_400) {
         report(Check::fail(
             name,
-            format!("valid for {} now, but it expires in {days} days ({date})", origin.host),
+            format!(
+                "valid for {} now, but it expires in {days} days ({date})",
+                origin.host
+            ),
             "renew it now (e.g. `certbot renew`), then reload the gateway (SIGHUP) or the proxy \
              serving it; automate the renewal",
         ));
@@ -555,7 +575,10 @@ async fn gateway_answers(config: &Config, site: &Site, report: &mut impl FnMut(C
             let body = r.bytes().await.unwrap_or_default();
             let same = ours.as_ref().is_some_and(|ours| json_eq(ours, &body));
             if same {
-                report(Check::pass(name, format!("{jwks} publishes this configuration's keys")));
+                report(Check::pass(
+                    name,
+                    format!("{jwks} publishes this configuration's keys"),
+                ));
             } else {
                 report(Check::fail(
                     name,
@@ -606,7 +629,9 @@ async fn callback(site: &Site, label: &str, path: &str, report: &mut impl FnMut(
     let name = format!("callback of {label}");
     let url = site.url(path);
     match site.client.post(&url).send().await {
-        Ok(r) if r.status() == 405 && r.headers().get("allow").is_some_and(|v| v == "GET, HEAD") => {
+        Ok(r)
+            if r.status() == 405 && r.headers().get("allow").is_some_and(|v| v == "GET, HEAD") =>
+        {
             report(Check::pass(name, format!("{url} reaches the gateway")));
         }
         Ok(r) => report(Check::fail(
@@ -670,7 +695,10 @@ async fn verify_files(
             Ok(r) if r.status() == 200 => {
                 let body = r.text().await.unwrap_or_default();
                 if body.trim() == token {
-                    report(Check::pass(name, format!("{url} answers 200 with its token")));
+                    report(Check::pass(
+                        name,
+                        format!("{url} answers 200 with its token"),
+                    ));
                 } else {
                     report(Check::fail(
                         name,
@@ -679,8 +707,16 @@ async fn verify_files(
                     ));
                 }
             }
-            Ok(r) => report(Check::fail(name, format!("{url} answered {}", r.status()), fix)),
-            Err(e) => report(Check::fail(name, format!("{url}: {}", error_chain(&e)), fix)),
+            Ok(r) => report(Check::fail(
+                name,
+                format!("{url} answered {}", r.status()),
+                fix,
+            )),
+            Err(e) => report(Check::fail(
+                name,
+                format!("{url}: {}", error_chain(&e)),
+                fix,
+            )),
         }
     }
 }
@@ -704,7 +740,11 @@ async fn wechat_reachable(config: &Config, report: &mut impl FnMut(Check)) {
     let client = match reqwest::Client::builder().timeout(STEP_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => {
-            report(Check::fail("wechat.api_base", e.to_string(), "see the error"));
+            report(Check::fail(
+                "wechat.api_base",
+                e.to_string(),
+                "see the error",
+            ));
             return;
         }
     };
@@ -715,7 +755,10 @@ async fn wechat_reachable(config: &Config, report: &mut impl FnMut(Check)) {
         match client.get(base.as_str()).send().await {
             Ok(r) => {
                 let received = SystemTime::now();
-                report(Check::pass(&name, format!("reachable (HTTP {})", r.status().as_u16())));
+                report(Check::pass(
+                    &name,
+                    format!("reachable (HTTP {})", r.status().as_u16()),
+                ));
                 if !clock_checked {
                     clock_checked = true;
                     clock(r.headers(), sent, received, report);
@@ -766,7 +809,10 @@ fn clock(
             "turn on time synchronisation (`timedatectl set-ntp true`, chrony or systemd-timesyncd)",
         ));
     } else {
-        report(Check::pass(name, format!("within {secs} s of WeChat's Date")));
+        report(Check::pass(
+            name,
+            format!("within {secs} s of WeChat's Date"),
+        ));
     }
 }
 
@@ -817,14 +863,21 @@ async fn stable_token(label: &str, wechat: &config::WeChatConfig, report: &mut i
     };
     let json: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
     // The access token itself is never shown: only whether one came back.
-    if json.get("access_token").and_then(|t| t.as_str()).is_some_and(|t| !t.is_empty()) {
+    if json
+        .get("access_token")
+        .and_then(|t| t.as_str())
+        .is_some_and(|t| !t.is_empty())
+    {
         report(Check::pass(
             name,
             format!("WeChat issued a token for {}", wechat.appid),
         ));
         return;
     }
-    let errcode = json.get("errcode").and_then(serde_json::Value::as_i64).unwrap_or(-1);
+    let errcode = json
+        .get("errcode")
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(-1);
     let errmsg = json
         .get("errmsg")
         .and_then(|m| m.as_str())

@@ -273,7 +273,13 @@ async fn the_auth_endpoint_honours_the_access_list() {
     let openid = body["openid"].as_str().unwrap().to_owned();
     assert_eq!(openid.len(), 28);
 
-    config.wechat.access.as_mut().unwrap().openids.push(openid.clone());
+    config
+        .wechat
+        .access
+        .as_mut()
+        .unwrap()
+        .openids
+        .push(openid.clone());
     w.gw.reload(config).unwrap();
     let granted = b
         .get(format!("{}/_wxgate/auth", w.origin))

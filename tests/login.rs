@@ -261,7 +261,9 @@ async fn logout_revokes_a_copied_cookie() {
 
 /// The openid a refusal page shows, for the visitor to send to the operator.
 fn openid_on_refusal_page(html: &str) -> String {
-    let start = html.find("id=\"openid\"").expect("the page shows the openid");
+    let start = html
+        .find("id=\"openid\"")
+        .expect("the page shows the openid");
     let after = &html[start..];
     let open = after.find('>').unwrap() + 1;
     let close = after.find("</code>").unwrap();
@@ -339,7 +341,10 @@ async fn a_visitor_off_the_list_sees_their_openid_and_gets_in_once_listed() {
     assert!(hops.is_empty(), "the session is kept: {hops:?}");
     let seen = w.up.last();
     assert_eq!(seen.uri, "/base/report.html");
-    assert_eq!(verify_identity(seen.headers["x-wechat-identity"].to_str().unwrap()).openid, openid);
+    assert_eq!(
+        verify_identity(seen.headers["x-wechat-identity"].to_str().unwrap()).openid,
+        openid
+    );
     w.gw.shutdown().await;
 }
 
@@ -367,7 +372,14 @@ async fn an_access_file_lists_unionids_and_is_read_again_on_reload() {
     }
     assert_eq!(w.up.count(), 0, "nothing reached the upstream");
     // Public routes need no list.
-    assert_eq!(b.get(format!("{}/open", w.origin)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        b.get(format!("{}/open", w.origin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let user = default_user(w.mock).await;
     let unionid = user["unionid"].as_str().unwrap();

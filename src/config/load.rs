@@ -120,7 +120,7 @@ fn problem_of(e: &figment::Error) -> Problem {
             "missing key".to_owned()
         }
         Kind::InvalidValue(actual, expected) => invalid_value(actual, expected),
-        Kind::Message(m) => m.clone(),
+        Kind::Message(m) => message(m),
         other => other.to_string(),
     };
     // Where the bad value came from: an environment variable named for the key wins (the
@@ -138,36 +138,43 @@ fn problem_of(e: &figment::Error) -> Problem {
     Problem::new(key, message)
 }
 
-/// serde's "invalid value: string \"x\", expected <what the parser said>", as a sentence;
-/// a URL without a scheme gets the fix rather than the parser's "relative URL without a base".
+/// serde's "invalid value: string \"x\", expected <what the parser said>", as a sentence.
 fn invalid_value(actual: &figment::error::Actual, expected: &str) -> String {
-    let shown = match actual {
-        figment::error::Actual::Str(s) => format!("\"{s}\""),
-        other => other.to_string(),
-    };
-    match expected {
-        "relative URL without a base" => format!(
-            "{shown} is not an absolute URL: write it with its scheme, like http://{} or https://{}",
-            plain(actual),
-            plain(actual)
-        ),
-        "empty host" => format!("{shown} has no host after its scheme"),
-        "invalid port number" => format!("{shown} has a port that is not a number from 1 to 65535"),
-        "invalid international domain name" | "invalid domain character" => {
-            format!("{shown} has a host name that is not valid")
-        }
-        "invalid IPv4 address" | "invalid IPv6 address" => {
-            format!("{shown} has an IP address that is not valid")
-        }
-        other => format!("{shown} is not valid: expected {other}"),
-    }
-}
-
-fn plain(actual: &figment::error::Actual) -> String {
-    match actual {
+    let value = match actual {
         figment::error::Actual::Str(s) => s.clone(),
         other => other.to_string(),
-    }
+    };
+    url_problem(expected, &value)
+        .unwrap_or_else(|| format!("\"{value}\" is not valid: expected {expected}"))
+}
+
+/// The url crate's serde message, `<reason>: "<value>"`, as a sentence with the fix; other
+/// messages unchanged.
+fn message(m: &str) -> String {
+    m.split_once(": \"")
+        .and_then(|(reason, rest)| url_problem(reason, rest.strip_suffix('"')?))
+        .unwrap_or_else(|| m.to_owned())
+}
+
+/// A URL parser's reason (`relative URL without a base`…) as what is wrong and how to write it.
+fn url_problem(reason: &str, value: &str) -> Option<String> {
+    let text = match reason {
+        "relative URL without a base" => format!(
+            "\"{value}\" is not an absolute URL: write it with its scheme, like http://{value} or https://{value}"
+        ),
+        "empty host" => format!("\"{value}\" has no host after its scheme"),
+        "invalid port number" => {
+            format!("\"{value}\" has a port that is not a number from 1 to 65535")
+        }
+        "invalid international domain name" | "invalid domain character" => {
+            format!("\"{value}\" has a host name that is not valid")
+        }
+        "invalid IPv4 address" | "invalid IPv6 address" => {
+            format!("\"{value}\" has an IP address that is not valid")
+        }
+        _ => return None,
+    };
+    Some(text)
 }
 
 /// The `WXGATE_…` variable that sets the key at `segments` (`["server", "listn"]` is
@@ -179,7 +186,8 @@ fn variable_for(segments: &[String]) -> Option<String> {
     let wanted: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
     std::env::vars_os().find_map(|(name, _)| {
         let name = name.into_string().ok()?;
-        name.get(..7).filter(|p| p.eq_ignore_ascii_case("WXGATE_"))?;
+        name.get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("WXGATE_"))?;
         let tail = name.get(7..)?;
         let path: Vec<String> = tail.split("__").map(str::to_ascii_lowercase).collect();
         (path == wanted && !tail.eq_ignore_ascii_case("CONFIG")).then_some(name)

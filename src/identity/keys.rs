@@ -244,8 +244,8 @@ fn parse_private_key(
             Ok((EncodingKey::from_ec_der(pkcs8.as_ref()), public))
         }
         (Algorithm::EdDSA, "PRIVATE KEY") => {
-            let pair =
-                Ed25519KeyPair::from_pkcs8(der).map_err(|err| rejected(plain_reason(err.description_())))?;
+            let pair = Ed25519KeyPair::from_pkcs8(der)
+                .map_err(|err| rejected(plain_reason(err.description_())))?;
             let pkcs8 = pair
                 .to_pkcs8v1()
                 .map_err(|_| rejected("the key cannot be re-encoded as PKCS#8"))?;

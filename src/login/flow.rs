@@ -12,6 +12,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, REFERER, SET_C
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use crate::access::{self, AccessRule, RuleLoader};
 use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
 use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
@@ -23,7 +24,6 @@ use crate::login::{
     is_well_formed_state,
 };
 use crate::metrics::{LoginMetrics, MeteredStore, Metrics};
-use crate::access::{self, AccessRule, RuleLoader};
 use crate::pages;
 use crate::route::Route;
 use crate::session::{
@@ -191,7 +191,10 @@ impl Login {
         let limits = &config.server.limits;
         let access = match &config.wechat.access {
             Some(list) => {
-                let key = app.map_or_else(|| "wechat.access".to_owned(), |n| format!("apps[{n}].access"));
+                let key = app.map_or_else(
+                    || "wechat.access".to_owned(),
+                    |n| format!("apps[{n}].access"),
+                );
                 Some(Arc::new(RuleLoader::default().load(&key, list)?))
             }
             None => None,

@@ -175,11 +175,16 @@ mod tests {
             r#"id="link" type="text" readonly value="https://m.example.com/activity/a.html?from=singlemessage&amp;isappinstalled=0""#
         ));
         // The scan instruction is the computer's; phones hide it and lead with the copy.
-        assert!(page.contains("@media (pointer:coarse){.phone{display:block}.computer{display:none}"));
+        assert!(
+            page.contains("@media (pointer:coarse){.phone{display:block}.computer{display:none}")
+        );
         let scan = page.find("扫描下方二维码").unwrap();
         let computer = page.find(r#"<div class="computer">"#).unwrap();
         let phone = page.find(r#"<div class="phone">"#).unwrap();
-        assert!(computer < scan && scan < phone, "the scan text is in the computer's part");
+        assert!(
+            computer < scan && scan < phone,
+            "the scan text is in the computer's part"
+        );
     }
 
     #[test]

@@ -286,11 +286,17 @@ impl<'a> AccessRules<'a> {
             Some(name) => match self.config.apps.iter().position(|a| &a.name == name) {
                 Some(i) => match &self.config.apps[i].access {
                     Some(own) => (format!("apps[{i}].access"), Some(own)),
-                    None => ("wechat.access".to_owned(), self.config.wechat.access.as_ref()),
+                    None => (
+                        "wechat.access".to_owned(),
+                        self.config.wechat.access.as_ref(),
+                    ),
                 },
                 None => ("wechat.access".to_owned(), None),
             },
-            None => ("wechat.access".to_owned(), self.config.wechat.access.as_ref()),
+            None => (
+                "wechat.access".to_owned(),
+                self.config.wechat.access.as_ref(),
+            ),
         };
         let rule = match of_app {
             Some(access) => Some(Arc::new(self.loader.load(&key, access)?)),
