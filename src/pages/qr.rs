@@ -160,7 +160,7 @@ mod tests {
         let start = page.find("<script>").unwrap() + "<script>".len();
         let end = page.find("</script>").unwrap();
         let hash = base64::engine::general_purpose::STANDARD
-            .encode(sha2::Sha256::digest(page[start..end].as_bytes()));
+            .encode(sha2::Sha256::digest(&page.as_bytes()[start..end]));
         assert!(
             CONTENT_SECURITY_POLICY.contains(&format!("script-src 'sha256-{hash}'")),
             "update the hash in CONTENT_SECURITY_POLICY to {hash}"
