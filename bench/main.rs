@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, hide = true)]
     bench: bool,
     /// The wxgate binary (a release build).
-    #[arg(long, default_value = "target/release/wxgate")]
+    #[arg(long, default_value = "target/dist/wxgate")]
     wxgate: PathBuf,
     /// Seconds of load per row and round.
     #[arg(long, default_value_t = 10)]
@@ -145,7 +145,7 @@ fn world(args: &Args) -> Result<World, String> {
     }
     if !args.wxgate.exists() {
         return Err(format!(
-            "{} not found; build it with cargo build --release",
+            "{} not found; build it with cargo build --profile dist",
             args.wxgate.display()
         ));
     }

@@ -1,4 +1,4 @@
-//! The command line: `wxgate run`, `check`, `demo`, `mock-wechat`, `keygen`, `verify`,
+//! The command line: `wxgate run`, `check`, `doctor`, `demo`, `mock-wechat`, `keygen`, `verify`,
 //! `sessions`. `main.rs` only calls `main` here.
 
 use std::path::PathBuf;
@@ -25,6 +25,10 @@ enum Command {
     Run(ConfigArg),
     /// Validate a configuration and print it with every secret redacted.
     Check(ConfigArg),
+    /// Check a live deployment from the gateway's host: DNS, TLS certificate, the gateway
+    /// behind public_url, the MP_verify file, the clock, WeChat's API; a checklist with
+    /// the fix for each failure. Exit code 1 when something fails.
+    Doctor(crate::doctor::DoctorArgs),
     /// Try the whole login on this machine: the gateway, the mock WeChat and a demo app in
     /// one process, nothing to configure. Prints the URL to open.
     Demo(crate::demo::DemoArgs),
@@ -90,8 +94,20 @@ struct KeygenArgs {
 struct VerifyArgs {
     /// The token, as an upstream received it in the identity header.
     token: String,
-    #[command(flatten)]
-    config: ConfigArg,
+    /// Verify with the gateway's public keys alone: a saved `/_wxgate/jwks.json` or its
+    /// http(s) URL. No secret and no configuration needed (RS256, ES256, EdDSA).
+    #[arg(long, value_name = "FILE|URL")]
+    jwks: Option<String>,
+    /// Expected `iss`; default: the configuration's `identity.issuer`, else `wxgate`.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Expected `aud`; default: the configuration's `identity.audience`, else `wxgate-upstream`.
+    #[arg(long)]
+    audience: Option<String>,
+    /// TOML configuration file; only its `[identity]` section is read (the key file, or
+    /// the HS256 secret, also from `WXGATE_IDENTITY__SECRET`).
+    #[arg(long, short, env = "WXGATE_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +128,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(arg) => run(&arg.config),
         Command::Check(arg) => check(&arg.config),
+        Command::Doctor(args) => doctor(&args),
         Command::Demo(args) => demo(args),
         Command::MockWechat(args) => mock_wechat(args),
         Command::Keygen(args) => keygen(&args),
@@ -156,6 +173,39 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("wxgate: the configuration is valid but cannot be printed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn doctor(args: &crate::doctor::DoctorArgs) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    println!("wxgate doctor: {}", args.config.display());
+    match runtime.block_on(crate::doctor::run(args)) {
+        Ok(checks) => {
+            let failed = checks.iter().filter(|c| c.failed()).count();
+            if failed == 0 {
+                println!("all checks passed");
+                ExitCode::SUCCESS
+            } else {
+                println!("{failed} check(s) failed");
+                ExitCode::FAILURE
+            }
+        }
+        Err(crate::doctor::DoctorError::Config(e)) => {
+            eprintln!(
+                "wxgate doctor: invalid configuration ({}):",
+                args.config.display()
+            );
+            for line in e.to_string().lines() {
+                eprintln!("  {line}");
+            }
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("wxgate doctor: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -251,22 +301,43 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn verify(args: &VerifyArgs) -> ExitCode {
-    let Some(config) = load_or_report(&args.config.config) else {
-        return ExitCode::from(2);
+    let config_path = match (&args.config, &args.jwks) {
+        (Some(path), _) => Some(path.clone()),
+        // Without a JWKS the keys come from the configuration, at its usual place.
+        (None, None) => Some(PathBuf::from("config/wxgate.toml")),
+        (None, Some(_)) => None,
     };
-    let (current, previous) = config.identity.key_sources();
-    let keys = match crate::identity::KeySet::load(&current, &previous) {
-        Ok(keys) => keys,
-        Err(e) => {
+    let identity = match config_path.as_deref().map(config::load_identity) {
+        Some(Ok(identity)) => identity,
+        Some(Err(e)) => {
             eprintln!("wxgate verify: {e}");
             return ExitCode::from(2);
         }
+        None => config::IdentityConfig::default(),
     };
-    match keys.verify(
-        args.token.trim(),
-        &config.identity.issuer,
-        &config.identity.audience,
-    ) {
+    let issuer = args.issuer.as_deref().unwrap_or(&identity.issuer);
+    let audience = args.audience.as_deref().unwrap_or(&identity.audience);
+    let token = args.token.trim();
+    let verified = match &args.jwks {
+        Some(source) => match read_jwks(source) {
+            Ok(jwks) => crate::identity::verify_with_jwks(token, &jwks, issuer, audience),
+            Err(e) => {
+                eprintln!("wxgate verify: the JWKS {source} cannot be read: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let (current, previous) = identity.key_sources();
+            match crate::identity::KeySet::load(&current, &previous) {
+                Ok(keys) => keys.verify(token, issuer, audience),
+                Err(e) => {
+                    eprintln!("wxgate verify: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    match verified {
         Ok(claims) => {
             match serde_json::to_string_pretty(&claims) {
                 Ok(json) => println!("{json}"),
@@ -279,6 +350,29 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The JWKS document at `source`: an http(s) URL or a file.
+fn read_jwks(source: &str) -> Result<Vec<u8>, String> {
+    if !(source.starts_with("http://") || source.starts_with("https://")) {
+        return std::fs::read(source).map_err(|e| e.to_string());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client.get(source).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("it answered {}", response.status()));
+        }
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok(body.to_vec())
+    })
 }
 
 fn sessions(args: SessionsArgs) -> ExitCode {

@@ -73,6 +73,7 @@ fn routes() -> &'static RouteTable {
                 allow_snapshot: true,
                 timeout: None,
                 app: None,
+                access: None,
             });
         }
         RouteTable::from_config(&config).unwrap_or_default()

@@ -156,7 +156,7 @@ impl Gate {
                 route = label,
                 status = response.status().as_u16(),
                 bytes = response_bytes(&response),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
                 peer = %conn.peer.ip(),
             );
         }
@@ -500,12 +500,16 @@ fn record(series: &RouteSeries, response: &Response<Body>, elapsed: std::time::D
     series.record(response.status(), elapsed);
 }
 
+/// The body's length: its `Content-Length`, else the exact size the body knows (the
+/// gateway's own pages, whose length hyper writes only later). 0 for a body of unknown size
+/// (a streamed upstream body without a length).
 fn response_bytes(response: &Response<Body>) -> u64 {
     response
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+        .or_else(|| http_body::Body::size_hint(response.body()).exact())
         .unwrap_or(0)
 }
 

@@ -5,10 +5,12 @@
 // Outside tests nothing may panic on a value: input and I/O errors are typed and answered.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;

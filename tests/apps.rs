@@ -40,6 +40,7 @@ async fn two_apps() -> (World, SocketAddr) {
             api_base: Some(url::Url::parse(&format!("http://{mock_b}")).unwrap()),
             lang: None,
             timeout: None,
+            access: None,
         });
         let mut route = support::route("/b/", up, Scope::SnsapiUserinfo);
         route.app = Some("brand-b".to_owned());

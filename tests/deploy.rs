@@ -313,7 +313,10 @@ fn dockerfile_builds_locked_and_runs_unprivileged_on_the_gateways_ports() {
         froms[1]
     );
     let runs = docker_all("RUN").join("\n");
-    assert!(runs.contains("cargo build --release --locked"), "{runs}");
+    assert!(
+        runs.contains("cargo build --profile dist --locked"),
+        "the image ships the dist profile: {runs}"
+    );
     assert!(
         runs.contains("ca-certificates"),
         "HTTPS to WeChat needs CA roots"
@@ -1319,6 +1322,7 @@ fn scraped_families() -> Families {
             allow_snapshot: true,
             timeout: None,
             app: None,
+            access: None,
         });
         let gateway = wxgate::server::start(&config)
             .await

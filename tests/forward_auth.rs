@@ -31,11 +31,18 @@ fn example_config(w: &World, listen: std::net::SocketAddr) -> String {
 }
 
 async fn nginx_in_front() -> Option<(World, Nginx)> {
+    nginx_in_front_with(|_| {}).await
+}
+
+async fn nginx_in_front_with(
+    tune: impl FnOnce(&mut wxgate::config::Config),
+) -> Option<(World, Nginx)> {
     let binary = nginx::binary()?;
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let w = world_with(|_, config| {
         config.server.public_url = Some(url::Url::parse(&format!("http://{listen}")).unwrap());
         trust_the_proxy(config);
+        tune(config);
     })
     .await;
     let include = (
@@ -225,5 +232,85 @@ async fn x_forwarded_uri_from_an_untrusted_peer_is_ignored() {
     assert_eq!(resp.status(), 401);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["login_url"], "/_wxgate/start?rd=%2F");
+    w.gw.shutdown().await;
+}
+
+/// `[wechat.access]` is the list forward-auth answers by: a visitor off it gets 403 with
+/// their openid (JSON), one on it 200 with the identity; a reload brings in a new list.
+#[tokio::test]
+async fn the_auth_endpoint_honours_the_access_list() {
+    let mut config = None;
+    let w = world_with(|_, c| {
+        trust_the_proxy(c);
+        c.wechat.access = Some(wxgate::config::AccessConfig {
+            openids: vec!["oSomebodyElse00000000000000".into()],
+            ..Default::default()
+        });
+        config = Some(c.clone());
+    })
+    .await;
+    let mut config = config.unwrap();
+    let b = browser(WECHAT_UA);
+    // Log in (Traefik/Caddy mode sends the WeChat browser through the login).
+    let start = b
+        .get(format!("{}/_wxgate/auth?redirect=true", w.origin))
+        .header("X-Forwarded-Uri", "/deal")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let _ = follow(&b, start.headers()["location"].to_str().unwrap()).await;
+    let refused = b
+        .get(format!("{}/_wxgate/auth", w.origin))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(!refused.headers().contains_key("x-wechat-identity"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "not_admitted");
+    let openid = body["openid"].as_str().unwrap().to_owned();
+    assert_eq!(openid.len(), 28);
+
+    config
+        .wechat
+        .access
+        .as_mut()
+        .unwrap()
+        .openids
+        .push(openid.clone());
+    w.gw.reload(config).unwrap();
+    let granted = b
+        .get(format!("{}/_wxgate/auth", w.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status(), 200);
+    let claims = verify_identity(granted.headers()["x-wechat-identity"].to_str().unwrap());
+    assert_eq!(claims.openid, openid);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn through_nginx_a_visitor_off_the_list_never_reaches_the_app() {
+    let Some((w, ng)) = nginx_in_front_with(|c| {
+        c.wechat.access = Some(wxgate::config::AccessConfig {
+            openids: vec!["oSomebodyElse00000000000000".into()],
+            ..Default::default()
+        });
+    })
+    .await
+    else {
+        return;
+    };
+    let b = browser(WECHAT_UA);
+    let (hops, last) = follow(&b, &format!("{}/activity/spring.html", ng.origin())).await;
+    assert!(
+        hops.iter().any(|h| h.contains("/connect/oauth2/authorize")),
+        "the visitor logged in: {hops:?}"
+    );
+    assert_eq!(last.status(), 403, "{hops:?}");
+    assert_eq!(w.up.count(), 0, "nothing reached the app");
     w.gw.shutdown().await;
 }

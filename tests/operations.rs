@@ -314,3 +314,194 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         "still accepting after shutdown"
     );
 }
+
+#[test]
+fn config_errors_read_as_sentences_naming_the_key_and_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(example_config()).unwrap();
+    // A typo in an environment variable: the variable is named, not the file.
+    let (code, _, err) = wxgate(
+        &["check", "--config", &example_config()],
+        &[("WXGATE_SERVER__LISTN", "127.0.0.1:1")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("server.listn: unknown key"), "{err}");
+    assert!(
+        err.contains("set by the environment variable WXGATE_SERVER__LISTN"),
+        "{err}"
+    );
+    assert!(!err.contains("(in "), "not blamed on the file: {err}");
+    // A bad value from the environment names its variable too.
+    let (code, _, err) = wxgate(
+        &["check", "--config", &example_config()],
+        &[("WXGATE_SESSION__TTL", "a week")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("session.ttl"), "{err}");
+    assert!(err.contains("WXGATE_SESSION__TTL"), "{err}");
+
+    // An upstream without its scheme: the fix, not the URL parser's words.
+    let file = dir.path().join("no-scheme.toml");
+    std::fs::write(
+        &file,
+        example.replace(
+            "upstream = \"http://127.0.0.1:9001\"",
+            "upstream = \"127.0.0.1:9001\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = wxgate(&["check", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("routes[2].upstream: \"127.0.0.1:9001\" is not an absolute URL: write it with its scheme, like http://127.0.0.1:9001"),
+        "{err}"
+    );
+    assert!(!err.contains("relative URL without a base"), "{err}");
+
+    // A key of another algorithm: said in words, not as `(WrongAlgorithm)`.
+    let key = dir.path().join("es256.pem");
+    let (code, _, err) = wxgate(
+        &[
+            "keygen",
+            "--algorithm",
+            "ES256",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let file = dir.path().join("mismatch.toml");
+    std::fs::write(
+        &file,
+        example
+            .replace("algorithm = \"HS256\"", "algorithm = \"EdDSA\"")
+            .replace(
+                "# key_file = \"config/identity.pem\"",
+                &format!("key_file = \"{}\"", key.display()),
+            ),
+    )
+    .unwrap();
+    let (code, _, err) = wxgate(&["check", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("identity.key_file"), "{err}");
+    assert!(err.contains("it is a key of another algorithm"), "{err}");
+    assert!(!err.contains("WrongAlgorithm"), "{err}");
+}
+
+#[test]
+fn verify_needs_only_the_public_keys_or_the_identity_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("identity.pem");
+    std::fs::write(
+        &key,
+        wxgate::identity::generate_pem(wxgate::identity::Algorithm::ES256).unwrap(),
+    )
+    .unwrap();
+    let keys = wxgate::identity::KeySet::load(
+        &wxgate::identity::KeySource {
+            algorithm: wxgate::identity::Algorithm::ES256,
+            key_file: Some(key),
+            secret: None,
+        },
+        &[],
+    )
+    .unwrap();
+    let claims = |iss: &str| {
+        wxgate::identity::Claims::new(
+            wxgate::identity::IdentityFacts {
+                appid: "wx2ebfe5f20389c64a".into(),
+                scope: "snsapi_base".into(),
+                openid: "o6_bmjrPTlm6_2sgVt7hMZOPfL2M".into(),
+                ..Default::default()
+            },
+            iss,
+            "wxgate-upstream",
+            Duration::from_secs(300),
+            std::time::SystemTime::now(),
+        )
+    };
+    let token = keys.sign(&claims("wxgate")).unwrap();
+    // What an upstream holds: the published JWKS, no configuration, no secret at all.
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, keys.jwks()).unwrap();
+    let (code, out, err) = wxgate(&["verify", &token, "--jwks", jwks.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("o6_bmjrPTlm6_2sgVt7hMZOPfL2M"), "{out}");
+    let other_issuer = keys.sign(&claims("someone-else")).unwrap();
+    let (code, _, err) = wxgate(
+        &["verify", &other_issuer, "--jwks", jwks.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("issuer"), "{err}");
+
+    // HS256: a configuration with nothing but [identity], the secret from the environment.
+    let secret = "verify-only-secret-0123456789-abcdefghij";
+    let hs = wxgate::identity::KeySet::load(
+        &wxgate::identity::KeySource {
+            algorithm: wxgate::identity::Algorithm::HS256,
+            key_file: None,
+            secret: Some(secret.into()),
+        },
+        &[],
+    )
+    .unwrap();
+    let token = hs.sign(&claims("wxgate")).unwrap();
+    let config = dir.path().join("identity-only.toml");
+    std::fs::write(&config, "[identity]\nalgorithm = \"HS256\"\n").unwrap();
+    let (code, out, err) = wxgate(
+        &["verify", &token, "--config", config.to_str().unwrap()],
+        &[("WXGATE_IDENTITY__SECRET", secret)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("o6_bmjrPTlm6_2sgVt7hMZOPfL2M"), "{out}");
+    assert!(!out.contains(secret) && !err.contains(secret));
+}
+
+#[tokio::test]
+async fn the_access_log_counts_real_bytes_and_milliseconds_with_three_decimals() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wxgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\npath = \"/app/\"\nupstream = \"http://{}\"\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let (mut child, addr, logs) = spawn_gateway(&config);
+    // The gateway's own page: a 404 it writes itself.
+    let resp = support::client()
+        .get(format!("http://{addr}/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let page_len = resp.bytes().await.unwrap().len();
+    assert!(page_len > 100);
+    let line = tokio::task::spawn_blocking(move || {
+        loop {
+            let line = logs.recv_timeout(Duration::from_secs(10)).unwrap();
+            if line.contains("wxgate::access") && line.contains("/nowhere") {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains(&format!("bytes={page_len}")), "{line}");
+    let ms = line
+        .split("duration_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    let (whole, decimals) = ms.split_once('.').expect("a decimal point");
+    assert!(whole.bytes().all(|b| b.is_ascii_digit()), "{line}");
+    assert_eq!(decimals.len(), 3, "{line}");
+}

@@ -37,6 +37,7 @@ fn real_keys() -> BTreeSet<String> {
         allow_snapshot: true,
         timeout: Some(std::time::Duration::from_secs(1)),
         app: Some("shop".to_owned()),
+        access: Some(every_access_key()),
     });
     config.apps.push(wxgate::config::AppConfig {
         name: "shop".into(),
@@ -46,11 +47,22 @@ fn real_keys() -> BTreeSet<String> {
         api_base: Some(url::Url::parse("https://api.weixin.qq.com").unwrap()),
         lang: Some("en".into()),
         timeout: Some(std::time::Duration::from_secs(1)),
+        access: Some(every_access_key()),
     });
+    config.wechat.access = Some(every_access_key());
     let value = serde_json::to_value(&config).unwrap();
     let mut keys = BTreeSet::new();
     collect("", &value, &mut keys);
     keys
+}
+
+fn every_access_key() -> wxgate::config::AccessConfig {
+    wxgate::config::AccessConfig {
+        openids: vec!["o1".into()],
+        unionids: vec!["o2".into()],
+        openids_file: Some("a".into()),
+        unionids_file: Some("b".into()),
+    }
 }
 
 fn collect(prefix: &str, value: &serde_json::Value, keys: &mut BTreeSet<String>) {

@@ -14,9 +14,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use crate::secret::Secret;
-pub use load::{ConfigError, Problem, load, parse_toml};
+pub use load::{ConfigError, Problem, load, load_identity, parse_toml};
 pub use validate::validate;
 
+pub use crate::access::AccessConfig;
 pub use crate::identity::Algorithm;
 
 /// The whole configuration file.
@@ -72,6 +73,10 @@ pub struct AppConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Who may enter this app's routes, if not `[wechat]`'s list; a route's own `access`
+    /// replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessConfig>,
 }
 
 impl Config {
@@ -94,6 +99,9 @@ impl Config {
         }
         if let Some(timeout) = app.timeout {
             w.timeout = timeout;
+        }
+        if let Some(access) = &app.access {
+            w.access = Some(access.clone());
         }
         Some(config)
     }
@@ -243,6 +251,10 @@ pub struct WeChatConfig {
     pub timeout: Duration,
     /// Which of WeChat's relatives are sent to the authorize page like WeChat itself.
     pub browsers: BrowsersConfig,
+    /// Who may enter: present, only the listed visitors get through this app's protected
+    /// routes and forward-auth; a route's own `access` replaces it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessConfig>,
 }
 
 /// The in-app browsers besides WeChat's own that count as WeChat (see `login::client`).
@@ -279,6 +291,7 @@ impl Default for WeChatConfig {
             lang: "zh_CN".to_owned(),
             timeout: Duration::from_secs(5),
             browsers: BrowsersConfig::default(),
+            access: None,
         }
     }
 }
@@ -560,6 +573,10 @@ pub struct RouteConfig {
     /// `[wechat]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// Who may enter: present, only the listed visitors (openids, unionids, inline or in
+    /// files) get through; absent: the app's `access`, else every WeChat visitor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessConfig>,
 }
 
 fn default_scope() -> Scope {

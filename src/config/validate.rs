@@ -23,6 +23,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     }
     apps(config, &mut p);
     routes(config, &mut p);
+    p.extend(crate::access::problems(config));
     p
 }
 

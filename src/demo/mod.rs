@@ -261,6 +261,7 @@ fn gateway_config(
                 allow_snapshot: true,
                 timeout: None,
                 app: None,
+                access: None,
             })
         })
         .collect();

@@ -221,7 +221,7 @@ fn parse_private_key(
             } else {
                 RsaKeyPair::from_der(der)
             }
-            .map_err(|err| rejected(err.description_()))?;
+            .map_err(|err| rejected(plain_reason(err.description_())))?;
             let components = RsaPublicKeyComponents::<Vec<u8>>::from(pair.public_key());
             // jsonwebtoken signs RSA from PKCS#1; its PEM reader unwraps PKCS#8 for us.
             let signing = EncodingKey::from_rsa_pem(encode_pem(label, der).as_bytes())
@@ -235,7 +235,7 @@ fn parse_private_key(
         (Algorithm::ES256, "PRIVATE KEY" | "EC PRIVATE KEY") => {
             // Accepts PKCS#8 and SEC1; re-encoding as PKCS#8 is what jsonwebtoken expects.
             let pair = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
-                .map_err(|err| rejected(err.description_()))?;
+                .map_err(|err| rejected(plain_reason(err.description_())))?;
             let pkcs8 = pair
                 .to_pkcs8v1()
                 .map_err(|_| rejected("the key cannot be re-encoded as PKCS#8"))?;
@@ -244,8 +244,8 @@ fn parse_private_key(
             Ok((EncodingKey::from_ec_der(pkcs8.as_ref()), public))
         }
         (Algorithm::EdDSA, "PRIVATE KEY") => {
-            let pair =
-                Ed25519KeyPair::from_pkcs8(der).map_err(|err| rejected(err.description_()))?;
+            let pair = Ed25519KeyPair::from_pkcs8(der)
+                .map_err(|err| rejected(plain_reason(err.description_())))?;
             let pkcs8 = pair
                 .to_pkcs8v1()
                 .map_err(|_| rejected("the key cannot be re-encoded as PKCS#8"))?;
@@ -257,6 +257,25 @@ fn parse_private_key(
         (_, "EC PRIVATE KEY") => Err(rejected("the file holds a SEC1 EC key")),
         (_, "RSA PRIVATE KEY") => Err(rejected("the file holds a PKCS#1 RSA key")),
         _ => Err(rejected("unsupported PEM block type")),
+    }
+}
+
+/// aws-lc's reason for refusing a key (`WrongAlgorithm`, `InvalidEncoding`…) as words an
+/// operator can act on.
+fn plain_reason(description: &'static str) -> &'static str {
+    match description {
+        "WrongAlgorithm" => {
+            "it is a key of another algorithm: set identity.algorithm to the key's, or write a \
+             new key with `wxgate keygen --algorithm <identity.algorithm>`"
+        }
+        "InvalidEncoding" | "InvalidComponent" | "InconsistentComponents" => {
+            "its contents are not a well-formed key of that type"
+        }
+        "TooSmall" => "the key is too small; use at least 2048-bit RSA",
+        "TooLarge" => "the key is larger than supported (RSA up to 8192 bits)",
+        "VersionNotSupported" => "its PKCS#8 version is not supported; write it again as PKCS#8 v1",
+        "PublicKeyIsMissing" => "the file lacks the public half the key format needs",
+        _ => "the key could not be used",
     }
 }
 

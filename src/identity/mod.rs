@@ -133,7 +133,7 @@ pub enum KeyFileProblem {
     Encrypted,
     #[error("holds a PEM block whose base64 is invalid")]
     BadPem,
-    #[error("does not hold a valid {expected} private key ({reason})")]
+    #[error("does not hold a valid {expected} private key: {reason}")]
     WrongKeyType {
         expected: &'static str,
         reason: &'static str,

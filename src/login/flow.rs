@@ -12,6 +12,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, REFERER, SET_C
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use crate::access::{self, AccessRule, RuleLoader};
 use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
 use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
@@ -61,6 +62,8 @@ pub enum LoginSetupError {
     WeChat(#[from] WeChatError),
     #[error("session store: {0}")]
     Store(#[from] crate::session::StoreOpenError),
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
 }
 
 /// What the gate does with a request on a protected route.
@@ -110,6 +113,8 @@ pub struct Login {
     recent: Mutex<HashMap<String, (Instant, String)>>,
     /// The `[[apps]]` entry served, if not `[wechat]`.
     app: Option<String>,
+    /// Who may pass forward-auth: the app's `access` list; `None`: everyone.
+    access: Option<Arc<AccessRule>>,
 }
 
 impl Login {
@@ -184,6 +189,16 @@ impl Login {
             s.cookie_domain.as_deref(),
         );
         let limits = &config.server.limits;
+        let access = match &config.wechat.access {
+            Some(list) => {
+                let key = app.map_or_else(
+                    || "wechat.access".to_owned(),
+                    |n| format!("apps[{n}].access"),
+                );
+                Some(Arc::new(RuleLoader::default().load(&key, list)?))
+            }
+            None => None,
+        };
         Ok(Self {
             appid: config.wechat.appid.clone(),
             authorize_url: config.wechat.authorize_url.clone(),
@@ -214,6 +229,7 @@ impl Login {
             clients: ClientSettings::from_config(&config.wechat.browsers),
             recent: Mutex::new(HashMap::new()),
             app: app.map(str::to_owned),
+            access,
         })
     }
 
@@ -261,6 +277,11 @@ impl Login {
                 ));
             }
             if s.scope.satisfies(required) {
+                // Checked once the session is what the route asks for: a login upgraded to
+                // snsapi_userinfo may bring the unionid a list names.
+                if let Some(refused) = refused(route.access.as_deref(), s, request.headers()) {
+                    return refused;
+                }
                 if self.must_reauthorize(request, id, s) {
                     // Ask again for what the session had, never less.
                     return self.challenge(
@@ -273,7 +294,17 @@ impl Login {
                 return self.grant(request, cached);
             }
         }
-        self.challenge(request, route.non_wechat, required, requested_page(request))
+        match self.challenge(request, route.non_wechat, required, requested_page(request)) {
+            // A list admits people WeChat named; an anonymous visitor is none of them.
+            Access::Anonymous if route.access.is_some() => Access::respond(message_page(
+                StatusCode::FORBIDDEN,
+                "请在微信中打开",
+                "Open this page in WeChat",
+                "此页面仅对指定的微信用户开放，请在微信客户端内访问。",
+                None,
+            )),
+            access => access,
+        }
     }
 
     fn grant<B>(&self, request: &Request<B>, cached: &CachedSession) -> Access {
@@ -699,6 +730,12 @@ impl Login {
         if let Some((id, cached)) = &session {
             let s = &cached.session;
             let sufficient = s.scope.satisfies(required) && (allow_snapshot || !s.snapshot);
+            if let (true, Some(Access::Respond(refused))) = (
+                sufficient,
+                refused(self.access.as_deref(), s, request.headers()),
+            ) {
+                return *refused;
+            }
             if sufficient && !self.must_reauthorize(request, id, s) {
                 return match self.grant(request, cached) {
                     Access::Granted(headers) => identity_response(headers),
@@ -904,6 +941,19 @@ fn wechat_failure_page(error: &CallbackError, retry: Option<String>) -> Response
         ),
     };
     message_page(status, zh, en, detail, retry)
+}
+
+/// The refusal of a logged-in visitor that `rule` does not admit.
+fn refused(rule: Option<&AccessRule>, session: &Session, headers: &HeaderMap) -> Option<Access> {
+    let rule = rule?;
+    if rule.admits(&session.openid, session.unionid.as_deref()) {
+        return None;
+    }
+    tracing::info!("visitor not on the access list refused");
+    Some(Access::respond(access::refusal(
+        &session.openid,
+        pages::wants_json(headers),
+    )))
 }
 
 fn message_page(

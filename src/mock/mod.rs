@@ -7,6 +7,7 @@ mod authorize;
 mod control;
 mod faults;
 mod html;
+mod stable_token;
 mod store;
 mod users;
 mod wire;
@@ -237,6 +238,16 @@ impl MockWeChat {
 }
 
 async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+    let mut response = dispatch(shared, request).await;
+    // WeChat's Date is WeChat's clock: `POST /_mock/clock` moves it (`wxgate doctor` reads it).
+    let now = std::time::UNIX_EPOCH + Duration::from_secs(shared.clock.now());
+    if let Ok(date) = http::HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+        response.headers_mut().insert(http::header::DATE, date);
+    }
+    response
+}
+
+async fn dispatch(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
@@ -248,6 +259,7 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         "/sns/oauth2/refresh_token" => api::serve(shared, ApiEndpoint::RefreshToken, query).await,
         "/sns/userinfo" => api::serve(shared, ApiEndpoint::UserInfo, query).await,
         "/sns/auth" => api::serve(shared, ApiEndpoint::Auth, query).await,
+        "/cgi-bin/stable_token" => stable_token::serve(shared, &parts.method, body).await,
         "/" => wire::html(html::index_page(&shared.config.appid)),
         _ if path.starts_with("/_mock/") => {
             control::handle(shared, &parts.method, path, query, body).await

@@ -207,7 +207,7 @@ fn html(failure: &Failure) -> Response<Body> {
     build(status, "text/html; charset=utf-8", Bytes::from(body))
 }
 
-fn build(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+pub(crate) fn build(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
-use crate::config::{Config, NonWeChat, RouteConfig, Scope};
+use crate::access::{AccessError, AccessRule, RuleLoader};
+use crate::config::{AccessConfig, Config, NonWeChat, RouteConfig, Scope};
 
 /// Where a route's requests go.
 #[derive(Debug, Clone)]
@@ -42,13 +43,16 @@ pub struct Route {
     pub timeout: Duration,
     /// The `[[apps]]` entry that logs its visitors in; `None`: `[wechat]`.
     pub app: Option<String>,
+    /// Who may enter (the route's list, else its app's); `None`: every WeChat visitor.
+    pub access: Option<Arc<AccessRule>>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("routes[{index}].upstream: {reason}")]
-pub struct RouteError {
-    index: usize,
-    reason: String,
+pub enum RouteError {
+    #[error("routes[{index}].upstream: {reason}")]
+    Upstream { index: usize, reason: String },
+    #[error(transparent)]
+    Access(#[from] AccessError),
 }
 
 #[derive(Debug, Default)]
@@ -128,8 +132,10 @@ impl RouteTable {
     pub fn from_config(config: &Config) -> Result<Self, RouteError> {
         let mut table = RouteTable::default();
         let mut upstream_ids = HashMap::new();
+        let mut access = AccessRules::new(config);
         for (index, rc) in config.routes.iter().enumerate() {
             let mut route = build_route(index, rc, config.upstream.timeout)?;
+            route.access = access.for_route(index, rc)?;
             let key = (
                 route.upstream.scheme.clone(),
                 route.upstream.authority.clone(),
@@ -212,7 +218,7 @@ fn build_route(
     rc: &RouteConfig,
     default_timeout: Duration,
 ) -> Result<Route, RouteError> {
-    let fail = |reason: String| RouteError { index, reason };
+    let fail = |reason: String| RouteError::Upstream { index, reason };
     let scheme = Scheme::try_from(rc.upstream.scheme()).map_err(|e| fail(e.to_string()))?;
     let host = rc
         .upstream
@@ -242,7 +248,63 @@ fn build_route(
         allow_snapshot: rc.allow_snapshot,
         timeout: rc.timeout.unwrap_or(default_timeout),
         app: rc.app.clone(),
+        access: None,
     })
+}
+
+/// The access rules of the routes: each route's own list, else its app's, each app's list
+/// read once and shared by its routes.
+struct AccessRules<'a> {
+    config: &'a Config,
+    loader: RuleLoader,
+    /// By app name (`None`: `[wechat]`), once loaded.
+    of_apps: HashMap<Option<String>, Option<Arc<AccessRule>>>,
+}
+
+impl<'a> AccessRules<'a> {
+    fn new(config: &'a Config) -> Self {
+        AccessRules {
+            config,
+            loader: RuleLoader::default(),
+            of_apps: HashMap::new(),
+        }
+    }
+
+    fn for_route(
+        &mut self,
+        index: usize,
+        rc: &RouteConfig,
+    ) -> Result<Option<Arc<AccessRule>>, AccessError> {
+        if let Some(own) = &rc.access {
+            let rule = self.loader.load(&format!("routes[{index}].access"), own)?;
+            return Ok(Some(Arc::new(rule)));
+        }
+        if let Some(rule) = self.of_apps.get(&rc.app) {
+            return Ok(rule.clone());
+        }
+        let (key, of_app): (String, Option<&AccessConfig>) = match &rc.app {
+            Some(name) => match self.config.apps.iter().position(|a| &a.name == name) {
+                Some(i) => match &self.config.apps[i].access {
+                    Some(own) => (format!("apps[{i}].access"), Some(own)),
+                    None => (
+                        "wechat.access".to_owned(),
+                        self.config.wechat.access.as_ref(),
+                    ),
+                },
+                None => ("wechat.access".to_owned(), None),
+            },
+            None => (
+                "wechat.access".to_owned(),
+                self.config.wechat.access.as_ref(),
+            ),
+        };
+        let rule = match of_app {
+            Some(access) => Some(Arc::new(self.loader.load(&key, access)?)),
+            None => None,
+        };
+        self.of_apps.insert(rc.app.clone(), rule.clone());
+        Ok(rule)
+    }
 }
 
 /// Probes the path and each of its segment boundaries, longest first.
@@ -317,6 +379,7 @@ mod tests {
                 allow_snapshot: true,
                 timeout: None,
                 app: None,
+                access: None,
             });
         }
         RouteTable::from_config(&config).unwrap()
@@ -391,6 +454,7 @@ mod tests {
                 allow_snapshot: true,
                 timeout: None,
                 app: None,
+                access: None,
             });
         }
         RouteTable::from_config(&config).unwrap()

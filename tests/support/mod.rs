@@ -44,6 +44,7 @@ pub fn route(path: &str, upstream: SocketAddr, scope: Scope) -> RouteConfig {
         allow_snapshot: true,
         timeout: None,
         app: None,
+        access: None,
     }
 }
 
