@@ -24,7 +24,8 @@ const SCRIPT: &str = r##"(function (w) {
   var state = null, readies = [], errors = [], allowed = {};
   var calls = [];
   function later(fn, arg) { setTimeout(function () { fn(arg); }, 0); }
-  function inWeChat() { return /MicroMessenger/i.test(w.navigator.userAgent); }
+  // `wxgate demo` simulates WeChat server-side for desktop browsers and says so here.
+  function inWeChat() { return /MicroMessenger/i.test(w.navigator.userAgent) || w.__wxgateSimulatedWeChat === true; }
   function enc(v) { return encodeURIComponent(v == null ? "" : String(v)); }
   function settle(result) {
     state = result;
