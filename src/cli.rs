@@ -45,8 +45,15 @@ enum Command {
 struct JssdkArgs {
     #[command(subcommand)]
     action: JssdkAction,
-    #[command(flatten)]
-    config: ConfigArg,
+    /// TOML configuration file; `WXGATE_*` environment variables override it.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config/wxgate.toml",
+        env = "WXGATE_CONFIG"
+    )]
+    config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -359,7 +366,7 @@ fn jssdk(args: JssdkArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let Some(config) = load_or_report(&args.config.config) else {
+    let Some(config) = load_or_report(&args.config) else {
         return ExitCode::from(2);
     };
     let Some(runtime) = runtime() else {

@@ -342,6 +342,15 @@ impl Credentials {
     async fn refresh_holding_lease(&self) -> Result<Stored, CredentialError> {
         let result = self.refresh_now().await;
         if let Err(CredentialError::WeChat { what, cause }) = &result {
+            // Logged here, once per failed fetch: the requests answered from the remembered
+            // failure meanwhile log nothing more. Never the token, ticket or secret.
+            tracing::warn!(
+                appid = self.wechat.appid(),
+                fetching = what.label(),
+                cause = %cause,
+                fix = cause.explained().2,
+                "JS-SDK: WeChat refused the credential; signature requests fail until it is fixed"
+            );
             let failed = Failed {
                 what: *what,
                 cause: *cause,

@@ -119,8 +119,14 @@ impl Jssdk {
         .ok_or(Refusal::UnknownApp)?;
         let page = PageUrl::check(query.url.as_deref(), &self.origins).map_err(Refusal::Url)?;
         let ticket = account.credentials.ticket().await.map_err(|error| {
-            // The log names the cause and the setting; never the token, ticket or URL.
-            tracing::warn!(appid = %account.appid, error = %error, "JS-SDK signature unavailable");
+            // WeChat's refusals are logged once where they are fetched; the store's here.
+            // Never the token, ticket or page URL.
+            match &error {
+                CredentialError::WeChat { .. } => {
+                    tracing::debug!(appid = %account.appid, error = %error, "JS-SDK signature unavailable");
+                }
+                _ => tracing::warn!(appid = %account.appid, error = %error, "JS-SDK signature unavailable"),
+            }
             Refusal::Credentials(error)
         })?;
         let timestamp = self
