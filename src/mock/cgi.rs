@@ -187,7 +187,7 @@ fn check_account(
         || "0.0.0.0".to_owned(),
         |p| p.ip().to_canonical().to_string(),
     );
-    if !behaviour.ip_whitelist.iter().any(|allowed| *allowed == ip) {
+    if !behaviour.ip_whitelist.contains(&ip) {
         return Err(Refusal::NotWhitelisted(ip));
     }
     Ok(())
