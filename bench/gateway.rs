@@ -42,6 +42,8 @@ pub struct Variant {
 /// The route every logged-in row uses, and the public one.
 pub const APP_PATH: &str = "/app/";
 pub const PUBLIC_PATH: &str = "/public/";
+/// The host of the page the JS-SDK row has signed.
+pub const JSSDK_HOST: &str = "m.example.com";
 
 /// Why a variant has no gateway in this run.
 #[derive(Debug, Clone)]
@@ -224,6 +226,12 @@ upstream = "http://{origin}"
 path = "{APP_PATH}"
 upstream = "http://{origin}"
 scope = "snsapi_userinfo"
+
+# A route host: pages there may have the JS-SDK sign them (the JS-SDK row).
+[[routes]]
+host = "{JSSDK_HOST}"
+path = "/"
+upstream = "http://{origin}"
 "#,
         store = variant.store.as_str(),
         home = home.display(),

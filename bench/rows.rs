@@ -80,6 +80,17 @@ pub const ROWS: &[Row] = &[
         latency: false,
     },
     Row {
+        // A wx.config signature with the ticket warm: URL check, SHA-1, JSON; no store or
+        // WeChat call (the first request of the run fetched the token and ticket).
+        name: "wxgate JS-SDK signature, warm ticket",
+        target: Target::Gateway {
+            variant: MEMORY_HS256,
+            path: "/_wxgate/jssdk?url=https%3A%2F%2Fm.example.com%2Fshare%2F%3Fid%3D42%26from%3Dsinglemessage",
+            logged_in: false,
+        },
+        latency: false,
+    },
+    Row {
         name: "wxgate logged-in, redb, HS256",
         target: logged_in(gateway(Store::Redb, "HS256", 0), APP_PATH),
         latency: false,

@@ -41,6 +41,39 @@ enum Command {
     /// Count, inspect, revoke or purge sessions in the configured redb or Redis store.
     /// (A redb file is locked by a running gateway: stop it first.)
     Sessions(SessionsArgs),
+    /// The JS-SDK's shared basic access_token and jsapi_ticket.
+    Jssdk(JssdkArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct JssdkArgs {
+    #[command(subcommand)]
+    action: JssdkAction,
+    /// TOML configuration file; `WXGATE_*` environment variables override it.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config/wxgate.toml",
+        env = "WXGATE_CONFIG"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum JssdkAction {
+    /// Replace the shared token with one from stable_token's force_refresh mode, then fetch
+    /// a new ticket. This voids the account's current stable token for every service using it,
+    /// and WeChat allows 20 a day: use it when the token leaked or WeChat calls it stale.
+    /// (A redb file is locked by a running gateway: stop it first, or use Redis.)
+    Refresh {
+        /// Required: says you mean to void the current token.
+        #[arg(long)]
+        force: bool,
+        /// The `[[apps]]` entry; default `[wechat]`.
+        #[arg(long)]
+        app: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,6 +167,7 @@ pub fn main() -> ExitCode {
         Command::Keygen(args) => keygen(&args),
         Command::Verify(args) => verify(&args),
         Command::Sessions(args) => sessions(args),
+        Command::Jssdk(args) => jssdk(args),
     }
 }
 
@@ -163,10 +197,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     match toml::to_string_pretty(&config) {
         Ok(text) => {
-            println!(
-                "# {}: valid. Effective configuration, secrets redacted:\n",
-                path.display()
-            );
+            println!("# {}: valid.", path.display());
+            for line in crate::jssdk::operator_notes(&config) {
+                println!("# {line}");
+            }
+            println!("# Effective configuration, secrets redacted:\n");
             print!("{text}");
             ExitCode::SUCCESS
         }
@@ -412,6 +447,34 @@ fn sessions(args: SessionsArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("wxgate sessions: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn jssdk(args: JssdkArgs) -> ExitCode {
+    let JssdkAction::Refresh { force, app } = args.action;
+    if !force {
+        eprintln!(
+            "wxgate jssdk refresh: add --force. It voids the account's current stable token for every service using it (WeChat allows 20 a day); the gateway refreshes by itself otherwise."
+        );
+        return ExitCode::from(2);
+    }
+    let Some(config) = load_or_report(&args.config) else {
+        return ExitCode::from(2);
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(crate::jssdk::force_refresh(&config, app.as_deref())) {
+        Ok(appid) => {
+            println!(
+                "{appid}: new basic access_token (force_refresh) and jsapi_ticket stored; the old token is void for every service of this account"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wxgate jssdk refresh: {e}");
             ExitCode::FAILURE
         }
     }

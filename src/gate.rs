@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use crate::body::Body;
 use crate::config::{Config, LimitsConfig, Scope};
 use crate::identity::{is_foreign_identity_header, is_identity_header};
+use crate::jssdk::Jssdk;
 use crate::login::apps::Logins;
 use crate::login::flow::{Access, LoginSetupError};
 use crate::login::throttle::ClientIp;
@@ -52,6 +53,10 @@ pub struct Gate {
     identity_header: String,
     /// Origins whose pages may open a WebSocket to a protected route.
     websocket_origins: Vec<url::Origin>,
+    /// `/_wxgate/jssdk` and `/_wxgate/jssdk.js`, when some account has its AppSecret here.
+    jssdk: Option<Jssdk>,
+    /// The session store with its cache, shared by logins and the JS-SDK; a reload keeps it.
+    sessions: Option<Arc<SessionCache>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,8 @@ pub enum GateError {
     Route(#[from] route::RouteError),
     #[error(transparent)]
     Login(#[from] LoginSetupError),
+    #[error("JS-SDK: {0}")]
+    Jssdk(#[from] crate::wechat::WeChatError),
 }
 
 /// What `respond` decides, on its way.
@@ -81,11 +88,7 @@ impl Gate {
     /// A gate for a changed configuration that keeps this one's metrics and sessions: a
     /// reload logs nobody out. The caller has checked that `session.*` did not change.
     pub fn reloaded(&self, config: &Config) -> Result<Self, GateError> {
-        let sessions = self
-            .logins
-            .as_ref()
-            .and_then(|logins| logins.sessions().cloned());
-        Gate::build(config, self.metrics.clone(), sessions)
+        Gate::build(config, self.metrics.clone(), self.sessions.clone())
     }
 
     fn build(
@@ -94,7 +97,19 @@ impl Gate {
         sessions: Option<Arc<SessionCache>>,
     ) -> Result<Self, GateError> {
         let routes = RouteTable::from_config(config)?;
-        let logins = Logins::build(config, &metrics, sessions)?;
+        // Opened once for logins and the JS-SDK's shared ticket alike.
+        let sessions = match sessions {
+            Some(sessions) => Some(sessions),
+            None if config.needs_login() || Jssdk::wanted(config) => {
+                Some(crate::login::flow::open_sessions(config, &metrics)?)
+            }
+            None => None,
+        };
+        let logins = Logins::build(config, &metrics, sessions.clone())?;
+        let jssdk = match &sessions {
+            Some(sessions) => Jssdk::build(config, &metrics, sessions.store().clone())?,
+            None => None,
+        };
         Ok(Self {
             proxy: Proxy::new(
                 &config.upstream,
@@ -116,6 +131,8 @@ impl Gate {
                 .chain(&config.server.websocket_origins)
                 .map(url::Url::origin)
                 .collect(),
+            jssdk,
+            sessions,
         })
     }
 
@@ -125,10 +142,7 @@ impl Gate {
 
     /// The session store, when some route needs a login: `/readyz` depends on it.
     pub fn session_store(&self) -> Option<&Arc<dyn crate::session::SessionStore>> {
-        self.logins
-            .as_ref()
-            .and_then(Logins::sessions)
-            .map(|sessions| sessions.store())
+        self.sessions.as_ref().map(|sessions| sessions.store())
     }
 
     /// Answers one request; never fails, every failure becomes a page or JSON.
@@ -213,6 +227,12 @@ impl Gate {
         let return_page = keeps_return_page
             .then(|| request.headers_mut().remove(&X_FORWARDED_URI))
             .flatten();
+        if let Some(jssdk) = self.jssdk.as_ref().filter(|_| Jssdk::serves(path.as_str())) {
+            return (
+                Target::Endpoint,
+                Ok(Box::pin(jssdk.endpoint(path.as_str(), &request)).await),
+            );
+        }
         if path.as_str().starts_with("/_wxgate/") {
             let login = self
                 .logins

@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod gate;
 pub mod head;
 pub mod identity;
+pub mod jssdk;
 pub mod login;
 pub mod metrics;
 pub mod mock;

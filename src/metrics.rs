@@ -211,6 +211,34 @@ impl WeChatMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    what: &'static str,
+    result: String,
+}
+
+/// The JS-SDK: token and ticket fetches from WeChat, and signature requests.
+#[derive(Clone)]
+pub struct JssdkMetrics {
+    fetches: Family<FetchLabels, Counter>,
+    signatures: Family<ResultLabel, Counter>,
+}
+
+impl JssdkMetrics {
+    /// A fetch of the basic `token` or the jsapi `ticket`: `ok`, or the errcode WeChat
+    /// answered, `timeout`, `http_5xx`, `transport`, `malformed`.
+    pub fn fetched(&self, what: &'static str, result: String) {
+        self.fetches
+            .get_or_create(&FetchLabels { what, result })
+            .inc();
+    }
+
+    /// A signature request: `ok`, `refused` (a foreign or malformed URL), `failed` (no ticket).
+    pub fn signed(&self, result: &'static str) {
+        self.signatures.get_or_create(&ResultLabel { result }).inc();
+    }
+}
+
 /// Calls to the session store, by operation.
 #[derive(Clone)]
 pub struct StoreMetrics {
@@ -234,6 +262,7 @@ pub struct Metrics {
     pub login: LoginMetrics,
     pub wechat: WeChatMetrics,
     pub store: StoreMetrics,
+    pub jssdk: JssdkMetrics,
     reloads: Family<ResultLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabel, LatencyHistogram>,
@@ -345,6 +374,27 @@ impl Metrics {
             "Time of one session store call, by operation",
             store.latency.clone(),
         );
+        let jssdk = JssdkMetrics {
+            fetches: registered(
+                &mut registry,
+                "jssdk_fetches",
+                "Fetches of the JS-SDK's basic access_token (what=token) and jsapi_ticket (what=ticket) from WeChat, by result (ok, or the errcode, timeout, http_5xx, transport, malformed)",
+            ),
+            signatures: registered(
+                &mut registry,
+                "jssdk_signatures",
+                "wx.config signature requests, by result (ok, refused, failed)",
+            ),
+        };
+        for what in ["token", "ticket"] {
+            let _ = jssdk.fetches.get_or_create(&FetchLabels {
+                what,
+                result: "ok".to_owned(),
+            });
+        }
+        for result in ["ok", "refused", "failed"] {
+            let _ = jssdk.signatures.get_or_create(&ResultLabel { result });
+        }
         let reloads = registered(
             &mut registry,
             "config_reloads",
@@ -360,6 +410,7 @@ impl Metrics {
             login,
             wechat,
             store,
+            jssdk,
             reloads,
             requests,
             latency,
@@ -583,6 +634,30 @@ impl SessionStore for MeteredStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.timed("ping", self.inner.ping())
+    }
+
+    fn get_value<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        self.timed("get_value", self.inner.get_value(name))
+    }
+
+    fn put_value<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        expires_at: SystemTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.timed("put_value", self.inner.put_value(name, value, expires_at))
+    }
+
+    fn claim_lease<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.timed("claim_lease", self.inner.claim_lease(name, lease))
     }
 }
 

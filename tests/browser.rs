@@ -23,6 +23,8 @@ use wxgate::identity::Algorithm;
 const WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 13; Pixel 7 Build/TQ2A.230505.002; wv) AppleWebKit/537.36 \
     (KHTML, like Gecko) Version/4.0 Chrome/116.0.0.0 Mobile Safari/537.36 MicroMessenger/8.0.40.2420(0x28002857) \
     WeChat/arm64 Weixin NetType/WIFI Language/zh_CN ABI/arm64";
+const IOS_WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 \
+    (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.49(0x18003129) NetType/WIFI Language/zh_CN";
 const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
 /// Long enough for a slow, shared machine; a readiness limit, not a speed assertion.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -191,6 +193,22 @@ async fn text(client: &Client, css: &str) -> String {
     find(client, css).await.text().await.unwrap()
 }
 
+/// Waits until the text of `css` contains `needle` (scripts fill it in after the load).
+async fn wait_for_text(client: &Client, css: &str, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let now = text(client, css).await;
+        if now.contains(needle) {
+            return now;
+        }
+        if std::time::Instant::now() > deadline {
+            screenshot(client, "failure").await;
+            panic!("{css} says {now:?}, never {needle:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn click(client: &Client, css: &str) {
     find(client, css).await.click().await.unwrap();
 }
@@ -230,6 +248,10 @@ async fn the_demo_login_works_in_headless_chromium() {
     let driver = start_driver(&tools.chromedriver).await;
     in_browser(&tools, &driver, WECHAT_UA, (430, 1500), |client| {
         wechat_browser(client, &demo)
+    })
+    .await;
+    in_browser(&tools, &driver, IOS_WECHAT_UA, (390, 1400), |client| {
+        ios_share_card(client, &demo)
     })
     .await;
     in_browser(&tools, &driver, DESKTOP_UA, (1024, 900), |client| {
@@ -282,6 +304,8 @@ async fn wechat_browser(client: Client, demo: &Demo) {
             .await
             .contains("Signature verified")
     );
+    // The JS-SDK: jweixin's wx.config checked the gateway's signature of this exact URL.
+    wait_for_text(&client, ".jssdk-status", "WeChat verified the signature").await;
     screenshot(&client, "03-demo-page").await;
 
     let before = authorize_calls(demo).await;
@@ -309,6 +333,23 @@ async fn wechat_browser(client: Client, demo: &Demo) {
     );
 }
 
+/// iOS WeChat on a public page (no login) with a query and a hash route: the share card is
+/// configured, WeChat's check of the signature passes, and the share API was called.
+async fn ios_share_card(client: Client, demo: &Demo) {
+    let page = format!("{}public/?from=timeline&名=值#/detail?id=1", demo.url);
+    client.goto(&page).await.unwrap();
+    wait_for_text(&client, ".jssdk-status", "WeChat verified the signature").await;
+    let calls = client
+        .execute(
+            "return window.__mockWx.calls.map(function(c){return c.name+':'+c.ok;}).join(',')",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(calls.as_str(), Some("updateAppMessageShareData:true"));
+    screenshot(&client, "06-ios-share-card").await;
+}
+
 /// A desktop browser switched out of the simulation sees the QR page of the URL.
 async fn desktop_browser(client: Client, demo: &Demo) {
     client
@@ -318,5 +359,5 @@ async fn desktop_browser(client: Client, demo: &Demo) {
     assert_eq!(text(&client, "h1").await, "请在微信中打开此页面");
     find(&client, ".qr svg").await;
     assert_eq!(current(&client).await, demo.url);
-    screenshot(&client, "06-desktop-qr").await;
+    screenshot(&client, "07-desktop-qr").await;
 }

@@ -46,6 +46,29 @@ fn check_accepts_the_example_and_redacts_every_secret() {
 }
 
 #[test]
+fn check_lists_what_the_js_sdk_needs_in_wechats_back_office() {
+    let (code, out, err) = wxgate(&["check", "--config", &example_config()], &[]);
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "JS接口安全域名",
+        "m.example.com",
+        "IP白名单",
+        "40164",
+        "/cgi-bin/stable_token in normal mode",
+        "wxgate jssdk refresh --force",
+    ] {
+        assert!(
+            out.contains(needle),
+            "check does not mention {needle}:\n{out}"
+        );
+    }
+    // Forcing a new token voids it for every service of the account: never without --force.
+    let (code, _, err) = wxgate(&["jssdk", "refresh", "--config", &example_config()], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--force"), "{err}");
+}
+
+#[test]
 fn check_names_the_key_of_a_bad_value() {
     let dir = tempfile::tempdir().unwrap();
     let example = std::fs::read_to_string(example_config()).unwrap();

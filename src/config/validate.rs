@@ -20,6 +20,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     if config.needs_login() {
         session(config, &mut p);
         identity(config, &mut p);
+    } else if crate::jssdk::Jssdk::wanted(config) {
+        // The JS-SDK keeps its shared ticket in the session store.
+        session(config, &mut p);
     }
     apps(config, &mut p);
     routes(config, &mut p);

@@ -118,6 +118,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
         identity_header: HeaderName::from_static("x-wechat-identity"),
         issuer: config.identity.issuer.clone(),
         audience: config.identity.audience.clone(),
+        jweixin_origin: format!("http://{mock_addr}"),
     });
     let mut mock_stopped = stopped.clone();
     let mock = MockWeChat::new(mock_config);

@@ -84,6 +84,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The demo appended its WeChat marker to the browser's User-Agent.
     pub simulated_wechat: bool,
+    /// Where WeChat's jweixin script comes from (the mock's stand-in in the demo).
+    pub jweixin_origin: String,
 }
 
 const STYLE: &str = "*{box-sizing:border-box}body{margin:0;font-family:-apple-system,BlinkMacSystemFont,'PingFang SC',\
@@ -109,6 +111,7 @@ pub fn render(received: &Received) -> String {
         header(route),
         who(received),
         verification(&received.identity),
+        share_card(&received.jweixin_origin, received.simulated_wechat),
         links(),
         claims(&received.identity),
         plain_headers(&received.plain),
@@ -280,6 +283,36 @@ fn all_headers(received: &Received) -> String {
     )
 }
 
+/// The JS-SDK at work: the page includes WeChat's jweixin and the gateway's helper, which
+/// has `/_wxgate/jssdk` sign this exact URL; WeChat's check decides, the page says what it said.
+fn share_card(jweixin_origin: &str, simulated_wechat: bool) -> String {
+    let simulated = if simulated_wechat {
+        "<script data-demo=\"simulated-wechat\">window.__wxgateSimulatedWeChat=true;</script>"
+    } else {
+        ""
+    };
+    format!(
+        "<section class=\"jssdk\"><h2>分享卡片 <span class=\"en\">Share card (JS-SDK)</span></h2>\
+<p class=\"jssdk-status\">正在配置 wx.config… <span class=\"en\">configuring…</span></p>\
+<p><code>/_wxgate/jssdk.js</code> 让网关为本页签名（<code>/_wxgate/jssdk?url=</code>），微信校验签名。\
+<span class=\"en\">The gateway signs this exact page; WeChat checks the signature.</span></p></section>\
+{simulated}<script src=\"{jweixin}/open/js/jweixin-1.6.0.js\"></script>\
+<script src=\"/_wxgate/jssdk.js\" data-apis=\"updateAppMessageShareData updateTimelineShareData\"></script>\
+<script data-demo=\"share-card\">{SHARE_SCRIPT}</script>",
+        jweixin = escape(jweixin_origin),
+    )
+}
+
+const SHARE_SCRIPT: &str = "(function(){var s=document.querySelector('.jssdk-status'),box=document.querySelector('.jssdk');\
+function say(ok,zh,en){s.innerHTML='';s.appendChild(document.createTextNode(zh+' '));var e=document.createElement('span');\
+e.className='en';e.textContent=en;s.appendChild(e);box.className='jssdk '+(ok?'ok':'bad');}\
+if(!/MicroMessenger/i.test(navigator.userAgent)&&window.__wxgateSimulatedWeChat!==true){say(false,'仅在微信内可用','Only inside WeChat: wx.config does nothing elsewhere');return;}\
+wxgateJssdk.ready(function(){var link=location.href.split('#')[0];wx.updateAppMessageShareData({title:'wxgate 演示',\
+desc:'一个网关，登录与分享卡片',link:link,imgUrl:location.origin+'/favicon.ico',success:function(){\
+say(true,'✓ 分享卡片已配置，微信已验证签名','Share card configured: WeChat verified the signature');},\
+fail:function(r){say(false,'✗ 分享卡片未配置: '+r.errMsg,'Share card not configured');}});})\
+.error(function(r){say(false,'✗ 签名未通过: '+r.errMsg,'Signature not verified');});})();";
+
 fn links() -> String {
     let routes: String = ROUTES
         .iter()
@@ -357,6 +390,7 @@ mod tests {
             )],
             headers: vec![("user-agent".into(), "<script>".into())],
             simulated_wechat: true,
+            jweixin_origin: "http://127.0.0.1:9100".into(),
         }
     }
 

@@ -19,9 +19,15 @@ use crate::identity::{
     Claims, IdentityError, KeySet, NICKNAME_HEADER, OPENID_HEADER, SCOPE_HEADER, UNIONID_HEADER,
 };
 
-/// The page loads nothing but the avatar and runs no script.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; img-src http: https: data:; \
-style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The page loads the avatar, and runs two scripts only: WeChat's jweixin (the mock's
+/// stand-in) and the gateway's `/_wxgate/jssdk.js`, for the share card.
+fn content_security_policy(jweixin_origin: &str) -> String {
+    format!(
+        "default-src 'none'; img-src http: https: data:; style-src 'unsafe-inline'; \
+script-src 'self' 'unsafe-inline' {jweixin_origin}; connect-src 'self' {jweixin_origin}; \
+base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
 
 /// How the upstream checks the identity JWT.
 pub enum Verifier {
@@ -83,6 +89,8 @@ pub struct App {
     pub identity_header: HeaderName,
     pub issuer: String,
     pub audience: String,
+    /// Where WeChat's jweixin script is served (the mock, as res.wx.qq.com would).
+    pub jweixin_origin: String,
 }
 
 impl App {
@@ -104,12 +112,19 @@ impl App {
                 ua.as_bytes()
                     .ends_with(WECHAT_MARKER.trim_start().as_bytes())
             }),
+            jweixin_origin: self.jweixin_origin.clone(),
         };
-        respond(
+        let mut response = respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
             Bytes::from(page::render(&received)),
-        )
+        );
+        if let Ok(policy) = HeaderValue::from_str(&content_security_policy(&self.jweixin_origin)) {
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_SECURITY_POLICY, policy);
+        }
+        response
     }
 
     async fn identity(&self, headers: &HeaderMap) -> Identity {
@@ -208,7 +223,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         "content-security-policy",
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
     );
     response
 }

@@ -88,6 +88,7 @@ fn set_faults(shared: &Shared, patch: serde_json::Value) -> Response<Body> {
 pub fn reset(shared: &Shared) {
     *lock(&shared.faults) = shared.config.faults.clone();
     *lock(&shared.store) = Store::default();
+    *lock(&shared.basic) = super::cgi::Basic::default();
     shared.users.clear();
     shared.stats.reset();
     shared.clock.reset();

@@ -90,6 +90,21 @@ pub struct Faults {
     pub require_wechat_ua: bool,
     /// The authorize page refuses a state with characters outside `[A-Za-z0-9]`.
     pub strict_state: bool,
+    /// The account's IP whitelist (IP白名单): token and stable_token callers elsewhere get
+    /// 40164. Loopback by default, so the gateway under test is allowed.
+    pub ip_whitelist: Vec<String>,
+    /// `expires_in` of basic access_tokens (WeChat: 7200).
+    pub basic_token_ttl_secs: u64,
+    /// `expires_in` of jsapi_tickets (WeChat: 7200).
+    pub jsapi_ticket_ttl_secs: u64,
+    /// Calls a day before 45009: `/cgi-bin/token` (WeChat: 2000).
+    pub token_daily_quota: u64,
+    /// `/cgi-bin/stable_token` (WeChat: 500000).
+    pub stable_token_daily_quota: u64,
+    /// `/cgi-bin/ticket/getticket`.
+    pub ticket_daily_quota: u64,
+    /// stable_token's `force_refresh: true` a day (WeChat: 20).
+    pub force_refresh_daily_limit: u64,
 }
 
 impl Default for Faults {
@@ -116,6 +131,13 @@ impl Default for Faults {
             authorize_errcode: None,
             require_wechat_ua: false,
             strict_state: false,
+            ip_whitelist: vec!["127.0.0.1".into(), "::1".into()],
+            basic_token_ttl_secs: 7200,
+            jsapi_ticket_ttl_secs: 7200,
+            token_daily_quota: 2000,
+            stable_token_daily_quota: 500_000,
+            ticket_daily_quota: 100_000,
+            force_refresh_daily_limit: 20,
         }
     }
 }
@@ -183,6 +205,12 @@ pub struct Stats {
     pub auth: AtomicU64,
     pub codes_issued: AtomicU64,
     pub codes_exchanged: AtomicU64,
+    pub cgi_token: AtomicU64,
+    pub stable_token: AtomicU64,
+    pub getticket: AtomicU64,
+    /// `wx.config` checks of the jweixin stand-in, by outcome.
+    pub jssdk_config_ok: AtomicU64,
+    pub jssdk_config_failed: AtomicU64,
 }
 
 impl Stats {
@@ -201,6 +229,11 @@ impl Stats {
             "/sns/auth": get(&self.auth),
             "codes_issued": get(&self.codes_issued),
             "codes_exchanged": get(&self.codes_exchanged),
+            "/cgi-bin/token": get(&self.cgi_token),
+            "/cgi-bin/stable_token": get(&self.stable_token),
+            "/cgi-bin/ticket/getticket": get(&self.getticket),
+            "jssdk_config_ok": get(&self.jssdk_config_ok),
+            "jssdk_config_failed": get(&self.jssdk_config_failed),
         })
     }
 
@@ -214,6 +247,11 @@ impl Stats {
             &self.auth,
             &self.codes_issued,
             &self.codes_exchanged,
+            &self.cgi_token,
+            &self.stable_token,
+            &self.getticket,
+            &self.jssdk_config_ok,
+            &self.jssdk_config_failed,
         ] {
             counter.store(0, Ordering::Relaxed);
         }

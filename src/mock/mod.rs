@@ -4,10 +4,11 @@
 
 mod api;
 mod authorize;
+mod cgi;
 mod control;
 mod faults;
 mod html;
-mod stable_token;
+mod jweixin;
 mod store;
 mod users;
 mod wire;
@@ -192,6 +193,8 @@ struct Shared {
     faults: Mutex<Faults>,
     stats: Stats,
     store: Mutex<Store>,
+    /// Basic-support tokens, jsapi_tickets and their quotas (`cgi`).
+    basic: Mutex<cgi::Basic>,
     clock: Clock,
     users: users::Directory,
 }
@@ -213,6 +216,7 @@ impl MockWeChat {
             config,
             stats: Stats::default(),
             store: Mutex::new(Store::default()),
+            basic: Mutex::new(cgi::Basic::default()),
             clock: Clock::default(),
             users: users::Directory::default(),
         };
@@ -259,13 +263,34 @@ async fn dispatch(shared: &Shared, request: Request<Incoming>) -> Response<Body>
         "/sns/oauth2/refresh_token" => api::serve(shared, ApiEndpoint::RefreshToken, query).await,
         "/sns/userinfo" => api::serve(shared, ApiEndpoint::UserInfo, query).await,
         "/sns/auth" => api::serve(shared, ApiEndpoint::Auth, query).await,
-        "/cgi-bin/stable_token" => stable_token::serve(shared, &parts.method, body).await,
+        "/cgi-bin/token" | "/cgi-bin/stable_token" | "/cgi-bin/ticket/getticket" => {
+            let endpoint = match path {
+                "/cgi-bin/token" => cgi::CgiEndpoint::Token,
+                "/cgi-bin/stable_token" => cgi::CgiEndpoint::StableToken,
+                _ => cgi::CgiEndpoint::Ticket,
+            };
+            let peer = parts.extensions.get::<SocketAddr>().copied();
+            let body = read_small_body(body).await;
+            cgi::serve(shared, endpoint, &parts.method, query, body, peer).await
+        }
+        jweixin::SCRIPT_PATH => jweixin::script(),
+        jweixin::VERIFY_PATH => jweixin::verify(shared, query, &parts.headers),
         "/" => wire::html(html::index_page(&shared.config.appid)),
         _ if path.starts_with("/_mock/") => {
             control::handle(shared, &parts.method, path, query, body).await
         }
         _ => wire::plain(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// A request body of at most 64 KiB, or `None` (too large, unreadable or absent).
+async fn read_small_body(body: Incoming) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let collected = http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .ok()?;
+    Some(collected.to_bytes()).filter(|b| !b.is_empty())
 }
 
 /// `wxgate mock-wechat`: binds, prints where to point the gateway, serves until Ctrl-C.

@@ -39,7 +39,7 @@ pub async fn serve<H, Fut, B>(
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(%error, server = name, "accept failed");
@@ -49,8 +49,11 @@ pub async fn serve<H, Fut, B>(
             },
             () = &mut shutdown => break,
         };
+        let (stream, peer) = stream;
         let handle = Arc::clone(&handle);
-        let service = service_fn(move |request| {
+        // The peer rides along for handlers that judge by address (the mock's IP whitelist).
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(peer);
             let answer = handle(request);
             async move { Ok::<_, Infallible>(answer.await) }
         });

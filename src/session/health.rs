@@ -133,6 +133,27 @@ mod tests {
         ) -> BoxFuture<'a, Result<bool, StoreError>> {
             self.inner.claim_refresh(key, lease)
         }
+        fn get_value<'a>(
+            &'a self,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+            self.inner.get_value(name)
+        }
+        fn put_value<'a>(
+            &'a self,
+            name: &'a str,
+            value: &'a [u8],
+            expires_at: SystemTime,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.inner.put_value(name, value, expires_at)
+        }
+        fn claim_lease<'a>(
+            &'a self,
+            name: &'a str,
+            lease: Duration,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.inner.claim_lease(name, lease)
+        }
         fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
             self.pings.fetch_add(1, Ordering::SeqCst);
             let down = self.down.load(Ordering::SeqCst);

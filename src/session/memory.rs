@@ -31,6 +31,9 @@ pub struct MemoryStore {
     /// Refresh leases by session, with the moment each ends. Few at a time: a lease is
     /// taken only when a profile is due for refresh, and ended ones are dropped on claim.
     leases: Mutex<HashMap<StorageKey, SystemTime>>,
+    /// Shared values and named leases (`get_value`, `claim_lease`): a handful per account.
+    values: Mutex<HashMap<String, (Vec<u8>, SystemTime)>>,
+    named_leases: Mutex<HashMap<String, SystemTime>>,
     clock: Clock,
 }
 
@@ -49,6 +52,8 @@ impl MemoryStore {
             held: AtomicU64::new(0),
             max_entries: max_entries.max(1),
             leases: Mutex::new(HashMap::new()),
+            values: Mutex::new(HashMap::new()),
+            named_leases: Mutex::new(HashMap::new()),
             clock,
         }
     }
@@ -217,6 +222,36 @@ impl MemoryStore {
         true
     }
 
+    fn value_now(&self, name: &str) -> Option<Vec<u8>> {
+        let now = self.clock.now();
+        let mut values = self.values.lock().unwrap_or_else(PoisonError::into_inner);
+        values.retain(|_, (_, expires_at)| *expires_at > now);
+        values.get(name).map(|(value, _)| value.clone())
+    }
+
+    fn put_value_now(&self, name: &str, value: &[u8], expires_at: SystemTime) {
+        let mut values = self.values.lock().unwrap_or_else(PoisonError::into_inner);
+        if expires_at > self.clock.now() {
+            values.insert(name.to_owned(), (value.to_vec(), expires_at));
+        } else {
+            values.remove(name);
+        }
+    }
+
+    fn claim_named_now(&self, name: &str, lease: Duration) -> bool {
+        let now = self.clock.now();
+        let mut leases = self
+            .named_leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        leases.retain(|_, ends| *ends > now);
+        if leases.contains_key(name) {
+            return false;
+        }
+        leases.insert(name.to_owned(), now + lease);
+        true
+    }
+
     fn sweep_at(&self, now: SystemTime) -> u64 {
         let mut swept = 0;
         for index in 0..SHARDS {
@@ -304,6 +339,31 @@ impl SessionStore for MemoryStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(ready(Ok(())))
     }
+
+    fn get_value<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(ready(Ok(self.value_now(name))))
+    }
+
+    fn put_value<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        expires_at: SystemTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.put_value_now(name, value, expires_at);
+        Box::pin(ready(Ok(())))
+    }
+
+    fn claim_lease<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(ready(Ok(self.claim_named_now(name, lease))))
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +404,12 @@ mod tests {
         );
         clock.advance(TTL);
         assert!(store.claim_refresh(&key, TTL).await.unwrap(), "lease ended");
+    }
+
+    #[tokio::test]
+    async fn shared_values_expire_and_named_leases_exclude() {
+        let (store, clock) = store(100);
+        crate::session::test_support::values_and_named_leases(&store, &clock).await;
     }
 
     #[tokio::test]

@@ -112,6 +112,29 @@ pub trait SessionStore: Send + Sync {
 
     /// Whether the store can serve requests (`/readyz`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// A short-lived value every gateway sharing the store sees (not a session): the live
+    /// value named `name`, or `None` once its `expires_at` has passed. Persistent backends
+    /// keep it sealed under `session.secret`, bound to its name.
+    fn get_value<'a>(&'a self, name: &'a str)
+    -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+
+    /// Creates or replaces the value named `name`; the store drops it at `expires_at`.
+    fn put_value<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        expires_at: SystemTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Takes the lease named `name` for `lease`: `true` when this caller holds it now, `false`
+    /// when someone (here or on another gateway) took it less than `lease` ago. Like
+    /// [`SessionStore::claim_refresh`] it ends by itself and has no unlock.
+    fn claim_lease<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 }
 
 /// The wall clock sessions are judged by; tests and benchmarks inject their own.
@@ -182,6 +205,64 @@ pub(crate) mod test_support {
         let key = SessionId::generate().storage_key();
         store.put(&key, session).await.unwrap();
         key
+    }
+
+    /// What every store must do with shared values and named leases: serve a value until its
+    /// expiry and not after, replace it in place, keep names apart, and hold a lease until
+    /// it ends.
+    pub(crate) async fn values_and_named_leases(store: &dyn SessionStore, clock: &ManualClock) {
+        let ttl = Duration::from_secs(7200);
+        assert_eq!(store.get_value("jssdk:wx1:ticket").await.unwrap(), None);
+        store
+            .put_value("jssdk:wx1:ticket", b"T1", clock.now() + ttl)
+            .await
+            .unwrap();
+        store
+            .put_value("jssdk:wx2:ticket", b"other", clock.now() + ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_value("jssdk:wx1:ticket")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(b"T1".as_slice())
+        );
+        store
+            .put_value("jssdk:wx1:ticket", b"T2", clock.now() + ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_value("jssdk:wx1:ticket")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(b"T2".as_slice())
+        );
+        clock.advance(ttl);
+        assert_eq!(
+            store.get_value("jssdk:wx1:ticket").await.unwrap(),
+            None,
+            "expired"
+        );
+
+        let lease = Duration::from_secs(10);
+        assert!(store.claim_lease("jssdk:wx1", lease).await.unwrap());
+        assert!(
+            !store.claim_lease("jssdk:wx1", lease).await.unwrap(),
+            "held"
+        );
+        assert!(
+            store.claim_lease("jssdk:wx2", lease).await.unwrap(),
+            "per name"
+        );
+        clock.advance(lease);
+        assert!(
+            store.claim_lease("jssdk:wx1", lease).await.unwrap(),
+            "ended"
+        );
     }
 
     /// What every store must do with one session: serve it, replace it in place, and once

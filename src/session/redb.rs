@@ -33,6 +33,10 @@ const USERS: MultimapTableDefinition<&[u8; TAG_LEN], &[u8; 32]> =
     MultimapTableDefinition::new("users");
 /// Storage key → end of its refresh lease (ms).
 const LEASES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("leases");
+/// Name → expires_at ms (8 bytes, big-endian) ‖ sealed value: `get_value`, `put_value`.
+const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
+/// Name → end of its lease (ms): `claim_lease`.
+const NAMED_LEASES: TableDefinition<&str, u64> = TableDefinition::new("named_leases");
 
 /// Expired sessions removed per write transaction, so a sweep never holds the writer long.
 const SWEEP_BATCH: usize = 1000;
@@ -94,6 +98,15 @@ enum Write {
     DeleteUser([u8; TAG_LEN]),
     Claim {
         key: StorageKey,
+        lease: Duration,
+    },
+    PutValue {
+        name: String,
+        /// Expiry and sealed value, as `VALUES` holds them; empty: remove.
+        framed: Vec<u8>,
+    },
+    ClaimNamed {
+        name: String,
         lease: Duration,
     },
 }
@@ -287,6 +300,8 @@ fn create_tables(db: &Database) -> Result<(), DbError> {
     txn.open_table(EXPIRY)?;
     txn.open_multimap_table(USERS)?;
     txn.open_table(LEASES)?;
+    txn.open_table(VALUES)?;
+    txn.open_table(NAMED_LEASES)?;
     txn.commit()?;
     Ok(())
 }
@@ -452,6 +467,28 @@ impl Inner {
         }
     }
 
+    fn value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let values = txn.open_table(VALUES).map_err(failed)?;
+        let Some(framed) = values.get(name).map_err(failed)? else {
+            return Ok(None);
+        };
+        let framed = framed.value();
+        let Some((expiry, sealed)) = framed.split_first_chunk::<8>() else {
+            return Ok(None);
+        };
+        if u64::from_be_bytes(*expiry) <= ms(self.now()) {
+            return Ok(None);
+        }
+        match self.keys.open(&value_context(name), sealed) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => {
+                tracing::warn!(value = name, reason = %e, "stored value ignored");
+                Ok(None)
+            }
+        }
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
         let sessions = txn.open_table(SESSIONS).map_err(failed)?;
@@ -494,6 +531,18 @@ fn apply_one(txn: &WriteTransaction, write: &Write, now: SystemTime) -> Result<W
         }
         Write::DeleteUser(tag) => Written::Count(remove_user(txn, tag, now)?),
         Write::Claim { key, lease } => Written::Flag(claim_lease(txn, key, *lease, now)?),
+        Write::PutValue { name, framed } => {
+            let mut values = txn.open_table(VALUES)?;
+            if framed.is_empty() {
+                values.remove(name.as_str())?;
+            } else {
+                values.insert(name.as_str(), framed.as_slice())?;
+            }
+            Written::Done
+        }
+        Write::ClaimNamed { name, lease } => {
+            Written::Flag(claim_named_lease(txn, name, *lease, now)?)
+        }
     })
 }
 
@@ -566,6 +615,27 @@ fn claim_lease(
     Ok(!held)
 }
 
+fn claim_named_lease(
+    txn: &WriteTransaction,
+    name: &str,
+    lease: Duration,
+    now: SystemTime,
+) -> Result<bool, DbError> {
+    let now = ms(now);
+    let mut leases = txn.open_table(NAMED_LEASES)?;
+    let held = leases.get(name)?.is_some_and(|ends| ends.value() > now);
+    if !held {
+        let ends = now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        leases.insert(name, ends)?;
+    }
+    Ok(!held)
+}
+
+/// What a value is sealed together with, so a value copied under another name does not open.
+fn value_context(name: &str) -> Vec<u8> {
+    [b"value:".as_slice(), name.as_bytes()].concat()
+}
+
 fn insert_record(
     txn: &WriteTransaction,
     key: &StorageKey,
@@ -582,6 +652,13 @@ fn insert_record(
 
 fn remove_ended_leases(txn: &WriteTransaction, now_ms: u64) -> Result<(), DbError> {
     txn.open_table(LEASES)?.retain(|_, ends| ends > now_ms)?;
+    txn.open_table(NAMED_LEASES)?
+        .retain(|_, ends| ends > now_ms)?;
+    txn.open_table(VALUES)?.retain(|_, framed| {
+        framed
+            .first_chunk::<8>()
+            .is_some_and(|expiry| u64::from_be_bytes(*expiry) > now_ms)
+    })?;
     Ok(())
 }
 
@@ -687,6 +764,48 @@ impl SessionStore for RedbStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.run(|inner| inner.ping())
+    }
+
+    fn get_value<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let name = name.to_owned();
+        self.run(move |inner| inner.value(&name))
+    }
+
+    fn put_value<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        expires_at: SystemTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let framed = if expires_at > self.inner.now() {
+            match self.inner.keys.seal(&value_context(name), value) {
+                Ok(sealed) => [ms(expires_at).to_be_bytes().as_slice(), &sealed].concat(),
+                Err(e) => {
+                    return Box::pin(std::future::ready(Err(StoreError::Corrupt(e.to_string()))));
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let submitted = self.submit(Write::PutValue {
+            name: name.to_owned(),
+            framed,
+        });
+        Box::pin(async move { submitted.await.map(|_| ()) })
+    }
+
+    fn claim_lease<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.flag(Write::ClaimNamed {
+            name: name.to_owned(),
+            lease,
+        })
     }
 }
 
@@ -864,6 +983,39 @@ mod tests {
         );
         f.clock.advance(TTL);
         assert!(store.claim_refresh(&key, TTL).await.unwrap(), "lease ended");
+    }
+
+    #[tokio::test]
+    async fn shared_values_expire_and_named_leases_exclude() {
+        let f = Fixture::new();
+        let store = f.open();
+        crate::session::test_support::values_and_named_leases(&store, &f.clock).await;
+        store
+            .put_value("jssdk:wx1:token", b"93_TOKEN_IN_CLEAR", f.clock.now() + TTL)
+            .await
+            .unwrap();
+        drop(store);
+        let bytes = std::fs::read(f.path()).unwrap();
+        assert!(
+            !bytes.windows(17).any(|w| w == b"93_TOKEN_IN_CLEAR"),
+            "sealed at rest"
+        );
+        let reopened = f.open();
+        assert_eq!(
+            reopened
+                .get_value("jssdk:wx1:token")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(b"93_TOKEN_IN_CLEAR".as_slice()),
+            "survives a restart"
+        );
+        drop(reopened);
+        let other_secret = f.open_with(&[7u8; 32]);
+        assert_eq!(
+            other_secret.get_value("jssdk:wx1:token").await.unwrap(),
+            None
+        );
     }
 
     #[tokio::test]

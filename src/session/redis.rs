@@ -25,6 +25,9 @@ use super::{Clock, Session, SessionStore, StorageKey, StoreError};
 const SESSION_PREFIX: &str = "wxgate:s:";
 const USER_PREFIX: &str = "wxgate:u:";
 const LEASE_PREFIX: &str = "wxgate:l:";
+/// Shared values and named leases (`get_value`, `claim_lease`), by name.
+const VALUE_PREFIX: &str = "wxgate:v:";
+const NAMED_LEASE_PREFIX: &str = "wxgate:nl:";
 /// Keys looked at per `SCAN` step when counting.
 const SCAN_BATCH: usize = 1000;
 
@@ -276,6 +279,77 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
+    async fn get_value_now(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sealed: Option<Vec<u8>> = self
+            .bounded(
+                ::redis::cmd("GET")
+                    .arg(format!("{VALUE_PREFIX}{name}"))
+                    .query_async(&mut self.conn.clone()),
+            )
+            .await?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        match self.keys.open(&value_context(name), &sealed) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => {
+                // Written under another session.secret: fetched again and replaced.
+                tracing::warn!(value = name, reason = %e, "stored value ignored");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn put_value_now(
+        &self,
+        name: &str,
+        value: &[u8],
+        expires_at: SystemTime,
+    ) -> Result<(), StoreError> {
+        let key = format!("{VALUE_PREFIX}{name}");
+        if expires_at <= self.clock.now() {
+            let _: i64 = self
+                .bounded(
+                    ::redis::cmd("DEL")
+                        .arg(key)
+                        .query_async(&mut self.conn.clone()),
+                )
+                .await?;
+            return Ok(());
+        }
+        let sealed = self
+            .keys
+            .seal(&value_context(name), value)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let _: String = self
+            .bounded(
+                ::redis::cmd("SET")
+                    .arg(key)
+                    .arg(sealed)
+                    .arg("PXAT")
+                    .arg(encoding::to_ms(expires_at))
+                    .query_async(&mut self.conn.clone()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_named_now(&self, name: &str, lease: Duration) -> Result<bool, StoreError> {
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .bounded(
+                ::redis::cmd("SET")
+                    .arg(format!("{NAMED_LEASE_PREFIX}{name}"))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease_ms)
+                    .query_async(&mut self.conn.clone()),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
     async fn ping_now(&self) -> Result<(), StoreError> {
         let _: String = self
             .bounded(::redis::cmd("PING").query_async(&mut self.conn.clone()))
@@ -322,6 +396,11 @@ fn category(e: &RedisError) -> String {
         out.push_str(" (I/O)");
     }
     out
+}
+
+/// What a value is sealed together with, so a value copied under another name does not open.
+fn value_context(name: &str) -> Vec<u8> {
+    [b"value:".as_slice(), name.as_bytes()].concat()
 }
 
 fn session_key(key: &StorageKey) -> String {
@@ -396,5 +475,29 @@ impl SessionStore for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.ping_now())
+    }
+
+    fn get_value<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(self.get_value_now(name))
+    }
+
+    fn put_value<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        expires_at: SystemTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.put_value_now(name, value, expires_at))
+    }
+
+    fn claim_lease<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.claim_named_now(name, lease))
     }
 }

@@ -13,7 +13,7 @@ use url::Url;
 
 use super::Secret;
 use super::error::{Endpoint, Errcode, Malformed, WeChatError};
-use super::model::{TokenGrant, UserInfo};
+use super::model::{AppToken, JsapiTicket, TokenGrant, UserInfo};
 use super::parse::{self, Reply};
 
 const USER_AGENT: &str = concat!("wxgate/", env!("CARGO_PKG_VERSION"));
@@ -147,24 +147,65 @@ impl WeChatClient {
         parse::check_ok(&map).map_err(|problem| malformed(endpoint, problem))
     }
 
-    /// One call with at most one retry, all within `timeout`.
+    /// `/cgi-bin/stable_token` (POST JSON): the account's basic-support access_token. In
+    /// normal mode WeChat hands every caller the same token until it expires, so the
+    /// customer's own backend keeps working; `force_refresh` voids it at once (for everyone)
+    /// and is limited per day, so it is only ever an operator's explicit choice, never retried.
+    pub async fn stable_token(&self, force_refresh: bool) -> Result<AppToken, WeChatError> {
+        let endpoint = Endpoint::StableToken;
+        let body = serde_json::json!({
+            "grant_type": "client_credential",
+            "appid": self.inner.appid,
+            "secret": self.inner.secret.expose(),
+            "force_refresh": force_refresh,
+        });
+        let map = self
+            .call_with(endpoint, Call::PostJson(&body), !force_refresh)
+            .await?;
+        parse::app_token(&map).map_err(|problem| malformed(endpoint, problem))
+    }
+
+    /// `/cgi-bin/ticket/getticket?type=jsapi`: the JS-SDK ticket of a basic access_token.
+    pub async fn jsapi_ticket(&self, access_token: &str) -> Result<JsapiTicket, WeChatError> {
+        let endpoint = Endpoint::JsapiTicket;
+        let query = [("access_token", access_token), ("type", "jsapi")];
+        let map = self.call(endpoint, &query).await?;
+        parse::jsapi_ticket(&map).map_err(|problem| malformed(endpoint, problem))
+    }
+
+    /// The account's appid.
+    pub fn appid(&self) -> &str {
+        &self.inner.appid
+    }
+
+    /// One GET with at most one retry, all within `timeout`.
     async fn call(
         &self,
         endpoint: Endpoint,
         query: &[(&str, &str)],
     ) -> Result<Map<String, Value>, WeChatError> {
+        self.call_with(endpoint, Call::Get(query), true).await
+    }
+
+    /// One call, retried once when `retry` allows and the failure is transient.
+    async fn call_with(
+        &self,
+        endpoint: Endpoint,
+        call: Call<'_>,
+        retry: bool,
+    ) -> Result<Map<String, Value>, WeChatError> {
         let deadline = Instant::now() + self.inner.timeout;
-        let first = match self.attempt(endpoint, query, deadline).await {
+        let first = match self.attempt(endpoint, call, deadline).await {
             Ok(map) => return Ok(map),
             Err(error) => error,
         };
         let backoff = jittered_backoff();
-        if !first.is_retryable() || Instant::now() + backoff >= deadline {
+        if !retry || !first.is_retryable() || Instant::now() + backoff >= deadline {
             return Err(report(endpoint, first));
         }
         tracing::debug!(endpoint = endpoint.path(), error = %first, "retrying WeChat call");
         tokio::time::sleep(backoff).await;
-        match self.attempt(endpoint, query, deadline).await {
+        match self.attempt(endpoint, call, deadline).await {
             Ok(map) => Ok(map),
             // The first try may have reached WeChat and spent the code: "code been used" on
             // the retry would blame the browser for WeChat's failure.
@@ -178,10 +219,18 @@ impl WeChatClient {
     async fn attempt(
         &self,
         endpoint: Endpoint,
-        query: &[(&str, &str)],
+        call: Call<'_>,
         deadline: Instant,
     ) -> Result<Map<String, Value>, WeChatError> {
-        let request = self.inner.http.get(self.url(endpoint, query));
+        let request = match call {
+            Call::Get(query) => self.inner.http.get(self.url(endpoint, query)),
+            Call::PostJson(body) => self
+                .inner
+                .http
+                .post(self.url(endpoint, &[]))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string()),
+        };
         let exchange = async {
             let response = request
                 .send()
@@ -216,9 +265,21 @@ impl WeChatClient {
         let path = format!("{}{}", url.path().trim_end_matches('/'), endpoint.path());
         url.set_path(&path);
         url.set_fragment(None);
-        url.query_pairs_mut().clear().extend_pairs(query);
+        if query.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(query);
+        }
         url
     }
+}
+
+/// How a call carries its parameters: the `/sns/*` and ticket calls in the query, stable_token
+/// as a JSON body (WeChat accepts nothing else there).
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Get(&'a [(&'a str, &'a str)]),
+    PostJson(&'a Value),
 }
 
 fn validate(settings: &ClientSettings) -> Result<(), WeChatError> {

@@ -11,6 +11,10 @@ pub enum Endpoint {
     RefreshToken,
     UserInfo,
     Auth,
+    /// `/cgi-bin/stable_token`: the account's basic-support access_token (JS-SDK).
+    StableToken,
+    /// `/cgi-bin/ticket/getticket?type=jsapi`: the JS-SDK ticket.
+    JsapiTicket,
 }
 
 impl Endpoint {
@@ -20,6 +24,8 @@ impl Endpoint {
             Endpoint::RefreshToken => "/sns/oauth2/refresh_token",
             Endpoint::UserInfo => "/sns/userinfo",
             Endpoint::Auth => "/sns/auth",
+            Endpoint::StableToken => "/cgi-bin/stable_token",
+            Endpoint::JsapiTicket => "/cgi-bin/ticket/getticket",
         }
     }
 }
@@ -69,6 +75,11 @@ pub enum Errcode {
     DailyQuota,
     /// 45011 minute quota reached.
     MinuteQuota,
+    /// 40164 the caller's address is not in the account's IP whitelist (basic-support calls).
+    IpNotWhitelisted,
+    /// 89503 a call from an address outside the whitelist awaits the administrator's
+    /// confirmation in WeChat.
+    IpAwaitsConfirmation,
     /// 48001 api unauthorized (a snsapi_base or snapshot token on userinfo).
     ApiUnauthorized,
     /// 50001 the user has not authorized this api.
@@ -98,6 +109,8 @@ impl Errcode {
             43003 => Errcode::RequireHttps,
             45009 => Errcode::DailyQuota,
             45011 => Errcode::MinuteQuota,
+            40164 => Errcode::IpNotWhitelisted,
+            89503 => Errcode::IpAwaitsConfirmation,
             48001 => Errcode::ApiUnauthorized,
             50001 => Errcode::UserUnauthorized,
             other => Errcode::Other(other),
@@ -124,6 +137,8 @@ impl Errcode {
             Errcode::RequireHttps => 43003,
             Errcode::DailyQuota => 45009,
             Errcode::MinuteQuota => 45011,
+            Errcode::IpNotWhitelisted => 40164,
+            Errcode::IpAwaitsConfirmation => 89503,
             Errcode::ApiUnauthorized => 48001,
             Errcode::UserUnauthorized => 50001,
         }
@@ -145,7 +160,9 @@ impl Errcode {
             | Errcode::InvalidAppid
             | Errcode::InvalidAppsecret
             | Errcode::MissingParameter(_)
-            | Errcode::RequireHttps => ErrorKind::Misconfigured,
+            | Errcode::RequireHttps
+            | Errcode::IpNotWhitelisted
+            | Errcode::IpAwaitsConfirmation => ErrorKind::Misconfigured,
             Errcode::SystemBusy | Errcode::DailyQuota | Errcode::MinuteQuota => {
                 ErrorKind::Unavailable
             }
@@ -342,6 +359,8 @@ mod tests {
             (43003, Misconfigured, false),
             (45009, Unavailable, false),
             (45011, Unavailable, false),
+            (40164, Misconfigured, false),
+            (89503, Misconfigured, false),
             (48001, Unauthorized, false),
             (50001, Unauthorized, false),
             (99999, Upstream, false),

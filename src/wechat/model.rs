@@ -51,3 +51,19 @@ pub struct UserInfo {
     pub privilege: Vec<String>,
     pub unionid: Option<String>,
 }
+
+/// The answer of `/cgi-bin/stable_token`: the account's basic-support access_token, shared by
+/// every caller of the account until it expires.
+#[derive(Debug, Clone)]
+pub struct AppToken {
+    pub access_token: Secret,
+    /// "目前是7200秒之内的值": a token fetched again in normal mode has less left.
+    pub expires_in: Duration,
+}
+
+/// The answer of `/cgi-bin/ticket/getticket?type=jsapi`.
+#[derive(Debug, Clone)]
+pub struct JsapiTicket {
+    pub ticket: Secret,
+    pub expires_in: Duration,
+}

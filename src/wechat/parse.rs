@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::Secret;
 use super::error::Malformed;
-use super::model::{TokenGrant, UserInfo};
+use super::model::{AppToken, JsapiTicket, TokenGrant, UserInfo};
 
 /// An answer that parsed: either a JSON object without a non-zero errcode, or an errcode.
 #[derive(Debug)]
@@ -129,6 +129,20 @@ pub(crate) fn user_info(map: &Map<String, Value>) -> Result<UserInfo, Malformed>
         headimgurl: text(map, "headimgurl")?,
         privilege: privilege(map)?,
         unionid: optional(map, "unionid")?,
+    })
+}
+
+pub(crate) fn app_token(map: &Map<String, Value>) -> Result<AppToken, Malformed> {
+    Ok(AppToken {
+        access_token: Secret::new(required(map, "access_token")?),
+        expires_in: Duration::from_secs(expires_in(map)?),
+    })
+}
+
+pub(crate) fn jsapi_ticket(map: &Map<String, Value>) -> Result<JsapiTicket, Malformed> {
+    Ok(JsapiTicket {
+        ticket: Secret::new(required(map, "ticket")?),
+        expires_in: Duration::from_secs(expires_in(map)?),
     })
 }
 
