@@ -23,8 +23,8 @@ use wxgate::identity::Algorithm;
 const WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 13; Pixel 7 Build/TQ2A.230505.002; wv) AppleWebKit/537.36 \
     (KHTML, like Gecko) Version/4.0 Chrome/116.0.0.0 Mobile Safari/537.36 MicroMessenger/8.0.40.2420(0x28002857) \
     WeChat/arm64 Weixin NetType/WIFI Language/zh_CN ABI/arm64";
-const IOS_WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 \
-    (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.49(0x18003129) NetType/WIFI Language/zh_CN";
+const IOS_WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5_1 like Mac OS X) AppleWebKit/605.1.15 \
+    (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.49(0x18003135) NetType/WIFI Language/zh_CN";
 const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
 /// Long enough for a slow, shared machine; a readiness limit, not a speed assertion.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -258,6 +258,14 @@ async fn the_demo_login_works_in_headless_chromium() {
         desktop_browser(client, &demo)
     })
     .await;
+    in_browser(&tools, &driver, WECHAT_UA, (430, 1500), |client| {
+        hash_routes(client, &demo, Some(&driver.url))
+    })
+    .await;
+    in_browser(&tools, &driver, IOS_WECHAT_UA, (430, 1500), |client| {
+        hash_routes(client, &demo, None)
+    })
+    .await;
     demo.shutdown().await;
 }
 
@@ -288,7 +296,8 @@ async fn wechat_browser(client: Client, demo: &Demo) {
     client.goto(&second).await.unwrap();
     click(&client, "a.weui-btn_primary").await;
     assert_eq!(text(&client, ".nickname").await, "韩梅梅🌸😀");
-    assert_eq!(current(&client).await, second);
+    // The hash hop found no fragment and says so: a bare `#`, never WeChat's `#wechat_redirect`.
+    assert_eq!(current(&client).await, format!("{second}#"));
     screenshot(&client, "02-second-tab").await;
 
     client.switch_to_window(first_tab).await.unwrap();
@@ -296,8 +305,8 @@ async fn wechat_browser(client: Client, demo: &Demo) {
     assert_eq!(text(&client, ".nickname").await, "韩梅梅🌸😀");
     assert_eq!(
         current(&client).await,
-        first,
-        "back on the exact URL, query intact"
+        format!("{first}#"),
+        "back on the exact URL, query intact (an empty fragment: the page had none)"
     );
     assert!(
         text(&client, ".verified")
@@ -311,7 +320,7 @@ async fn wechat_browser(client: Client, demo: &Demo) {
     let before = authorize_calls(demo).await;
     client.refresh().await.unwrap();
     assert_eq!(text(&client, ".nickname").await, "韩梅梅🌸😀");
-    assert_eq!(current(&client).await, first);
+    assert_eq!(current(&client).await, format!("{first}#"));
     assert_eq!(
         authorize_calls(demo).await,
         before,
@@ -348,6 +357,62 @@ async fn ios_share_card(client: Client, demo: &Demo) {
         .unwrap();
     assert_eq!(calls.as_str(), Some("updateAppMessageShareData:true"));
     screenshot(&client, "06-ios-share-card").await;
+}
+
+/// Hash-routed pages come back on their fragment: silent snsapi_base, then a scope upgrade
+/// through the consent page. With `android_driver`, the browser is Android WeChat's
+/// WebView: `X-Requested-With: com.tencent.mm` on every request, set through DevTools
+/// (chromedriver's CDP endpoint).
+async fn hash_routes(client: Client, demo: &Demo, android_driver: Option<&str>) {
+    if let Some(driver) = android_driver {
+        let session = client.session_id().await.unwrap().expect("a session id");
+        devtools(driver, &session, "Network.enable", serde_json::json!({})).await;
+        devtools(
+            driver,
+            &session,
+            "Network.setExtraHTTPHeaders",
+            serde_json::json!({"headers": {"X-Requested-With": "com.tencent.mm"}}),
+        )
+        .await;
+    }
+    let name = if android_driver.is_some() {
+        "android"
+    } else {
+        "ios"
+    };
+    let base = format!("{}base/index.html?q=1#/lottery/42", demo.url);
+    client.goto(&base).await.unwrap();
+    find(&client, ".verified").await;
+    assert_eq!(current(&client).await, base, "{name}: silent snsapi_base");
+    screenshot(&client, &format!("08-{name}-hash-base")).await;
+
+    let profile = format!("{}activity/index.html?from=timeline#/prize/7?x=1", demo.url);
+    client.goto(&profile).await.unwrap();
+    click(&client, "a.weui-btn_primary").await;
+    find(&client, ".nickname").await;
+    assert_eq!(current(&client).await, profile, "{name}: scope upgrade");
+    screenshot(&client, &format!("09-{name}-hash-upgrade")).await;
+}
+
+/// One DevTools command through chromedriver's `goog/cdp/execute`.
+async fn devtools(driver: &str, session: &str, cmd: &str, params: serde_json::Value) {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!(
+            "{}/session/{session}/goog/cdp/execute",
+            driver.trim_end_matches('/')
+        ))
+        .json(&serde_json::json!({"cmd": cmd, "params": params}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{cmd}: {}",
+        response.text().await.unwrap()
+    );
 }
 
 /// A desktop browser switched out of the simulation sees the QR page of the URL.

@@ -97,6 +97,15 @@ async fn follow(client: &reqwest::Client, start: &str) -> (Vec<String>, reqwest:
     let mut seen = Vec::new();
     for _ in 0..10 {
         let response = client.get(url.clone()).send().await.unwrap();
+        let (response, hop) = through_hop(response).await;
+        if let Some(target) = hop {
+            url = url.join(&target).unwrap();
+            seen.push(target);
+            continue;
+        }
+        let Some(response) = response else {
+            unreachable!()
+        };
         if !response.status().is_redirection() {
             return (seen, response);
         }
@@ -105,6 +114,26 @@ async fn follow(client: &reqwest::Client, start: &str) -> (Vec<String>, reqwest:
         seen.push(location);
     }
     panic!("redirect loop: {seen:?}");
+}
+
+/// The gateway's hash hop page is followed as a browser without JavaScript does: the
+/// `<noscript>` refresh's target (the authorize URL). Anything else comes back untouched.
+async fn through_hop(response: reqwest::Response) -> (Option<reqwest::Response>, Option<String>) {
+    let hop_page = response.status() == 200
+        && response
+            .headers()
+            .get("content-security-policy")
+            .is_some_and(|v| v.to_str().unwrap().contains("script-src 'sha256-"));
+    if !hop_page {
+        return (Some(response), None);
+    }
+    let html = response.text().await.unwrap();
+    (None, wxgate::pages::hop::refresh_target(&html))
+}
+
+/// The authorize URL behind a hop page.
+async fn authorize_target(response: reqwest::Response) -> String {
+    through_hop(response).await.1.expect("the hash hop page")
 }
 
 /// The `href` of the first link whose (HTML-escaped) href contains `needle`.
@@ -150,8 +179,7 @@ async fn the_printed_url_sends_a_wechat_browser_to_the_mock_authorize_page() {
     let demo = start_demo();
     assert!(demo.url.starts_with("http://127.0.0.1:"), "{}", demo.url);
     let response = browser(WECHAT_UA).get(&demo.url).send().await.unwrap();
-    assert_eq!(response.status(), 302);
-    let location = response.headers()["location"].to_str().unwrap();
+    let location = &authorize_target(response).await;
     let authorize = format!("{}/connect/oauth2/authorize?appid=", demo.mock);
     assert!(location.starts_with(&authorize), "{location}");
     assert!(location.contains("&scope=snsapi_userinfo&"), "{location}");
@@ -213,8 +241,7 @@ async fn a_desktop_browser_is_simulated_as_wechat_until_it_switches_to_the_deskt
     let demo = start_demo();
     let client = browser(DESKTOP_UA);
     let simulated = client.get(&demo.url).send().await.unwrap();
-    assert_eq!(simulated.status(), 302);
-    let location = simulated.headers()["location"].to_str().unwrap();
+    let location = &authorize_target(simulated).await;
     assert!(location.starts_with(&demo.mock), "{location}");
 
     let (hops, qr) = follow(&client, &format!("{}_demo/view?as=desktop", demo.url)).await;

@@ -90,6 +90,7 @@ async fn a_login_through_nginx_reaches_the_app_with_a_verified_identity() {
         .header("X-WeChat-Identity", "forged")
         .header("X-WeChat-OpenID", "forged")
         .header("x_wechat_openid", "forged")
+        .header("X-WeChat-Snapshot", "forged")
         .send()
         .await
         .unwrap();
@@ -115,13 +116,22 @@ async fn a_login_through_nginx_reaches_the_app_with_a_verified_identity() {
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), 302);
+    // nginx's login location for /activity/ keeps its scope: the profile, asked for again.
+    let authorize = support::wechat::authorize_target(again).await;
     assert!(
-        again.headers()["location"]
-            .to_str()
-            .unwrap()
-            .contains("/connect/oauth2/authorize?appid=")
+        authorize.contains("/connect/oauth2/authorize?appid=")
+            && authorize.contains("&scope=snsapi_userinfo&"),
+        "{authorize}"
     );
+    // And a base page asks for the openid only.
+    let fresh = browser(WECHAT_UA);
+    let base = fresh
+        .get(format!("{}/index.html", ng.origin()))
+        .send()
+        .await
+        .unwrap();
+    let authorize = support::wechat::authorize_target(base).await;
+    assert!(authorize.contains("&scope=snsapi_base&"), "{authorize}");
     w.gw.shutdown().await;
 }
 
@@ -184,7 +194,10 @@ async fn the_auth_endpoint_answers_200_with_identity_or_401() {
         .unwrap();
     assert_eq!(anonymous.status(), 401);
     let body: serde_json::Value = anonymous.json().await.unwrap();
-    assert_eq!(body["login_url"], "/_wxgate/start?rd=%2Fdeal%3Fid%3D1");
+    assert_eq!(
+        body["login_url"],
+        "/_wxgate/start?rd=%2Fdeal%3Fid%3D1&scope=snsapi_base"
+    );
 
     // Traefik/Caddy mode: a WeChat navigation is sent to WeChat, back to X-Forwarded-Uri.
     let redirect = b
@@ -231,7 +244,7 @@ async fn x_forwarded_uri_from_an_untrusted_peer_is_ignored() {
         .unwrap();
     assert_eq!(resp.status(), 401);
     let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["login_url"], "/_wxgate/start?rd=%2F");
+    assert_eq!(body["login_url"], "/_wxgate/start?rd=%2F&scope=snsapi_base");
     w.gw.shutdown().await;
 }
 

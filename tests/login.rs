@@ -4,7 +4,8 @@
 mod support;
 
 use support::wechat::{
-    DESKTOP_UA, WECHAT_UA, browser, browser_with_jar, follow, mock_stats, verify_identity, world,
+    DESKTOP_UA, WECHAT_UA, authorize_target, browser, browser_with_jar, follow, mock_stats,
+    verify_identity, world,
 };
 
 #[tokio::test]
@@ -15,9 +16,9 @@ async fn base_login_lands_on_the_exact_url_with_a_verified_identity() {
         "{}/base/page.html?from=singlemessage&isappinstalled=0",
         w.origin
     );
+    // A WeChat navigation gets the hash hop page, whose way on is the authorize URL.
     let first = b.get(&start).send().await.unwrap();
-    assert_eq!(first.status(), 302);
-    let location = first.headers()["location"].to_str().unwrap().to_owned();
+    let location = authorize_target(first).await;
     let expected_prefix = format!(
         "http://{}/connect/oauth2/authorize?appid=wx2ebfe5f20389c64a&redirect_uri={}&response_type=code&scope=snsapi_base&state=",
         w.mock,
@@ -103,11 +104,9 @@ async fn base_session_is_upgraded_on_a_userinfo_route() {
     let b = browser(WECHAT_UA);
     follow(&b, &format!("{}/base/x", w.origin)).await;
     let resp = b.get(format!("{}/vip/x", w.origin)).send().await.unwrap();
-    assert_eq!(resp.status(), 302);
     assert!(
-        resp.headers()["location"]
-            .to_str()
-            .unwrap()
+        authorize_target(resp)
+            .await
             .contains("scope=snsapi_userinfo")
     );
     let (_, last) = follow(&b, &format!("{}/vip/x", w.origin)).await;
@@ -245,9 +244,10 @@ async fn logout_revokes_a_copied_cookie() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        replay.status(),
-        302,
+    assert!(
+        authorize_target(replay)
+            .await
+            .contains("/connect/oauth2/authorize?"),
         "a revoked session must send the visitor to login again"
     );
     let evil = b
@@ -344,6 +344,141 @@ async fn a_visitor_off_the_list_sees_their_openid_and_gets_in_once_listed() {
     assert_eq!(
         verify_identity(seen.headers["x-wechat-identity"].to_str().unwrap()).openid,
         openid
+/// One row of tests/data/clients.tsv.
+struct ClientRow {
+    name: String,
+    decision: String,
+    user_agent: String,
+    headers: Vec<(String, String)>,
+}
+
+fn client_corpus() -> Vec<ClientRow> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/clients.tsv"
+    ))
+    .unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let columns: Vec<&str> = line.split('\t').collect();
+            assert_eq!(columns.len(), 5, "five columns: {line}");
+            assert!(!columns[4].trim().is_empty(), "a source for {}", columns[0]);
+            ClientRow {
+                name: columns[0].to_owned(),
+                decision: columns[1].to_owned(),
+                user_agent: columns[2].to_owned(),
+                headers: columns[3]
+                    .split(" ;; ")
+                    .filter(|h| !h.is_empty())
+                    .map(|h| {
+                        let (name, value) = h.split_once(": ").unwrap();
+                        (name.to_owned(), value.to_owned())
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn request_as(row: &ClientRow, url: &str) -> reqwest::RequestBuilder {
+    let mut request = browser(&row.user_agent).get(url);
+    for (name, value) in &row.headers {
+        request = request.header(name, value);
+    }
+    request
+}
+
+#[tokio::test]
+async fn every_client_in_the_corpus_gets_its_decision_and_error_pages_follow_it() {
+    let w = world().await;
+    let corpus = client_corpus();
+    assert!(corpus.len() >= 20, "{} rows", corpus.len());
+    for row in &corpus {
+        let page = request_as(row, &format!("{}/base/page?from=singlemessage", w.origin))
+            .send()
+            .await
+            .unwrap();
+        let name = &row.name;
+        match row.decision.as_str() {
+            "authorize" => {
+                let target = authorize_target(page).await;
+                assert!(
+                    target.contains("/connect/oauth2/authorize?")
+                        && target.contains("scope=snsapi_base"),
+                    "{name}: {target}"
+                );
+            }
+            "script" => {
+                assert_eq!(page.status(), 401, "{name}");
+                let body: serde_json::Value = page.json().await.unwrap();
+                assert_eq!(body["error"], "login_required", "{name}");
+            }
+            "non_wechat" => {
+                assert_eq!(page.status(), 200, "{name}");
+                let html = page.text().await.unwrap();
+                assert!(html.contains("请在微信中打开此页面"), "{name}: the QR page");
+            }
+            other => panic!("{name}: unknown decision {other}"),
+        }
+        // A failure page speaks the same language: HTML to a page load, JSON to a script.
+        let missing = request_as(row, &format!("{}/_wxgate/no-such-endpoint", w.origin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404, "{name}");
+        let content_type = missing.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let want = if row.decision == "script" {
+            "application/json"
+        } else {
+            "text/html"
+        };
+        assert!(content_type.starts_with(want), "{name}: {content_type}");
+    }
+    w.gw.shutdown().await;
+}
+
+/// A browser that adds Android WeChat's `X-Requested-With: com.tencent.mm` to every request,
+/// as its WebView does.
+fn android_wechat() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-requested-with", "com.tencent.mm".parse().unwrap());
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .user_agent(ANDROID_XWEB_UA)
+        .default_headers(headers)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+const ANDROID_XWEB_UA: &str = "Mozilla/5.0 (Linux; Android 13; Pixel 7 Build/TQ2A.230505.002; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/116.0.0.0 Mobile Safari/537.36 MicroMessenger/8.0.40.2420(0x28002857) WeChat/arm64";
+
+#[tokio::test]
+async fn android_wechat_logs_in_on_pages_and_at_start() {
+    let w = world().await;
+    let b = android_wechat();
+    let (hops, last) = follow(&b, &format!("{}/vip/page?x=1", w.origin)).await;
+    assert_eq!(last.status(), 200, "{hops:?}");
+    assert_eq!(hops.last().unwrap(), "/vip/page?x=1");
+    assert_eq!(w.up.last().uri, "/vip/page?x=1");
+    assert_eq!(support::wechat::last_identity(&w).scope, "snsapi_userinfo");
+
+    let fresh = android_wechat();
+    let start = fresh
+        .get(format!("{}/_wxgate/start?rd=%2Fbase%2Fp", w.origin))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        authorize_target(start)
+            .await
+            .contains("/connect/oauth2/authorize?"),
+        "/_wxgate/start sends Android WeChat to authorize"
     );
     w.gw.shutdown().await;
 }
@@ -401,6 +536,164 @@ async fn an_access_file_lists_unionids_and_is_read_again_on_reload() {
     assert!(err.contains("admins.txt"), "{err}");
     let (_, still) = follow(&b, &format!("{}/base/a", w.origin)).await;
     assert_eq!(still.status(), 200);
+/// What the hop page's script does: reports `fragment` and goes on.
+async fn hop_with_fragment(
+    b: &reqwest::Client,
+    w: &support::wechat::World,
+    page: &str,
+    fragment: &str,
+) -> Vec<String> {
+    let hop = b.get(format!("{}{page}", w.origin)).send().await.unwrap();
+    assert_eq!(hop.status(), 200);
+    let csp = hop.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'sha256-") && !csp.contains("script-src 'unsafe"),
+        "{csp}"
+    );
+    assert_eq!(hop.headers()["cache-control"], "no-store");
+    let html = hop.text().await.unwrap();
+    let report = html
+        .split("data-fragment=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let encoded: String = url::form_urlencoded::byte_serialize(fragment.as_bytes()).collect();
+    let (hops, last) = follow(b, &format!("{}{report}&hash={encoded}", w.origin)).await;
+    assert!(last.status().is_success(), "{hops:?}");
+    hops
+}
+
+#[tokio::test]
+async fn hash_routes_survive_the_login_for_both_scopes_and_an_upgrade() {
+    let w = world().await;
+    let b = browser(WECHAT_UA);
+    let hops = hop_with_fragment(&b, &w, "/base/index.html?q=1", "/lottery/42").await;
+    assert_eq!(hops.last().unwrap(), "/base/index.html?q=1#/lottery/42");
+    assert_eq!(w.up.last().uri, "/base/index.html?q=1");
+    // The same browser, now on snsapi_base, opens a profile page: an upgrade.
+    let hops = hop_with_fragment(&b, &w, "/vip/app/?from=timeline", "/prize?id=7&x=a b").await;
+    assert!(
+        hops.iter().any(|h| h.contains("scope=snsapi_userinfo")),
+        "{hops:?}"
+    );
+    assert_eq!(
+        hops.last().unwrap(),
+        "/vip/app/?from=timeline#/prize?id=7&x=a%20b"
+    );
+    assert_eq!(support::wechat::last_identity(&w).scope, "snsapi_userinfo");
+
+    // A page without a fragment ends on its URL, not on WeChat's `#wechat_redirect`.
+    let other = browser(WECHAT_UA);
+    let hops = hop_with_fragment(&other, &w, "/vip/plain", "").await;
+    assert_eq!(hops.last().unwrap(), "/vip/plain#");
+
+    // A fragment is only ever a fragment: it cannot lead anywhere else.
+    for hostile in [
+        "//evil.example/x",
+        "\"><script>",
+        "@evil.example",
+        "\r\nSet-Cookie: x=1",
+    ] {
+        let b = browser(WECHAT_UA);
+        let hops = hop_with_fragment(&b, &w, "/base/h", hostile).await;
+        let landed = hops.last().unwrap();
+        assert!(landed.starts_with("/base/h#"), "{landed}");
+        assert!(
+            !landed[1..].contains(['"', '<', '\r', '\n', ' ']),
+            "{landed}"
+        );
+        let url = reqwest::Url::parse(&w.origin)
+            .unwrap()
+            .join(landed)
+            .unwrap();
+        assert_eq!(
+            url.origin(),
+            reqwest::Url::parse(&w.origin).unwrap().origin()
+        );
+    }
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_javascript_the_login_still_lands_on_the_page() {
+    let w = world().await;
+    let b = browser(WECHAT_UA);
+    // `follow` reads the hop page as a browser without scripts: its <noscript> refresh.
+    let (hops, last) = follow(&b, &format!("{}/vip/nojs?a=1", w.origin)).await;
+    assert_eq!(last.status(), 200, "{hops:?}");
+    assert!(hops[0].contains("/connect/oauth2/authorize?"), "{hops:?}");
+    assert_eq!(hops.last().unwrap(), "/vip/nojs?a=1");
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fragment_report_without_the_login_cookie_starts_nothing() {
+    let w = world().await;
+    let b = browser(WECHAT_UA);
+    let hop = b.get(format!("{}/base/x", w.origin)).send().await.unwrap();
+    let html = hop.text().await.unwrap();
+    let report = html
+        .split("data-fragment=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let stranger = browser(WECHAT_UA);
+    let answer = stranger
+        .get(format!("{}{report}&hash=%2Fa", w.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(answer.text().await.unwrap().contains("登录已失效"));
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn scripts_and_start_never_ask_for_more_than_the_route_needs() {
+    let w = world().await;
+    let b = browser(WECHAT_UA);
+    for (path, scope) in [
+        ("/base/api", "snsapi_base"),
+        ("/vip/api", "snsapi_userinfo"),
+    ] {
+        let xhr = b
+            .get(format!("{}{path}", w.origin))
+            .header("x-requested-with", "XMLHttpRequest")
+            .header("referer", format!("{}/base/page", w.origin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(xhr.status(), 401);
+        let body: serde_json::Value = xhr.json().await.unwrap();
+        let login_url = body["login_url"].as_str().unwrap();
+        assert!(login_url.contains(&format!("scope={scope}")), "{login_url}");
+        let start = b
+            .get(format!("{}{login_url}", w.origin))
+            .send()
+            .await
+            .unwrap();
+        let target = authorize_target(start).await;
+        assert!(target.contains(&format!("&scope={scope}&")), "{target}");
+    }
+    let start = b
+        .get(format!("{}/_wxgate/start?rd=%2Fbase%2Fp", w.origin))
+        .send()
+        .await
+        .unwrap();
+    let target = authorize_target(start).await;
+    assert!(
+        target.contains("&scope=snsapi_base&"),
+        "no scope means snsapi_base: {target}"
+    );
     w.gw.shutdown().await;
 }
 
@@ -439,4 +732,47 @@ fn a_list_on_a_public_route_or_a_missing_file_is_a_configuration_error() {
         "{text}"
     );
     assert!(text.contains("routes[0].access: a public route"), "{text}");
+async fn snapshot_visitors_are_marked_and_their_virtual_unionid_is_not_a_unionid() {
+    let w = support::wechat::world_with(|mock, _| mock.faults.snapshot = true).await;
+    let b = browser(WECHAT_UA);
+    let (_, last) = follow(&b, &format!("{}/vip/page", w.origin)).await;
+    assert_eq!(last.status(), 200);
+    let seen = w.up.last();
+    assert_eq!(seen.headers["x-wechat-snapshot"], "1");
+    assert!(seen.headers.get("x-wechat-unionid").is_none());
+    let claims = support::wechat::last_identity(&w);
+    assert_eq!(claims.snapshot, Some(true));
+    assert_eq!(claims.unionid, None);
+    assert!(claims.snapshot_unionid.is_some());
+    w.gw.shutdown().await;
+
+    // A real visitor carries neither mark, and keeps the unionid.
+    let w = world().await;
+    follow(&b, &format!("{}/vip/page", w.origin)).await;
+    let seen = w.up.last();
+    assert!(seen.headers.get("x-wechat-snapshot").is_none());
+    assert!(seen.headers.get("x-wechat-unionid").is_some());
+    assert!(support::wechat::last_identity(&w).unionid.is_some());
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_prefetch_without_cookies_burns_no_code() {
+    let w = world().await;
+    let b = browser(WECHAT_UA);
+    let hop = b
+        .get(format!("{}/base/p?x=1", w.origin))
+        .send()
+        .await
+        .unwrap();
+    let authorize = authorize_target(hop).await;
+    let wechat = b.get(&authorize).send().await.unwrap();
+    let callback = wechat.headers()["location"].to_str().unwrap().to_owned();
+    let prefetch = browser(WECHAT_UA).get(&callback).send().await.unwrap();
+    assert_eq!(prefetch.status(), 400);
+    assert_eq!(mock_stats(w.mock).await["/sns/oauth2/access_token"], 0);
+    let real = b.get(&callback).send().await.unwrap();
+    assert_eq!(real.status(), 302);
+    assert_eq!(real.headers()["location"], "/base/p?x=1");
+    w.gw.shutdown().await;
 }

@@ -162,16 +162,26 @@ async fn raw_bytes(w: &World, request: &[u8]) -> (Head, String) {
     (Head::parse(&answer), answer)
 }
 
-/// `GET target` as WeChat's browser, on its own connection, with extra header lines.
+/// `GET target` as WeChat's browser, on its own connection, with extra header lines. The
+/// gateway's hash hop page is read as the step on to WeChat it is for a browser without
+/// JavaScript: a 302 whose Location is the page's `<noscript>` refresh target (its other
+/// headers, the state cookie among them, are kept).
 async fn wechat_get(w: &World, target: &str, extra: &str) -> (Head, String) {
-    raw(
+    let (mut head, answer) = raw(
         w,
         &format!(
             "GET {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {WECHAT_UA}\r\n{extra}Connection: close\r\n\r\n",
             w.host
         ),
     )
-    .await
+    .await;
+    if head.status == 200 {
+        if let Some(authorize) = wxgate::pages::hop::refresh_target(&answer) {
+            head.status = 302;
+            head.headers.push(("location".into(), authorize));
+        }
+    }
+    (head, answer)
 }
 
 fn client() -> reqwest::Client {
@@ -232,12 +242,22 @@ async fn finish_login(w: &World, authorize: &str, state_cookie: &str) -> Outcome
 
 /// A login started by the raw request target `target` (the page WeChat's browser asked for).
 async fn login_from_target(w: &World, target: &str) -> Outcome {
-    let (head, _) = wechat_get(w, target, "").await;
-    if head.status != 302 {
+    let (head, answer) = wechat_get(w, target, "").await;
+    let Some(authorize) = to_authorize(&head, &answer) else {
         return Outcome::Status(head.status);
-    }
+    };
     let state = cookie_pair(&head.all("set-cookie"), "wxgate_state").expect("state cookie");
-    finish_login(w, head.get("location").unwrap(), &state).await
+    finish_login(w, &authorize, &state).await
+}
+
+/// Where the gateway sends a WeChat navigation on to authorize: its hash hop page's way on
+/// without JavaScript (the page a route answers), or a 302's Location.
+fn to_authorize(head: &Head, answer: &str) -> Option<String> {
+    match head.status {
+        302 => head.get("location").map(str::to_owned),
+        200 => wxgate::pages::hop::refresh_target(answer),
+        _ => None,
+    }
 }
 
 /// A login started at `/_wxgate/start?rd=…` (forward-auth and XHR clients).
@@ -251,17 +271,17 @@ async fn login_from_start(w: &World, rd: &str) -> Outcome {
         .send()
         .await
         .unwrap();
-    if resp.status() != 302 {
-        return Outcome::Status(resp.status().as_u16());
-    }
-    let set_cookies: Vec<&str> = resp
+    let set_cookies: Vec<String> = resp
         .headers()
         .get_all("set-cookie")
         .iter()
-        .map(|v| v.to_str().unwrap())
+        .map(|v| v.to_str().unwrap().to_owned())
         .collect();
+    let set_cookies: Vec<&str> = set_cookies.iter().map(String::as_str).collect();
+    let (_, Some(authorize)) = support::wechat::through_hop(resp).await else {
+        return Outcome::Status(0);
+    };
     let state = cookie_pair(&set_cookies, "wxgate_state").expect("state cookie");
-    let authorize = resp.headers()["location"].to_str().unwrap().to_owned();
     finish_login(w, &authorize, &state).await
 }
 
@@ -573,8 +593,7 @@ async fn t56_t69_path_tricks_never_reach_a_protected_upstream_without_a_session(
                 &answer[..answer.len().min(200)]
             ),
             Login => {
-                assert_eq!(head.status, 302, "{target}");
-                let location = head.get("location").unwrap();
+                let location = to_authorize(&head, &answer).unwrap_or_default();
                 assert!(location.contains("/connect/oauth2/authorize?"), "{target}");
             }
             Public(path) => {
@@ -590,7 +609,7 @@ async fn t56_t69_path_tricks_never_reach_a_protected_upstream_without_a_session(
         );
     }
     // T67 absolute form: the target's host must be the Host.
-    let (head, _) = raw(
+    let (head, answer) = raw(
         &w,
         &format!(
             "GET http://{}/admin/x HTTP/1.1\r\nHost: {}\r\nUser-Agent: {WECHAT_UA}\r\nConnection: close\r\n\r\n",
@@ -598,7 +617,7 @@ async fn t56_t69_path_tricks_never_reach_a_protected_upstream_without_a_session(
         ),
     )
     .await;
-    assert_eq!(head.status, 302);
+    assert!(to_authorize(&head, &answer).is_some(), "a login");
     let (head, _) = raw(
         &w,
         &format!(
@@ -828,7 +847,9 @@ async fn t70_t78_framing_tricks_are_refused_or_neutralised() {
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &answer[i + 9..i + 12])
         .collect();
-    assert_eq!(statuses, ["200", "302"], "{answer}");
+    // The second is a login: the hash hop page on to WeChat.
+    assert_eq!(statuses, ["200", "200"], "{answer}");
+    assert!(answer.contains("http-equiv=\"refresh\""), "{answer}");
 
     // T80: an upgrade the upstream answers with 200 is no tunnel; what follows is HTTP.
     let answer = support::raw(
@@ -844,7 +865,9 @@ async fn t70_t78_framing_tricks_are_refused_or_neutralised() {
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &answer[i + 9..i + 12])
         .collect();
-    assert_eq!(statuses, ["200", "302"], "{answer}");
+    // The second is a login: the hash hop page on to WeChat.
+    assert_eq!(statuses, ["200", "200"], "{answer}");
+    assert!(answer.contains("http-equiv=\"refresh\""), "{answer}");
     assert_eq!(w.private.count(), 0);
     w.gw.shutdown().await;
 }
@@ -979,8 +1002,8 @@ async fn t79_websocket_upgrades_need_a_session_and_a_same_site_origin() {
 #[tokio::test]
 async fn t01_t33_cookies_carry_the_host_prefix_when_secure() {
     let w = world(|c, _, _| c.session.cookie_secure = true).await;
-    let (head, _) = wechat_get(&w, "/admin/x", "").await;
-    assert_eq!(head.status, 302);
+    let (head, answer) = wechat_get(&w, "/admin/x", "").await;
+    assert!(to_authorize(&head, &answer).is_some());
     let state = head.all("set-cookie");
     assert_eq!(state.len(), 1);
     let state = state[0];
@@ -1114,8 +1137,12 @@ async fn t36_damaged_session_and_state_cookies_mean_a_fresh_login_never_a_500() 
             b"\r\nConnection: close\r\n\r\n",
         ]
         .concat();
-        let (head, _) = raw_bytes(&w, &request).await;
-        assert_eq!(head.status, 302, "{:?}", String::from_utf8_lossy(cookie));
+        let (head, answer) = raw_bytes(&w, &request).await;
+        assert!(
+            to_authorize(&head, &answer).is_some(),
+            "{:?}",
+            String::from_utf8_lossy(cookie)
+        );
     }
     // Past the header limit: 431, never a 500.
     let (head, _) = wechat_get(
@@ -1722,7 +1749,6 @@ scope = "snsapi_userinfo"
         request.send().await.unwrap()
     };
     let first = get(format!("{origin}/vip/page?from=singlemessage"), None).await;
-    assert_eq!(first.status(), 302);
     let set: Vec<String> = first
         .headers()
         .get_all("set-cookie")
@@ -1731,7 +1757,7 @@ scope = "snsapi_userinfo"
         .collect();
     let set: Vec<&str> = set.iter().map(String::as_str).collect();
     let state_cookie = cookie_pair(&set, "wxgate_state").unwrap();
-    let authorize = first.headers()["location"].to_str().unwrap().to_owned();
+    let authorize = support::wechat::authorize_target(first).await;
     let state = authorize
         .split("state=")
         .nth(1)
@@ -1957,8 +1983,7 @@ async fn t03_a_foreign_host_never_shapes_the_redirect_to_wechat() {
             ),
         )
         .await;
-        assert_eq!(head.status, 302, "{headers}");
-        let location = head.get("location").unwrap();
+        let location = to_authorize(&head, &answer).unwrap_or_default();
         assert!(
             location.contains(&format!("redirect_uri={callback}&")),
             "{location}"

@@ -323,8 +323,15 @@ impl World {
             .no_proxy()
             .build()
             .unwrap();
-        let page = browser
+        let hop = browser
             .get(format!("{}/activity/index.html", self.origin))
+            .send()
+            .await
+            .unwrap();
+        // The hash hop page goes on to WeChat as a browser without JavaScript does.
+        let (_, authorize) = support::wechat::through_hop(hop).await;
+        let page = browser
+            .get(authorize.expect("the hash hop page"))
             .send()
             .await
             .unwrap();

@@ -666,6 +666,25 @@ async fn authorize_errors_are_200_weui_pages_with_wechats_errcode() {
             mock.authorize_url(CALLBACK, "snsapi_base", &long_state),
             "state 参数过长",
         ),
+        // WeChat's order is appid, redirect_uri, response_type, scope, state.
+        (
+            format!(
+                "{}/connect/oauth2/authorize?redirect_uri={}&appid={}&response_type=code&scope=snsapi_base&state=s",
+                mock.base,
+                url::form_urlencoded::byte_serialize(CALLBACK.as_bytes()).collect::<String>(),
+                wxgate::mock::MockConfig::default().appid,
+            ),
+            "该链接无法访问",
+        ),
+        (
+            format!(
+                "{}/connect/oauth2/authorize?appid={}&redirect_uri={}&response_type=code&state=s&scope=snsapi_base#wechat_redirect",
+                mock.base,
+                wxgate::mock::MockConfig::default().appid,
+                url::form_urlencoded::byte_serialize(CALLBACK.as_bytes()).collect::<String>(),
+            ),
+            "该链接无法访问",
+        ),
     ];
     for (url, expected) in cases {
         let response = mock.get(&url, "lilei").await;

@@ -63,6 +63,11 @@ pub struct Claims {
     pub privilege: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<bool>,
+    /// A 快照页 visitor's unionid, which WeChat makes up for the virtual account: never the
+    /// person's real unionid, so it is kept out of `unionid` where an upstream would merge
+    /// accounts on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_unionid: Option<String>,
 }
 
 impl Claims {
@@ -76,6 +81,12 @@ impl Claims {
         now: SystemTime,
     ) -> Self {
         let iat = unix_seconds(now);
+        let snapshot = facts.snapshot == Some(true);
+        let (unionid, snapshot_unionid) = if snapshot {
+            (None, facts.unionid)
+        } else {
+            (facts.unionid, None)
+        };
         Claims {
             iss: issuer.to_owned(),
             aud: audience.to_owned(),
@@ -86,7 +97,7 @@ impl Claims {
             appid: facts.appid,
             scope: facts.scope,
             openid: facts.openid,
-            unionid: facts.unionid,
+            unionid,
             nickname: facts.nickname,
             headimgurl: facts.headimgurl,
             sex: facts.sex,
@@ -95,6 +106,7 @@ impl Claims {
             country: facts.country,
             privilege: facts.privilege,
             snapshot: facts.snapshot,
+            snapshot_unionid,
         }
     }
 }

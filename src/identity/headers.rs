@@ -10,6 +10,9 @@ pub const OPENID_HEADER: HeaderName = HeaderName::from_static("x-wechat-openid")
 pub const UNIONID_HEADER: HeaderName = HeaderName::from_static("x-wechat-unionid");
 pub const NICKNAME_HEADER: HeaderName = HeaderName::from_static("x-wechat-nickname");
 pub const SCOPE_HEADER: HeaderName = HeaderName::from_static("x-wechat-scope");
+/// `1` on every request of a 快照页 visitor, whose openid, unionid and nickname are
+/// WeChat's virtual account, not the person.
+pub const SNAPSHOT_HEADER: HeaderName = HeaderName::from_static("x-wechat-snapshot");
 
 /// Everything but RFC 3986 unreserved characters is escaped, so any UTF-8 (emoji, control
 /// bytes, CR/LF) becomes a safe header value that decodes back to the original.
@@ -30,7 +33,16 @@ pub fn plain_headers(claims: &Claims) -> Vec<(HeaderName, HeaderValue)> {
         headers.push((NICKNAME_HEADER, encode(nickname)));
     }
     headers.push((SCOPE_HEADER, encode(&claims.scope)));
+    headers.extend(snapshot_header(claims));
     headers
+}
+
+/// `X-WeChat-Snapshot: 1` for a 快照页 visitor. Sent with or without `plain_headers`: an
+/// upstream that only glances at headers must not take a virtual account for a person.
+/// (A snapshot visitor's virtual unionid is never in `X-WeChat-UnionID`: the claims hold
+/// it as `snapshot_unionid`.)
+pub fn snapshot_header(claims: &Claims) -> Option<(HeaderName, HeaderValue)> {
+    (claims.snapshot == Some(true)).then(|| (SNAPSHOT_HEADER, HeaderValue::from_static("1")))
 }
 
 fn encode(value: &str) -> HeaderValue {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use claims::{Claims, IdentityFacts, MintedIdentity};
 pub use headers::{
-    NICKNAME_HEADER, OPENID_HEADER, SCOPE_HEADER, UNIONID_HEADER, folded_eq,
+    NICKNAME_HEADER, OPENID_HEADER, SCOPE_HEADER, SNAPSHOT_HEADER, UNIONID_HEADER, folded_eq,
     is_foreign_identity_header, is_identity_header, plain_headers,
 };
 pub use jwks::verify_with_jwks;

@@ -141,18 +141,47 @@ fn wants_json(method: &Method, headers: &HeaderMap) -> bool {
     // A redirect to authorize and back would lose a POST body; only GET/HEAD navigate.
     let replayable = method == Method::GET || method == Method::HEAD;
     // A protocol upgrade (WebSocket handshake) is never a page the browser shows.
-    !replayable
-        || headers.contains_key(http::header::UPGRADE)
-        || headers.contains_key("x-requested-with")
-        || is_non_navigation_fetch(headers)
-        || accept_prefers_json(headers)
+    !replayable || headers.contains_key(http::header::UPGRADE) || is_script_call(headers)
 }
 
-fn is_non_navigation_fetch(headers: &HeaderMap) -> bool {
-    headers.get("sec-fetch-mode").is_some_and(|mode| {
-        let mode = mode.as_bytes();
-        !(mode.eq_ignore_ascii_case(b"navigate") || mode.eq_ignore_ascii_case(b"nested-navigate"))
+/// Whether the request comes from a page's script (XHR, fetch) or an API client rather than
+/// a page load, read from the headers alone. Error pages follow the same rule as the gate.
+///
+/// `Sec-Fetch-Mode: navigate` or `Sec-Fetch-Dest: document` always mean a page load, whatever
+/// else is sent. Android's WebView (XWEB and X5/TBS) adds `X-Requested-With: <app package>`
+/// (`com.tencent.mm`, `com.tencent.wework`) to every request, page loads included, and X5
+/// sends no `Sec-Fetch-*`: only the value `XMLHttpRequest` (jQuery, axios and friends) marks a
+/// script (wechat-api.md §8; the corpus in tests/data/clients.tsv).
+pub fn is_script_call(headers: &HeaderMap) -> bool {
+    if is_navigation(headers) {
+        return false;
+    }
+    is_xml_http_request(headers) || is_non_navigation_fetch(headers) || accept_prefers_json(headers)
+}
+
+fn is_navigation(headers: &HeaderMap) -> bool {
+    let says = |name: &str, value: &[u8]| {
+        headers
+            .get(name)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value))
+    };
+    says("sec-fetch-mode", b"navigate")
+        || says("sec-fetch-mode", b"nested-navigate")
+        || says("sec-fetch-dest", b"document")
+}
+
+fn is_xml_http_request(headers: &HeaderMap) -> bool {
+    headers.get_all("x-requested-with").iter().any(|v| {
+        v.as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"XMLHttpRequest")
     })
+}
+
+/// `Sec-Fetch-Mode` says the request is not a page load (`cors`, `no-cors`, `same-origin`,
+/// `websocket`): what fetch and XHR send.
+fn is_non_navigation_fetch(headers: &HeaderMap) -> bool {
+    headers.contains_key("sec-fetch-mode")
 }
 
 /// `Accept` lists `application/json` (or a `+json` type) and does not list `text/html`.
@@ -311,8 +340,31 @@ mod tests {
             (&[("accept", "*/*")], false),
             (&[], false),
             (&[("x-requested-with", "XMLHttpRequest")], true),
-            (&[("x-requested-with", "com.tencent.mm")], true),
-            (&[("x-requested-with", "")], true),
+            (&[("x-requested-with", "com.tencent.mm")], false),
+            (&[("x-requested-with", "com.tencent.wework")], false),
+            (&[("x-requested-with", "")], false),
+            (&[("x-requested-with", "xmlhttprequest")], true),
+            (
+                &[
+                    ("x-requested-with", "XMLHttpRequest"),
+                    ("sec-fetch-mode", "navigate"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("accept", "application/json"),
+                    ("sec-fetch-dest", "document"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("x-requested-with", "com.tencent.mm"),
+                    ("sec-fetch-mode", "cors"),
+                ],
+                true,
+            ),
             (&[("sec-fetch-mode", "cors")], true),
             (&[("sec-fetch-mode", "no-cors")], true),
             (&[("sec-fetch-mode", "same-origin")], true),

@@ -15,7 +15,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use crate::access::{self, AccessRule, RuleLoader};
 use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
-use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
+use crate::identity::{Claims, IdentityError, KeySet, SNAPSHOT_HEADER, plain_headers};
 use crate::login::refresh::{Freshness, ProfileRefresher, freshness, profile_of};
 use crate::login::replay::{StateUse, UsedStates};
 use crate::login::throttle::{ClientIp, Throttle, retry_after_secs};
@@ -81,6 +81,15 @@ impl Access {
     fn respond(response: Response<Body>) -> Self {
         Access::Respond(Box::new(response))
     }
+}
+
+/// How a WeChat navigation leaves for the authorize page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// Through the hash hop page, which reports the page's `#fragment` first.
+    Hop,
+    /// A plain 302 (the fragment, if any, is lost).
+    Redirect,
 }
 
 pub struct Login {
@@ -289,12 +298,19 @@ impl Login {
                         route.non_wechat,
                         s.scope,
                         requested_page(request),
+                        Departure::Hop,
                     );
                 }
                 return self.grant(request, cached);
             }
         }
-        match self.challenge(request, route.non_wechat, required, requested_page(request)) {
+        match self.challenge(
+            request,
+            route.non_wechat,
+            required,
+            requested_page(request),
+            Departure::Hop,
+        ) {
             // A list admits people WeChat named; an anonymous visitor is none of them.
             Access::Anonymous if route.access.is_some() => Access::respond(message_page(
                 StatusCode::FORBIDDEN,
@@ -345,10 +361,11 @@ impl Login {
         non_wechat: NonWeChat,
         scope: AuthScope,
         return_url: ReturnUrl,
+        departure: Departure,
     ) -> Access {
         let client = self.clients.classify(request.method(), request.headers());
         if client.wants_json {
-            return Access::respond(self.login_required(request.headers(), None));
+            return Access::respond(self.login_required(request.headers(), None, scope));
         }
         if !client.is_wechat_browser {
             return match non_wechat {
@@ -363,19 +380,26 @@ impl Login {
                 NonWeChat::Qrcode => Access::respond(self.qr_page(&return_url)),
             };
         }
-        Access::respond(self.begin(request, return_url, scope))
+        Access::respond(self.begin(request, return_url, scope, departure))
     }
 
     /// 401 JSON for scripts, with the login URL a page's script can send the visitor to:
-    /// back to `page` if given, else to the page the script runs on (its Referer).
-    fn login_required(&self, headers: &HeaderMap, page: Option<&ReturnUrl>) -> Response<Body> {
+    /// back to `page` if given, else to the page the script runs on (its Referer), asking
+    /// for `scope` and no more (a consent sheet nobody needed invites snapshot mode).
+    fn login_required(
+        &self,
+        headers: &HeaderMap,
+        page: Option<&ReturnUrl>,
+        scope: AuthScope,
+    ) -> Response<Body> {
         let page = page
             .map(|p| p.as_str().to_owned())
             .or_else(|| same_site_referer(headers, &self.public_origin))
             .unwrap_or_else(|| "/".to_owned());
         let login_url = format!(
-            "/_wxgate/start?rd={}{}",
+            "/_wxgate/start?rd={}&scope={}{}",
             utf8_percent_encode(&page, URI_COMPONENT),
+            scope.as_str(),
             self.app_param()
         );
         let body =
@@ -411,13 +435,16 @@ impl Login {
         response
     }
 
-    /// 302 to WeChat's authorize page, with a new state remembered in the state cookie.
-    /// Counted against the client's login rate.
+    /// Sends a WeChat navigation to the authorize page with a new state remembered in the
+    /// state cookie: through the hash hop page (see [`pages::hop`]) when the browser may hold
+    /// a `#fragment`, or with a plain 302 where the answer passes through a proxy that
+    /// would take a page for a grant (forward-auth). Counted against the client's login rate.
     fn begin<B>(
         &self,
         request: &Request<B>,
         return_url: ReturnUrl,
         scope: AuthScope,
+        departure: Departure,
     ) -> Response<Body> {
         let headers = request.headers();
         if let Some(limited) = self.over_rate(request, "login") {
@@ -428,18 +455,58 @@ impl Login {
             PendingLogins::from_cookie(&self.state_key, self.state_cookie.read(headers), now);
         let state = pending.begin(return_url, scope, now);
         self.metrics.started(scope.as_str());
+        let location = self.authorize_location(scope, &state);
+        let mut response = match departure {
+            Departure::Hop => {
+                let fragment = format!("/_wxgate/fragment?state={state}{}", self.app_param());
+                pages::hop::render(&location, &fragment)
+            }
+            Departure::Redirect => redirect(&location),
+        };
+        let state_cookie = pending.to_cookie(&self.state_key, &self.state_cookie);
+        set_cookie(&mut response, &state_cookie);
+        response
+    }
+
+    fn authorize_location(&self, scope: AuthScope, state: &str) -> String {
         // WeChat checks the order of these parameters: appid, redirect_uri, response_type, scope, state.
-        let location = format!(
+        format!(
             "{}?appid={}&redirect_uri={}&response_type=code&scope={}&state={}&connect_redirect=1#wechat_redirect",
             self.authorize_url,
             utf8_percent_encode(&self.appid, URI_COMPONENT),
             utf8_percent_encode(&self.redirect_uri, URI_COMPONENT),
             scope.as_str(),
             state,
+        )
+    }
+
+    /// `/_wxgate/fragment?state&hash`: the hop page's script reports the page's fragment;
+    /// it joins the pending login in the state cookie and the browser goes on to authorize.
+    /// The fragment only ever follows the return URL's `#`: it cannot change the origin.
+    fn fragment<B>(&self, request: &Request<B>) -> Response<Body> {
+        let headers = request.headers();
+        let query = query_pairs(request.uri().query());
+        let state = query.get("state").map_or("", String::as_str);
+        let now = SystemTime::now();
+        let mut pending =
+            PendingLogins::from_cookie(&self.state_key, self.state_cookie.read(headers), now);
+        let hash = query.get("hash").map_or("", String::as_str);
+        let scope = is_well_formed_state(state)
+            .then(|| pending.add_fragment(state, hash, now))
+            .flatten();
+        let Some(scope) = scope else {
+            // No such login in this browser (cookies refused, or the page sat for ten
+            // minutes): the callback could not finish it either.
+            return self.expired_login_page();
+        };
+        let mut response = redirect(&self.authorize_location(scope, state));
+        set_cookie(
+            &mut response,
+            &pending.to_cookie(&self.state_key, &self.state_cookie),
         );
-        let mut response = redirect(&location);
-        let state_cookie = pending.to_cookie(&self.state_key, &self.state_cookie);
-        set_cookie(&mut response, &state_cookie);
+        response
+            .headers_mut()
+            .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
         response
     }
 
@@ -468,6 +535,7 @@ impl Login {
             "/_wxgate/me" => self.me(request).await,
             "/_wxgate/logout" => self.logout(request).await,
             "/_wxgate/start" => self.start(request),
+            "/_wxgate/fragment" => self.fragment(request),
             "/_wxgate/auth" => self.forward_auth(request).await,
             "/_wxgate/jwks.json" => {
                 let mut r = Response::new(full(self.keys.jwks().clone()));
@@ -578,6 +646,10 @@ impl Login {
             return r;
         }
         self.metrics.failed("state");
+        self.expired_login_page()
+    }
+
+    fn expired_login_page(&self) -> Response<Body> {
         let mut r = message_page(
             StatusCode::BAD_REQUEST,
             "登录已失效",
@@ -662,7 +734,7 @@ impl Login {
                     .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 r
             }
-            Ok(None) => self.login_required(request.headers(), Some(&home())),
+            Ok(None) => self.login_required(request.headers(), Some(&home()), AuthScope::Base),
             Err(response) => response,
         }
     }
@@ -689,9 +761,11 @@ impl Login {
     fn start<B>(&self, request: &Request<B>) -> Response<Body> {
         let query = query_pairs(request.uri().query());
         let return_url = return_url_of(request.headers(), &query, &self.public_origin);
+        // Only an explicit request opens the consent sheet: nobody is asked for their
+        // profile by accident (WeChat answers needless consent with snapshot mode).
         let scope = match query.get("scope").map(String::as_str) {
-            Some("snsapi_base") => AuthScope::Base,
-            _ => AuthScope::UserInfo,
+            Some("snsapi_userinfo") => AuthScope::UserInfo,
+            _ => AuthScope::Base,
         };
         // Every start counts against the client's login rate: a WeChat navigation where
         // `begin` redirects it, anything else here.
@@ -701,7 +775,15 @@ impl Login {
                 return limited;
             }
         }
-        match self.challenge(request, NonWeChat::Qrcode, scope, return_url) {
+        // Through the hop: a proxy's 302 here kept the page's fragment (a `Location`
+        // without one inherits it).
+        match self.challenge(
+            request,
+            NonWeChat::Qrcode,
+            scope,
+            return_url,
+            Departure::Hop,
+        ) {
             Access::Respond(response) => *response,
             // Unreachable with Qrcode; a QR page of the home page is the safe answer.
             Access::Granted(_) | Access::Anonymous => self.qr_page(&home()),
@@ -740,7 +822,7 @@ impl Login {
                 return match self.grant(request, cached) {
                     Access::Granted(headers) => identity_response(headers),
                     Access::Respond(response) => *response,
-                    Access::Anonymous => self.login_required(request.headers(), None),
+                    Access::Anonymous => self.login_required(request.headers(), None, required),
                 };
             }
             if sufficient {
@@ -748,14 +830,19 @@ impl Login {
             }
         }
         if query.get("redirect").is_some_and(|v| v == "true") {
-            if let Access::Respond(response) =
-                self.challenge(request, NonWeChat::Qrcode, scope, return_url)
-            {
+            // A plain 302: Traefik and Caddy take any 2xx from here for a grant.
+            if let Access::Respond(response) = self.challenge(
+                request,
+                NonWeChat::Qrcode,
+                scope,
+                return_url,
+                Departure::Redirect,
+            ) {
                 return *response;
             }
-            return self.login_required(request.headers(), None);
+            return self.login_required(request.headers(), None, scope);
         }
-        self.login_required(request.headers(), Some(&return_url))
+        self.login_required(request.headers(), Some(&return_url), scope)
     }
 
     /// The live session the request's cookie names, if any; a store failure is a 503.
@@ -797,6 +884,8 @@ impl Login {
         let mut headers = vec![(self.identity_header.clone(), minted.value().clone())];
         if self.plain_headers {
             headers.extend(plain_headers(&self.claims(&cached.session, now)));
+        } else if cached.session.snapshot {
+            headers.push((SNAPSHOT_HEADER, HeaderValue::from_static("1")));
         }
         Ok(headers)
     }

@@ -15,6 +15,16 @@ pub const MAX_LEN: usize = 2048;
 /// (nobody legitimately encodes a URL five times, attackers do).
 const MAX_DECODE_ROUNDS: usize = 4;
 
+/// What a fragment may not carry raw into a `Location` header: controls, space, `"<>\``,
+/// `\` and every non-ASCII byte (the URL parser's fragment set plus the backslash).
+const FRAGMENT_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'\\');
+
 /// A validated, same-site redirect target: a path starting with exactly one `/`, or an
 /// absolute URL on the public origin or an allowed host, kept byte for byte as given.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -84,6 +94,25 @@ impl ReturnUrl {
                 || s.starts_with("https://")
                 || s.starts_with("http://"));
         sane.then_some(ReturnUrl(s))
+    }
+
+    /// The same page with the browser's `#fragment` (as `location.hash` reported it, without
+    /// its `#`), so a hash-routed page comes back on its route. An empty fragment still ends
+    /// the URL with `#`: a `Location` with a fragment replaces the `#wechat_redirect` the
+    /// browser inherited from the authorize URL. Bytes outside printable ASCII and `\` are
+    /// percent-encoded; a fragment never changes where the URL points, only the page's
+    /// route. One that would make the URL too long is dropped (the page loads without it).
+    pub fn with_fragment(self, fragment: &str) -> ReturnUrl {
+        let base = self
+            .0
+            .split_once('#')
+            .map_or(self.0.as_str(), |(base, _)| base);
+        let encoded = percent_encoding::utf8_percent_encode(fragment, FRAGMENT_ESCAPES);
+        let url = format!("{base}#{encoded}");
+        if url.len() > MAX_LEN {
+            return self;
+        }
+        ReturnUrl(url)
     }
 
     /// What goes into `Location`.

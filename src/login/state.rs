@@ -135,6 +135,29 @@ impl PendingLogins {
         found.map(|index| self.entries.remove(index).pending)
     }
 
+    /// Gives the pending login `state` the page's `#fragment`, which only the browser knows
+    /// (the hash hop page reports it); returns the login's scope, or `None` when this
+    /// browser holds no such login.
+    pub fn add_fragment(
+        &mut self,
+        state: &str,
+        fragment: &str,
+        now: SystemTime,
+    ) -> Option<AuthScope> {
+        self.forget_expired(unix_secs(now));
+        let mut found = None;
+        for (index, entry) in self.entries.iter().enumerate() {
+            let equal = bool::from(entry.state.as_bytes().ct_eq(state.as_bytes()));
+            if equal && found.is_none() {
+                found = Some(index);
+            }
+        }
+        let entry = self.entries.get_mut(found?)?;
+        let url = entry.pending.return_url.clone();
+        entry.pending.return_url = url.with_fragment(fragment);
+        Some(entry.pending.scope)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -47,7 +47,11 @@ pub fn authorize(shared: &Shared, query: &str, headers: &HeaderMap) -> Response<
     Stats::bump(&shared.stats.authorize);
     let behaviour = lock(&shared.faults).clone();
     let params = Params::parse(query);
-    let request = match validate(&shared.config, &params, headers, &behaviour) {
+    let request = match validate(&shared.config, &params, headers, &behaviour).and_then(|request| {
+        in_wechat_order(query)
+            .then_some(request)
+            .ok_or(PageError(UNREACHABLE_LINK, None))
+    }) {
         Ok(request) => request,
         Err(PageError(message, errcode)) => return wire::html(html::error_page(message, errcode)),
     };
@@ -133,6 +137,23 @@ fn validate<'a>(
         scope,
         state,
     })
+}
+
+/// WeChat reads the parameters in its documented order — appid, redirect_uri,
+/// response_type, scope, state — and answers a link with them reordered by "该链接无法访问".
+/// Other parameters (`connect_redirect`, `forcePopup`, the mock's `mock_user`) may be anywhere.
+fn in_wechat_order(query: &str) -> bool {
+    const ORDER: [&str; 5] = ["appid", "redirect_uri", "response_type", "scope", "state"];
+    let positions = url::form_urlencoded::parse(query.as_bytes())
+        .filter_map(|(key, _)| ORDER.iter().position(|name| *name == key));
+    let mut last = None;
+    for position in positions {
+        if last.is_some_and(|last| position <= last) {
+            return false;
+        }
+        last = Some(position);
+    }
+    true
 }
 
 fn is_wechat_browser(headers: &HeaderMap) -> bool {

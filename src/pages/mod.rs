@@ -2,6 +2,7 @@
 //! `Failure`, and `respond` turns it into a small HTML page for browsers or JSON for
 //! XHR/fetch and API clients. Pages never carry a secret, code, token or session id.
 
+pub mod hop;
 pub mod qr;
 
 use bytes::Bytes;
@@ -162,19 +163,11 @@ pub fn render(failure: &Failure, as_json: bool) -> Response<Body> {
     response
 }
 
-/// True for XHR/fetch and API clients: `X-Requested-With`, or an `Accept` naming JSON and
-/// not HTML.
+/// True for XHR/fetch and API clients, by the gate's own rule
+/// ([`crate::login::client::is_script_call`]): a page load from Android's WebView, which
+/// sends `X-Requested-With: com.tencent.mm`, gets a page.
 pub fn wants_json(headers: &HeaderMap) -> bool {
-    if headers.contains_key("x-requested-with") {
-        return true;
-    }
-    let accept = headers.get_all(http::header::ACCEPT);
-    let mentions = |needle: &[u8]| {
-        accept
-            .iter()
-            .any(|v| v.as_bytes().windows(needle.len()).any(|w| w == needle))
-    };
-    mentions(b"application/json") && !mentions(b"text/html")
+    crate::login::client::is_script_call(headers)
 }
 
 fn json(failure: &Failure) -> Response<Body> {
@@ -232,7 +225,7 @@ pub fn page(title: &str, inner_html: &str) -> String {
     )
 }
 
-const STYLE: &str = "body{margin:0;font-family:-apple-system,BlinkMacSystemFont,'PingFang SC','Noto Sans CJK SC',\
+pub(crate) const STYLE: &str = "body{margin:0;font-family:-apple-system,BlinkMacSystemFont,'PingFang SC','Noto Sans CJK SC',\
 'Microsoft YaHei',sans-serif;background:#ededed;color:#191919}main{max-width:480px;margin:0 auto;\
 padding:56px 24px;text-align:center}h1{font-size:22px;font-weight:500;margin:8px 0}h2{font-size:15px;\
 font-weight:400;color:#7f7f7f;margin:0 0 16px}p{font-size:15px;line-height:1.6;color:#4c4c4c}\

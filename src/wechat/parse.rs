@@ -57,10 +57,73 @@ pub(crate) fn sanitize(body: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// Replaces `\uXXXX` escapes of lone UTF-16 surrogates (a high one not followed by a low
+/// one, or a low one alone) with `\ufffd`. WeChat cuts nicknames inside emoji and sends
+/// `"\ud83d"`; serde_json refuses the whole document for it, wechatpy and silenceper read on.
+pub(crate) fn repair_surrogates(body: &[u8]) -> Cow<'_, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut in_string = false;
+    let mut at = 0;
+    while at < body.len() {
+        let byte = body[at];
+        if !in_string {
+            in_string = byte == b'"';
+        } else if byte == b'"' {
+            in_string = false;
+        } else if byte == b'\\' {
+            let unit = escaped_unit(body, at);
+            let lone = match unit {
+                Some(0xD800..=0xDBFF) => {
+                    !matches!(escaped_unit(body, at + 6), Some(0xDC00..=0xDFFF))
+                }
+                Some(0xDC00..=0xDFFF) => true,
+                _ => false,
+            };
+            let pair = matches!(unit, Some(0xD800..=0xDBFF)) && !lone;
+            let len = if pair {
+                12
+            } else if unit.is_some() {
+                6
+            } else {
+                2
+            };
+            let end = (at + len).min(body.len());
+            if lone {
+                out.get_or_insert_with(|| body[..at].to_vec())
+                    .extend_from_slice(b"\\ufffd");
+            } else if let Some(buffer) = out.as_mut() {
+                buffer.extend_from_slice(&body[at..end]);
+            }
+            at = end;
+            continue;
+        }
+        if let Some(buffer) = out.as_mut() {
+            buffer.push(byte);
+        }
+        at += 1;
+    }
+    match out {
+        Some(buffer) => Cow::Owned(buffer),
+        None => Cow::Borrowed(body),
+    }
+}
+
+/// The code unit of a `\uXXXX` escape starting at `at`, if there is one.
+fn escaped_unit(body: &[u8], at: usize) -> Option<u32> {
+    let escape = body.get(at..at + 6)?;
+    if escape[0] != b'\\' || escape[1] != b'u' {
+        return None;
+    }
+    let hex = std::str::from_utf8(&escape[2..]).ok()?;
+    u32::from_str_radix(hex, 16).ok()
+}
+
 /// Parses a body into a `Reply`, looking only at `errcode` to tell success from failure.
+/// Invalid UTF-8 and lone surrogates become U+FFFD: one broken nickname never fails a login.
 pub(crate) fn parse_reply(body: &[u8]) -> Result<Reply, Malformed> {
     let sanitized = sanitize(body);
-    let text = String::from_utf8_lossy(&sanitized);
+    let repaired = repair_surrogates(&sanitized);
+    let text = String::from_utf8_lossy(&repaired);
     let text = text.trim_start_matches('\u{feff}');
     let value: Value =
         serde_json::from_str(text).map_err(|error| Malformed::NotJson(error.to_string()))?;
@@ -380,5 +443,43 @@ mod tests {
         };
         assert!(errmsg.starts_with("ab"));
         assert_eq!(errmsg.chars().count(), ERRMSG_MAX_CHARS);
+    }
+
+    #[test]
+    fn lone_surrogates_and_invalid_utf8_become_replacement_characters() {
+        let cases: &[(&[u8], &str)] = &[
+            (br#"{"openid":"o1","nickname":"\ud83d"}"#, "\u{fffd}"),
+            (
+                br#"{"openid":"o1","nickname":"a\ud83d\u0041"}"#,
+                "a\u{fffd}A",
+            ),
+            (br#"{"openid":"o1","nickname":"\ude00x"}"#, "\u{fffd}x"),
+            (br#"{"openid":"o1","nickname":"\ud83d\ude00"}"#, "\u{1f600}"),
+            (br#"{"openid":"o1","nickname":"\\ud83d"}"#, "\\ud83d"),
+            (
+                b"{\"openid\":\"o1\",\"nickname\":\"\xe5\xbc\xa0\xff\xfe\"}",
+                "张\u{fffd}\u{fffd}",
+            ),
+            (br#"{"openid":"o1","nickname":"\ud83d"#, ""),
+        ];
+        for (body, want) in cases {
+            match parse_reply(body) {
+                Ok(Reply::Ok(map)) => {
+                    let info = user_info(&map).unwrap();
+                    assert_eq!(info.nickname, *want, "{}", String::from_utf8_lossy(body));
+                }
+                other if want.is_empty() => assert!(other.is_err(), "truncated body: {other:?}"),
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_lone_surrogate_in_any_string_field_is_repaired() {
+        let body = br#"{"access_token":"AT","expires_in":7200,"refresh_token":"RT","openid":"o\udc00","scope":"snsapi_base"}"#;
+        let Ok(Reply::Ok(map)) = parse_reply(body) else {
+            panic!("refused");
+        };
+        assert_eq!(token_grant(&map).unwrap().openid, "o\u{fffd}");
     }
 }

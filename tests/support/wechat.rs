@@ -123,12 +123,21 @@ pub fn browser_with_jar(ua: &str) -> (reqwest::Client, std::sync::Arc<reqwest::c
 }
 
 /// Follows redirects by hand (WeChat's `#wechat_redirect` fragment is not sent), returning
-/// every Location seen and the final response.
+/// every Location seen and the final response. The gateway's hash hop page is followed as
+/// a browser without JavaScript does (its `<noscript>` refresh), and its target is listed
+/// among the Locations.
 pub async fn follow(client: &reqwest::Client, start: &str) -> (Vec<String>, reqwest::Response) {
     let mut url = start.to_owned();
     let mut seen = Vec::new();
     for _ in 0..10 {
         let resp = client.get(&url).send().await.unwrap();
+        let (resp, hop) = through_hop(resp).await;
+        if let Some(target) = hop {
+            url = target.clone();
+            seen.push(target);
+            continue;
+        }
+        let resp = resp.unwrap();
         if !resp.status().is_redirection() {
             return (seen, resp);
         }
@@ -138,6 +147,38 @@ pub async fn follow(client: &reqwest::Client, start: &str) -> (Vec<String>, reqw
         url = next.to_string();
     }
     panic!("redirect loop: {seen:?}");
+}
+
+/// The no-JavaScript target of the gateway's hash hop page (the authorize URL), if `resp`
+/// is that page; else the response, untouched.
+pub async fn through_hop(resp: reqwest::Response) -> (Option<reqwest::Response>, Option<String>) {
+    let is_page = resp.status() == 200
+        && resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("text/html"))
+        && resp
+            .headers()
+            .get("content-security-policy")
+            .is_some_and(|v| v.to_str().unwrap().contains("script-src 'sha256-"));
+    if !is_page {
+        return (Some(resp), None);
+    }
+    let html = resp.text().await.unwrap();
+    let target = wxgate::pages::hop::refresh_target(&html).expect("a hop page");
+    (None, Some(target))
+}
+
+/// The authorize URL a WeChat navigation is sent on to: the hop page's (or a 302's) target.
+pub async fn authorize_target(resp: reqwest::Response) -> String {
+    match through_hop(resp).await {
+        (_, Some(target)) => target,
+        (Some(resp), None) => {
+            assert_eq!(resp.status(), 302, "neither a hop page nor a redirect");
+            resp.headers()["location"].to_str().unwrap().to_owned()
+        }
+        (None, None) => unreachable!(),
+    }
 }
 
 pub async fn mock_stats(mock: SocketAddr) -> serde_json::Value {
