@@ -259,91 +259,6 @@ async fn logout_revokes_a_copied_cookie() {
     w.gw.shutdown().await;
 }
 
-/// The openid a refusal page shows, for the visitor to send to the operator.
-fn openid_on_refusal_page(html: &str) -> String {
-    let start = html
-        .find("id=\"openid\"")
-        .expect("the page shows the openid");
-    let after = &html[start..];
-    let open = after.find('>').unwrap() + 1;
-    let close = after.find("</code>").unwrap();
-    after[open..close].to_owned()
-}
-
-/// The default mock user's identifiers, as the mock's control API lists them.
-async fn default_user(mock: std::net::SocketAddr) -> serde_json::Value {
-    let users: Vec<serde_json::Value> = reqwest::get(format!("http://{mock}/_mock/users"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    users
-        .into_iter()
-        .find(|u| u["default"] == true)
-        .expect("a default user")
-}
-
-fn index_of(config: &wxgate::config::Config, path: &str) -> usize {
-    config.routes.iter().position(|r| r.path == path).unwrap()
-}
-
-#[tokio::test]
-async fn a_visitor_off_the_list_sees_their_openid_and_gets_in_once_listed() {
-    let mut config = None;
-    let w = support::wechat::world_with(|_, c| {
-        let i = index_of(c, "/base/");
-        c.routes[i].access = Some(wxgate::config::AccessConfig {
-            openids: vec!["oSomebodyElse00000000000000".into()],
-            ..Default::default()
-        });
-        config = Some(c.clone());
-    })
-    .await;
-    let mut config = config.unwrap();
-    let b = browser(WECHAT_UA);
-    let (hops, refused) = follow(&b, &format!("{}/base/report.html", w.origin)).await;
-    assert_eq!(refused.status(), 403, "{hops:?}");
-    let page = refused.text().await.unwrap();
-    let openid = openid_on_refusal_page(&page);
-    assert_eq!(openid, default_user(w.mock).await["openid"]);
-    assert!(page.contains("无访问权限"), "{page}");
-    assert!(
-        w.up.seen().iter().all(|s| !s.uri.starts_with("/base/")),
-        "nothing of the refused visitor reaches the upstream"
-    );
-    // A script on the page gets the same answer as JSON.
-    let json = b
-        .get(format!("{}/base/api/data", w.origin))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json.status(), 403);
-    let body: serde_json::Value = json.json().await.unwrap();
-    assert_eq!(body["error"], "not_admitted");
-    assert_eq!(body["openid"], openid.as_str());
-    // Other protected routes have no list: the same visitor is welcome there.
-    let (_, vip) = follow(&b, &format!("{}/vip/x", w.origin)).await;
-    assert_eq!(vip.status(), 200);
-
-    // The operator adds the id; after a reload the visitor gets in, session and all.
-    let i = index_of(&config, "/base/");
-    config.routes[i]
-        .access
-        .as_mut()
-        .unwrap()
-        .openids
-        .push(openid.clone());
-    w.gw.reload(config).unwrap();
-    let (hops, admitted) = follow(&b, &format!("{}/base/report.html", w.origin)).await;
-    assert_eq!(admitted.status(), 200, "{hops:?}");
-    assert!(hops.is_empty(), "the session is kept: {hops:?}");
-    let seen = w.up.last();
-    assert_eq!(seen.uri, "/base/report.html");
-    assert_eq!(
-        verify_identity(seen.headers["x-wechat-identity"].to_str().unwrap()).openid,
-        openid
 /// One row of tests/data/clients.tsv.
 struct ClientRow {
     name: String,
@@ -483,59 +398,6 @@ async fn android_wechat_logs_in_on_pages_and_at_start() {
     w.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_access_file_lists_unionids_and_is_read_again_on_reload() {
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("admins.txt");
-    std::fs::write(&list, "# nobody yet\n").unwrap();
-    let mut config = None;
-    let file = list.clone();
-    let w = support::wechat::world_with(|_, c| {
-        // The app's list: every protected route without a list of its own.
-        c.wechat.access = Some(wxgate::config::AccessConfig {
-            unionids_file: Some(file),
-            ..Default::default()
-        });
-        config = Some(c.clone());
-    })
-    .await;
-    let config = config.unwrap();
-    let b = browser(WECHAT_UA);
-    for page in ["/base/a", "/vip/b"] {
-        let (_, refused) = follow(&b, &format!("{}{page}", w.origin)).await;
-        assert_eq!(refused.status(), 403, "{page}");
-    }
-    assert_eq!(w.up.count(), 0, "nothing reached the upstream");
-    // Public routes need no list.
-    assert_eq!(
-        b.get(format!("{}/open", w.origin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-
-    let user = default_user(w.mock).await;
-    let unionid = user["unionid"].as_str().unwrap();
-    std::fs::write(&list, format!("# admins\n{unionid}  # Li Lei\n")).unwrap();
-    // Unchanged configuration, changed file: the reload reads it again.
-    w.gw.reload(config.clone()).unwrap();
-    for page in ["/base/a", "/vip/b"] {
-        let (hops, admitted) = follow(&b, &format!("{}{page}", w.origin)).await;
-        assert_eq!(admitted.status(), 200, "{page}: {hops:?}");
-    }
-    assert_eq!(support::wechat::last_identity(&w).openid, user["openid"]);
-
-    // A line that is not an id refuses the reload with the key, the file and the line named,
-    // and the running list keeps serving.
-    std::fs::write(&list, format!("{unionid}\nLi Lei, 13800000000\n")).unwrap();
-    let err = w.gw.reload(config).unwrap_err().to_string();
-    assert!(err.contains("wechat.access.unionids_file"), "{err}");
-    assert!(err.contains("line 2"), "{err}");
-    assert!(err.contains("admins.txt"), "{err}");
-    let (_, still) = follow(&b, &format!("{}/base/a", w.origin)).await;
-    assert_eq!(still.status(), 200);
 /// What the hop page's script does: reports `fragment` and goes on.
 async fn hop_with_fragment(
     b: &reqwest::Client,
@@ -698,40 +560,6 @@ async fn scripts_and_start_never_ask_for_more_than_the_route_needs() {
 }
 
 #[tokio::test]
-async fn a_list_on_a_non_wechat_anonymous_route_lets_no_anonymous_visitor_through() {
-    let w = support::wechat::world_with(|_, c| {
-        let i = index_of(c, "/anon/");
-        c.routes[i].access = Some(wxgate::config::AccessConfig {
-            openids: vec!["oSomebody000000000000000000".into()],
-            ..Default::default()
-        });
-    })
-    .await;
-    let b = browser(DESKTOP_UA);
-    let resp = b.get(format!("{}/anon/x", w.origin)).send().await.unwrap();
-    assert_eq!(resp.status(), 403);
-    assert_eq!(w.up.count(), 0);
-    w.gw.shutdown().await;
-}
-
-#[test]
-fn a_list_on_a_public_route_or_a_missing_file_is_a_configuration_error() {
-    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let mut config = support::config_with_routes(&[("/", up)]);
-    config.routes[0].access = Some(wxgate::config::AccessConfig {
-        openids_file: Some("/nonexistent/wxgate-admins.txt".into()),
-        ..Default::default()
-    });
-    let text: Vec<String> = wxgate::config::validate(&config)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let text = text.join("\n");
-    assert!(
-        text.contains("routes[0].access.openids_file: the list file /nonexistent/wxgate-admins.txt cannot be read"),
-        "{text}"
-    );
-    assert!(text.contains("routes[0].access: a public route"), "{text}");
 async fn snapshot_visitors_are_marked_and_their_virtual_unionid_is_not_a_unionid() {
     let w = support::wechat::world_with(|mock, _| mock.faults.snapshot = true).await;
     let b = browser(WECHAT_UA);
@@ -775,4 +603,186 @@ async fn a_prefetch_without_cookies_burns_no_code() {
     assert_eq!(real.status(), 302);
     assert_eq!(real.headers()["location"], "/base/p?x=1");
     w.gw.shutdown().await;
+}
+
+/// The openid a refusal page shows, for the visitor to send to the operator.
+fn openid_on_refusal_page(html: &str) -> String {
+    let start = html
+        .find("id=\"openid\"")
+        .expect("the page shows the openid");
+    let after = &html[start..];
+    let open = after.find('>').unwrap() + 1;
+    let close = after.find("</code>").unwrap();
+    after[open..close].to_owned()
+}
+
+/// The default mock user's identifiers, as the mock's control API lists them.
+async fn default_user(mock: std::net::SocketAddr) -> serde_json::Value {
+    let users: Vec<serde_json::Value> = reqwest::get(format!("http://{mock}/_mock/users"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    users
+        .into_iter()
+        .find(|u| u["default"] == true)
+        .expect("a default user")
+}
+
+fn index_of(config: &wxgate::config::Config, path: &str) -> usize {
+    config.routes.iter().position(|r| r.path == path).unwrap()
+}
+
+#[tokio::test]
+async fn a_visitor_off_the_list_sees_their_openid_and_gets_in_once_listed() {
+    let mut config = None;
+    let w = support::wechat::world_with(|_, c| {
+        let i = index_of(c, "/base/");
+        c.routes[i].access = Some(wxgate::config::AccessConfig {
+            openids: vec!["oSomebodyElse00000000000000".into()],
+            ..Default::default()
+        });
+        config = Some(c.clone());
+    })
+    .await;
+    let mut config = config.unwrap();
+    let b = browser(WECHAT_UA);
+    let (hops, refused) = follow(&b, &format!("{}/base/report.html", w.origin)).await;
+    assert_eq!(refused.status(), 403, "{hops:?}");
+    let page = refused.text().await.unwrap();
+    let openid = openid_on_refusal_page(&page);
+    assert_eq!(openid, default_user(w.mock).await["openid"]);
+    assert!(page.contains("无访问权限"), "{page}");
+    assert!(
+        w.up.seen().iter().all(|s| !s.uri.starts_with("/base/")),
+        "nothing of the refused visitor reaches the upstream"
+    );
+    // A script on the page gets the same answer as JSON.
+    let json = b
+        .get(format!("{}/base/api/data", w.origin))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 403);
+    let body: serde_json::Value = json.json().await.unwrap();
+    assert_eq!(body["error"], "not_admitted");
+    assert_eq!(body["openid"], openid.as_str());
+    // Other protected routes have no list: the same visitor is welcome there.
+    let (_, vip) = follow(&b, &format!("{}/vip/x", w.origin)).await;
+    assert_eq!(vip.status(), 200);
+
+    // The operator adds the id; after a reload the visitor gets in, session and all.
+    let i = index_of(&config, "/base/");
+    config.routes[i]
+        .access
+        .as_mut()
+        .unwrap()
+        .openids
+        .push(openid.clone());
+    w.gw.reload(config).unwrap();
+    let (hops, admitted) = follow(&b, &format!("{}/base/report.html", w.origin)).await;
+    assert_eq!(admitted.status(), 200, "{hops:?}");
+    assert!(hops.is_empty(), "the session is kept: {hops:?}");
+    let seen = w.up.last();
+    assert_eq!(seen.uri, "/base/report.html");
+    assert_eq!(
+        verify_identity(seen.headers["x-wechat-identity"].to_str().unwrap()).openid,
+        openid
+    );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_access_file_lists_unionids_and_is_read_again_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("admins.txt");
+    std::fs::write(&list, "# nobody yet\n").unwrap();
+    let mut config = None;
+    let file = list.clone();
+    let w = support::wechat::world_with(|_, c| {
+        // The app's list: every protected route without a list of its own.
+        c.wechat.access = Some(wxgate::config::AccessConfig {
+            unionids_file: Some(file),
+            ..Default::default()
+        });
+        config = Some(c.clone());
+    })
+    .await;
+    let config = config.unwrap();
+    let b = browser(WECHAT_UA);
+    for page in ["/base/a", "/vip/b"] {
+        let (_, refused) = follow(&b, &format!("{}{page}", w.origin)).await;
+        assert_eq!(refused.status(), 403, "{page}");
+    }
+    assert_eq!(w.up.count(), 0, "nothing reached the upstream");
+    // Public routes need no list.
+    assert_eq!(
+        b.get(format!("{}/open", w.origin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let user = default_user(w.mock).await;
+    let unionid = user["unionid"].as_str().unwrap();
+    std::fs::write(&list, format!("# admins\n{unionid}  # Li Lei\n")).unwrap();
+    // Unchanged configuration, changed file: the reload reads it again.
+    w.gw.reload(config.clone()).unwrap();
+    for page in ["/base/a", "/vip/b"] {
+        let (hops, admitted) = follow(&b, &format!("{}{page}", w.origin)).await;
+        assert_eq!(admitted.status(), 200, "{page}: {hops:?}");
+    }
+    assert_eq!(support::wechat::last_identity(&w).openid, user["openid"]);
+
+    // A line that is not an id refuses the reload with the key, the file and the line named,
+    // and the running list keeps serving.
+    std::fs::write(&list, format!("{unionid}\nLi Lei, 13800000000\n")).unwrap();
+    let err = w.gw.reload(config).unwrap_err().to_string();
+    assert!(err.contains("wechat.access.unionids_file"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("admins.txt"), "{err}");
+    let (_, still) = follow(&b, &format!("{}/base/a", w.origin)).await;
+    assert_eq!(still.status(), 200);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_list_on_a_non_wechat_anonymous_route_lets_no_anonymous_visitor_through() {
+    let w = support::wechat::world_with(|_, c| {
+        let i = index_of(c, "/anon/");
+        c.routes[i].access = Some(wxgate::config::AccessConfig {
+            openids: vec!["oSomebody000000000000000000".into()],
+            ..Default::default()
+        });
+    })
+    .await;
+    let b = browser(DESKTOP_UA);
+    let resp = b.get(format!("{}/anon/x", w.origin)).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(w.up.count(), 0);
+    w.gw.shutdown().await;
+}
+
+#[test]
+fn a_list_on_a_public_route_or_a_missing_file_is_a_configuration_error() {
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut config = support::config_with_routes(&[("/", up)]);
+    config.routes[0].access = Some(wxgate::config::AccessConfig {
+        openids_file: Some("/nonexistent/wxgate-admins.txt".into()),
+        ..Default::default()
+    });
+    let text: Vec<String> = wxgate::config::validate(&config)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let text = text.join("\n");
+    assert!(
+        text.contains("routes[0].access.openids_file: the list file /nonexistent/wxgate-admins.txt cannot be read"),
+        "{text}"
+    );
+    assert!(text.contains("routes[0].access: a public route"), "{text}");
 }

@@ -110,8 +110,6 @@ pub fn errcode_text(errcode: i64) -> &'static str {
         43002 => "require POST method",
         43003 => "require https",
         40097 => "invalid args",
-        40164 => "invalid ip, not in whitelist",
-        47001 => "data format error",
         89503 => "此次调用需要管理员确认，请耐心等候",
         45009 => "reach max api daily quota limit",
         45011 => "api minute-quota reach limit  mustslower  retry next minute",
