@@ -5,6 +5,7 @@
 // Outside tests nothing may panic on a value: input and I/O errors are typed and answered.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod app;
 pub mod body;
 pub mod cli;
 pub mod config;

@@ -5,7 +5,9 @@
 //! Keys: `wxgate:s:{storage key hex}` holds the sealed record (see `encoding`) and expires
 //! natively at the session's `expires_at` (`PXAT`/`PEXPIREAT`); `wxgate:u:{user tag hex}` is
 //! the set of one user's storage keys (for `delete_user`), kept alive as long as its longest
-//! session; `wxgate:l:{storage key hex}` is a refresh lease (`SET NX PX`). Multi-key
+//! session; `wxgate:l:{storage key hex}` is a refresh lease (`SET NX PX`);
+//! `wxgate:v:{name}` a short-lived shared value (login single flights and used states, see
+//! `login::flight`). Multi-key
 //! changes are Lua scripts, so each is atomic. Standalone Redis (or a Sentinel-managed
 //! primary behind one address); Redis Cluster is not supported.
 //!
@@ -20,11 +22,13 @@ use futures_util::future::BoxFuture;
 
 use super::encoding::{self, CLOCK_OFFSET};
 use super::sealing::RecordKeys;
-use super::{Clock, Session, SessionStore, StorageKey, StoreError};
+use super::{Clock, Session, SessionStore, SharedValues, StorageKey, StoreError};
 
 const SESSION_PREFIX: &str = "wxgate:s:";
 const USER_PREFIX: &str = "wxgate:u:";
 const LEASE_PREFIX: &str = "wxgate:l:";
+/// Short-lived values of [`SharedValues`] (login single flights and used states, …).
+const VALUE_PREFIX: &str = "wxgate:v:";
 /// Keys looked at per `SCAN` step when counting.
 const SCAN_BATCH: usize = 1000;
 
@@ -276,6 +280,54 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
+    /// `SET NX GET` (Redis 7): one round trip claims the name or reads who holds it.
+    async fn set_if_absent_now(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bounded(
+            ::redis::cmd("SET")
+                .arg(format!("{VALUE_PREFIX}{name}"))
+                .arg(value)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut self.conn.clone()),
+        )
+        .await
+    }
+
+    async fn set_value_now(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let _: Option<String> = self
+            .bounded(
+                ::redis::cmd("SET")
+                    .arg(format!("{VALUE_PREFIX}{name}"))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async(&mut self.conn.clone()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn get_value_now(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bounded(
+            ::redis::cmd("GET")
+                .arg(format!("{VALUE_PREFIX}{name}"))
+                .query_async(&mut self.conn.clone()),
+        )
+        .await
+    }
+
     async fn ping_now(&self) -> Result<(), StoreError> {
         let _: String = self
             .bounded(::redis::cmd("PING").query_async(&mut self.conn.clone()))
@@ -322,6 +374,11 @@ fn category(e: &RedisError) -> String {
         out.push_str(" (I/O)");
     }
     out
+}
+
+/// A TTL in whole milliseconds, at least one (0 is an error to Redis).
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn session_key(key: &StorageKey) -> String {
@@ -396,5 +453,33 @@ impl SessionStore for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.ping_now())
+    }
+
+    fn shared_values(&self) -> Option<&dyn SharedValues> {
+        Some(self)
+    }
+}
+
+impl SharedValues for RedisStore {
+    fn set_if_absent<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(self.set_if_absent_now(name, value, ttl))
+    }
+
+    fn set<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.set_value_now(name, value, ttl))
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(self.get_value_now(name))
     }
 }
