@@ -1227,3 +1227,188 @@ async fn three_gateways_behind_haproxy_behave_as_one() {
         gw.shutdown().await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Redis Sentinel: a primary, a replica and three sentinels; the primary dies
+
+/// A sentinel (`redis-server --sentinel`) on a free port watching primary set `wx`.
+struct Sentinel {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(primary_port: u16) -> Sentinel {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        // Tuned down from the defaults (30 s to notice, 3 min to fail over) to keep the
+        // test's wall time modest.
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor wx 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds wx 1000\n\
+                 sentinel failover-timeout wx 4000\n\
+                 sentinel parallel-syncs wx 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        Sentinel {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    async fn ask(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).unwrap();
+        let mut conn = match client.get_multiplexed_async_connection().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!("sentinel {}: {e}", self.port);
+                return redis::Value::Nil;
+            }
+        };
+        let mut cmd = redis::cmd("SENTINEL");
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn).await.unwrap_or_else(|e| {
+            eprintln!("sentinel {}: {e}", self.port);
+            redis::Value::Nil
+        })
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn entries(value: &redis::Value) -> usize {
+    match value {
+        redis::Value::Array(items) => items.len(),
+        _ => 0,
+    }
+}
+
+#[tokio::test]
+async fn through_sentinel_the_gateway_follows_a_failover_without_a_restart() {
+    need_redis!();
+    let mut primary = RedisServer::start().await;
+    let replica = RedisServer::start_with(vec![
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        primary.port.to_string(),
+    ])
+    .await;
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port)).collect();
+    // Ready when every sentinel knows the replica and the two other sentinels.
+    for sentinel in &sentinels {
+        eventually(
+            "sentinels see each other",
+            Duration::from_secs(20),
+            || async {
+                entries(&sentinel.ask(&["replicas", "wx"]).await) == 1
+                    && entries(&sentinel.ask(&["sentinels", "wx"]).await) == 2
+            },
+        )
+        .await;
+    }
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let url = format!("redis+sentinel://{}/wx", hosts.join(","));
+    let wechat = WeChat::start().await;
+    let up = Upstream::start().await;
+    let config = gateway_config(&wechat, up.addr, free_port(), Store::Redis(&url));
+    let origin = origin(&config);
+    let gw = support::start(&config).await;
+    let cookie = login(&origin, "/base/page").await;
+    assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
+    // Replicated before the primary dies.
+    let conn = primary.connection().await;
+    eventually(
+        "the login reaches the replica",
+        Duration::from_secs(10),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let acked: i64 = redis::cmd("WAIT")
+                    .arg(1)
+                    .arg(100)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(0);
+                acked == 1
+            }
+        },
+    )
+    .await;
+
+    primary.kill();
+    // During the switch: 503 at once, never a hang (the client would give up at 10 s).
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut saw_503 = false;
+    let mut back = false;
+    for _ in 0..300 {
+        let status = patient
+            .get(format!("{origin}/base/page"))
+            .header("cookie", format!("{COOKIE}={cookie}"))
+            .header("user-agent", WECHAT_UA)
+            .send()
+            .await
+            .expect("an answer, not a hang")
+            .status()
+            .as_u16();
+        match status {
+            503 => saw_503 = true,
+            200 if saw_503 => {
+                back = true;
+                break;
+            }
+            200 => {}
+            other => panic!("during the failover: {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        saw_503,
+        "the dead primary is noticed: protected routes fail closed"
+    );
+    assert!(
+        back,
+        "the promoted replica serves the session logged in before"
+    );
+    let promoted = sentinels[0].ask(&["get-master-addr-by-name", "wx"]).await;
+    assert_eq!(
+        promoted,
+        redis::Value::Array(vec![
+            redis::Value::BulkString(b"127.0.0.1".to_vec()),
+            redis::Value::BulkString(replica.port.to_string().into_bytes()),
+        ])
+    );
+    assert_eq!(me(&origin, &cookie).await, 200);
+    // New logins land on the new primary.
+    let after = login(&origin, "/base/after").await;
+    assert_eq!(me(&origin, &after).await, 200);
+    gw.shutdown().await;
+}

@@ -14,6 +14,7 @@ mod packed;
 mod record;
 mod redb;
 mod redis;
+mod redis_link;
 mod sealing;
 
 use std::fmt;

@@ -9,18 +9,19 @@
 //! `wxgate:v:{name}` a short-lived shared value (login single flights and used states, see
 //! `login::flight`). Multi-key
 //! changes are Lua scripts, so each is atomic. Standalone Redis (or a Sentinel-managed
-//! primary behind one address); Redis Cluster is not supported.
+//! primary, found through the sentinels by `redis+sentinel://`, see `redis_link`); Redis Cluster
+//! is not supported.
 //!
 //! One multiplexed connection, reconnected with backoff by `ConnectionManager`; every
 //! command is bounded by the store timeout, so a dead Redis costs a request that long at most.
 
 use std::time::{Duration, SystemTime};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, FromRedisValue, RedisError, Script};
+use ::redis::{FromRedisValue, RedisError, Script};
 use futures_util::future::BoxFuture;
 
 use super::encoding::{self, CLOCK_OFFSET};
+use super::redis_link::{Conn, Link, LinkError};
 use super::sealing::RecordKeys;
 use super::{Clock, Session, SessionStore, SharedValues, StorageKey, StoreError};
 
@@ -82,7 +83,7 @@ return removed
 #[derive(Debug, thiserror::Error)]
 pub enum RedisOpenError {
     /// The URL is never repeated: it may hold a password.
-    #[error("session.redis_url is not a usable redis:// or rediss:// URL ({0})")]
+    #[error("session.redis_url is not a usable redis://, rediss:// or redis+sentinel:// URL ({0})")]
     BadUrl(String),
     #[error("the Redis store needs a running tokio runtime")]
     NoRuntime,
@@ -90,7 +91,7 @@ pub enum RedisOpenError {
 
 /// Sessions in Redis.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    link: Link,
     keys: RecordKeys,
     clock: Clock,
     timeout: Duration,
@@ -112,18 +113,13 @@ impl RedisStore {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(RedisOpenError::NoRuntime);
         }
-        let client = Client::open(url).map_err(|e| RedisOpenError::BadUrl(category(&e)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(5);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| RedisOpenError::BadUrl(category(&e)))?;
+        let link = Link::open(url, timeout, category).map_err(|e| match e {
+            LinkError::Redis(reason) => RedisOpenError::BadUrl(reason),
+            LinkError::BadSentinelUrl => RedisOpenError::BadUrl(e.to_string()),
+        })?;
         let with_user_key = |body: &str| Script::new(&format!("{USER_KEY_OF_RECORD}{body}"));
         Ok(RedisStore {
-            conn,
+            link,
             keys,
             clock,
             timeout,
@@ -145,7 +141,7 @@ impl RedisStore {
             .bounded(
                 ::redis::cmd("SMEMBERS")
                     .arg(&users)
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         let mut found = Vec::new();
@@ -165,7 +161,7 @@ impl RedisStore {
             .bounded(
                 ::redis::cmd("GET")
                     .arg(session_key(key))
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         let Some(bytes) = bytes else { return Ok(None) };
@@ -195,7 +191,7 @@ impl RedisStore {
             .arg(encoding::to_ms(session.expires_at))
             .arg(key.to_string());
         let _: i64 = self
-            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
         Ok(())
     }
@@ -212,7 +208,7 @@ impl RedisStore {
             .arg(encoding::to_ms(expires_at))
             .arg(USER_PREFIX);
         let touched: i64 = self
-            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
         Ok(touched == 1)
     }
@@ -223,7 +219,7 @@ impl RedisStore {
             .arg(USER_PREFIX)
             .arg(key.to_string());
         let removed: i64 = self
-            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
         Ok(removed == 1)
     }
@@ -233,7 +229,7 @@ impl RedisStore {
         call.key(user_key(&self.keys.user_tag(appid, openid)))
             .arg(SESSION_PREFIX);
         let removed: u64 = self
-            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
         Ok(removed)
     }
@@ -253,7 +249,7 @@ impl RedisStore {
                         .arg(&pattern)
                         .arg("COUNT")
                         .arg(SCAN_BATCH)
-                        .query_async(&mut self.conn.clone()),
+                        .query_async(&mut self.conn().await?),
                 )
                 .await?;
             count += keys.len() as u64;
@@ -274,7 +270,7 @@ impl RedisStore {
                     .arg("NX")
                     .arg("PX")
                     .arg(lease_ms)
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         Ok(set.is_some())
@@ -295,7 +291,7 @@ impl RedisStore {
                 .arg("GET")
                 .arg("PX")
                 .arg(millis(ttl))
-                .query_async(&mut self.conn.clone()),
+                .query_async(&mut self.conn().await?),
         )
         .await
     }
@@ -313,7 +309,7 @@ impl RedisStore {
                     .arg(value)
                     .arg("PX")
                     .arg(millis(ttl))
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         Ok(())
@@ -323,16 +319,31 @@ impl RedisStore {
         self.bounded(
             ::redis::cmd("GET")
                 .arg(format!("{VALUE_PREFIX}{name}"))
-                .query_async(&mut self.conn.clone()),
+                .query_async(&mut self.conn().await?),
         )
         .await
     }
 
     async fn ping_now(&self) -> Result<(), StoreError> {
         let _: String = self
-            .bounded(::redis::cmd("PING").query_async(&mut self.conn.clone()))
+            .bounded(::redis::cmd("PING").query_async(&mut self.conn().await?))
             .await?;
         Ok(())
+    }
+
+    /// A connection to the primary, found within the store timeout.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match tokio::time::timeout(self.timeout, self.link.conn()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => {
+                self.link.failed();
+                Err(StoreError::Unavailable(format!("redis: {}", category(&e))))
+            }
+            Err(_) => {
+                self.link.failed();
+                Err(StoreError::Timeout(self.timeout))
+            }
+        }
     }
 
     /// `command` within the store timeout, its error in the store's terms.
@@ -343,12 +354,15 @@ impl RedisStore {
     where
         T: FromRedisValue,
     {
-        match tokio::time::timeout(self.timeout, command).await {
-            Ok(Ok(value)) => Ok(value),
+        let result = match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {}", category(&e)))),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        };
+        // Through Sentinel the primary may have moved (or been demoted: READONLY).
+        self.link.failed();
+        result
     }
 }
 

@@ -7,9 +7,13 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use ::redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use ::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use ::redis::{AsyncConnectionConfig, Client, Cmd, ConnectionAddr, Pipeline, RedisFuture, RedisResult, Value};
+use ::redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, Pipeline, RedisFuture, RedisResult, Value,
+};
 
 /// Why a URL does not name a Redis the store can use. Never repeats the URL (a password).
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +70,11 @@ impl ConnectionLike for Conn {
 
 impl Link {
     /// The link `url` names; connects lazily (a gateway starts while Redis is down).
-    pub fn open(url: &str, timeout: Duration, category: fn(&::redis::RedisError) -> String) -> Result<Self, LinkError> {
+    pub fn open(
+        url: &str,
+        timeout: Duration,
+        category: fn(&::redis::RedisError) -> String,
+    ) -> Result<Self, LinkError> {
         if let Some(rest) = url.strip_prefix("redis+sentinel://") {
             return SentinelLink::open(rest, timeout).map(Link::Sentinel);
         }
@@ -130,7 +138,10 @@ impl SentinelLink {
         }
         let mut builder = SentinelClientBuilder::new(sentinels, set, SentinelServerType::Master)
             .map_err(|_| LinkError::BadSentinelUrl)?;
-        if let Some(password) = auth.and_then(|a| a.rsplit(':').next()).filter(|p| !p.is_empty()) {
+        if let Some(password) = auth
+            .and_then(|a| a.rsplit(':').next())
+            .filter(|p| !p.is_empty())
+        {
             let password = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
             builder = builder.set_client_to_redis_password(password);
         }
