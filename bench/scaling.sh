@@ -79,21 +79,16 @@ echo "== $LOGINS logins through haproxy over 3 gateways ($login_secs s on this b
 stats | awk -v n="$LOGINS" '{printf "  %-10s %6d  %.2f per login\n", $1, $2, $2/n}'
 echo "  total      $login_ops  $(echo "scale=2; $login_ops / $LOGINS" | bc) per login"
 after_mem=$(used)
-sessions=$(redis-cli -p "$REDIS" --scan --pattern 'wxgate:s:*' | wc -l)
+sessions=$(redis-cli -p "$REDIS" --scan --pattern 'wxgate:s:*' | wc -l || true)
 claims=$(redis-cli -p "$REDIS" --scan --pattern 'wxgate:v:f:*' | wc -l)
 echo "== memory: $sessions sessions, $claims login claims; used_memory +$((after_mem - before_mem)) bytes = $(( (after_mem - before_mem) / LOGINS )) per login"
-one_s=$(redis-cli -p "$REDIS" --scan --pattern 'wxgate:s:*' | head -1)
-one_u=$(redis-cli -p "$REDIS" --scan --pattern 'wxgate:u:*' | head -1)
-one_f=$(redis-cli -p "$REDIS" --scan --pattern 'wxgate:v:f:*' | head -1)
+one_s=$(redis-cli -p "$REDIS" --scan --pattern 'wxgate:s:*' | head -1 || true)
+one_u=$(redis-cli -p "$REDIS" --scan --pattern 'wxgate:u:*' | head -1 || true)
+one_f=$(redis-cli -p "$REDIS" --scan --pattern 'wxgate:v:f:*' | head -1 || true)
 echo "  MEMORY USAGE: record $(redis-cli -p "$REDIS" memory usage "$one_s"), user set $(redis-cli -p "$REDIS" memory usage "$one_u"), login claim $(redis-cli -p "$REDIS" memory usage "$one_f") bytes"
 
 redis-cli -p "$REDIS" config resetstat >/dev/null
 start=$(date +%s.%N)
-for i in $(seq "$REQUESTS"); do
-  n=$(( (i % LOGINS) + 1 ))
-  echo "url = \"http://127.0.0.1:$FRONT/p/$n\""
-  echo "output = /dev/null"
-done > "$DIR/urls"
 # One curl per session's cookie jar would be slow; requests go in batches per session.
 per=$(( REQUESTS / LOGINS ))
 for n in $(seq "$LOGINS"); do
