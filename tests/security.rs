@@ -1787,8 +1787,12 @@ scope = "snsapi_userinfo"
     let jwt = identity_of(&up.last()).remove(0);
     for (url, cookie) in [
         (format!("{origin}/_wxgate/me"), Some(session.clone())),
-        // An error page: the used callback again.
-        (callback.clone(), Some(state_cookie.clone())),
+        // An error page: the used state again, with another code (a replay; the same
+        // callback URL again would be WeChat's double load, which lands with the session).
+        (
+            format!("{origin}/_wxgate/callback?code=replayed{code}&state={state}"),
+            Some(state_cookie.clone()),
+        ),
         (
             format!("{origin}/_wxgate/callback?code={code}&state={state}"),
             None,
