@@ -30,7 +30,8 @@ pub enum LinkError {
 /// The way to the primary.
 pub enum Link {
     Direct(ConnectionManager),
-    Sentinel(SentinelLink),
+    /// Boxed: the sentinel client is large, and one link is held per store.
+    Sentinel(Box<SentinelLink>),
 }
 
 /// One connection of either kind, for one command.
@@ -76,7 +77,7 @@ impl Link {
         category: fn(&::redis::RedisError) -> String,
     ) -> Result<Self, LinkError> {
         if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            return SentinelLink::open(rest, timeout).map(Link::Sentinel);
+            return SentinelLink::open(rest, timeout).map(|link| Link::Sentinel(Box::new(link)));
         }
         let client = Client::open(url).map_err(|e| LinkError::Redis(category(&e)))?;
         let config = ConnectionManagerConfig::new()

@@ -50,7 +50,7 @@ impl Haproxy {
         );
         let file = dir.path().join("haproxy.cfg");
         std::fs::write(&file, config).unwrap();
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .args(["-db", "-f"])
             .arg(&file)
             .stdout(Stdio::null())
@@ -67,6 +67,8 @@ impl Haproxy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("haproxy did not listen on {addr}");
     }
 }
