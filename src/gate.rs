@@ -14,6 +14,7 @@ use http::{HeaderMap, Request, Response, Version};
 use http_body_util::Limited;
 use ipnet::IpNet;
 
+use crate::app::Lasting;
 use crate::body::Body;
 use crate::config::{Config, LimitsConfig, Scope};
 use crate::identity::{is_foreign_identity_header, is_identity_header};
@@ -25,7 +26,6 @@ use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
 use crate::pages::{self, Failure};
 use crate::proxy::{self, Peer, Proxy};
 use crate::route::{self, Route, RouteTable, path::NormalPath};
-use crate::session::SessionCache;
 
 static X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwarded-uri");
 
@@ -40,6 +40,8 @@ pub struct ConnInfo {
 
 /// Everything a request needs, built once from the configuration.
 pub struct Gate {
+    /// What outlives this gate's configuration: metrics, sessions, the logins' ledger.
+    lasting: Arc<Lasting>,
     routes: RouteTable,
     proxy: Proxy,
     metrics: Arc<Metrics>,
@@ -82,35 +84,32 @@ enum Target<'a> {
 
 impl Gate {
     pub fn new(config: &Config) -> Result<Self, GateError> {
-        Gate::build(config, Metrics::new(), None)
+        Gate::build(config, Lasting::new(config))
     }
 
     /// A gate for a changed configuration that keeps this one's metrics and sessions: a
     /// reload logs nobody out. The caller has checked that `session.*` did not change.
     pub fn reloaded(&self, config: &Config) -> Result<Self, GateError> {
-        Gate::build(config, self.metrics.clone(), self.sessions.clone())
+        Gate::build(config, self.lasting.clone())
     }
 
-    fn build(
-        config: &Config,
-        metrics: Arc<Metrics>,
-        sessions: Option<Arc<SessionCache>>,
-    ) -> Result<Self, GateError> {
+    fn build(config: &Config, lasting: Arc<Lasting>) -> Result<Self, GateError> {
         let routes = RouteTable::from_config(config)?;
-        // Opened once for logins and the JS-SDK's shared ticket alike.
-        let sessions = match sessions {
-            Some(sessions) => Some(sessions),
-            None if config.needs_login() || Jssdk::wanted(config) => {
-                Some(crate::login::flow::open_sessions(config, &metrics)?)
-            }
-            None => None,
+        let logins = Logins::build(config, &lasting)?;
+        let metrics = lasting.metrics.clone();
+        // Opened once, and kept across reloads by `lasting`, for logins and the JS-SDK's
+        // shared ticket alike.
+        let sessions = if config.needs_login() || Jssdk::wanted(config) {
+            Some(lasting.sessions(config)?)
+        } else {
+            None
         };
-        let logins = Logins::build(config, &metrics, sessions.clone())?;
         let jssdk = match &sessions {
             Some(sessions) => Jssdk::build(config, &metrics, sessions.store().clone())?,
             None => None,
         };
         Ok(Self {
+            lasting,
             proxy: Proxy::new(
                 &config.upstream,
                 config.server.worker_count(),

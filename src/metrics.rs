@@ -177,7 +177,8 @@ impl LoginMetrics {
         self.refreshes.get_or_create(&ResultLabel { result }).inc();
     }
 
-    /// A login start or callback refused by the per-client rate: `login` or `callback`.
+    /// A request turned away by a login limit: `callback` (a client with too many refused
+    /// callbacks) or `wechat` (the appid's WeChat API budget spent).
     pub fn rate_limited(&self, what: &'static str) {
         self.rate_limited.get_or_create(&WhatLabel { what }).inc();
     }
@@ -658,6 +659,10 @@ impl SessionStore for MeteredStore {
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.timed("claim_lease", self.inner.claim_lease(name, lease))
+    }
+
+    fn shared_values(&self) -> Option<&dyn crate::session::SharedValues> {
+        self.inner.shared_values()
     }
 }
 

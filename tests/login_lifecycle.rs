@@ -277,6 +277,78 @@ async fn the_callback_loaded_twice_lands_on_the_page_both_times() {
     w.gw.shutdown().await;
 }
 
+/// The session cookie a response sets, if any.
+fn session_set(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("wxgate_session="))
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+#[tokio::test]
+async fn concurrent_loads_of_one_callback_land_with_one_exchange_and_one_session() {
+    let w = world().await;
+    // WeChat takes a while to answer: the second load arrives while the first exchanges.
+    mock_post(&w, "/_mock/faults", serde_json::json!({"latency_ms": 300})).await;
+    let b = browser(WECHAT_UA);
+    let callback = callback_url(&w, &b, "/base/p?from=timeline").await;
+    let (first, second) = tokio::join!(b.get(&callback).send(), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.get(&callback).send().await
+    });
+    let (first, second) = (first.unwrap(), second.unwrap());
+    for (name, load) in [("first", &first), ("second", &second)] {
+        assert_eq!(load.status(), 302, "{name} load: never 登录已失效");
+        assert_eq!(location(load), "/base/p?from=timeline", "{name} load");
+    }
+    let (one, two) = (session_set(&first), session_set(&second));
+    assert!(one.is_some(), "the first load sets the session");
+    assert_eq!(one, two, "both loads hand out the same session");
+    assert_eq!(
+        calls(&mock_stats(w.mock).await, "codes_exchanged"),
+        1,
+        "the code is exchanged once"
+    );
+    // Whichever load the browser kept, the session is live.
+    let page = browser(WECHAT_UA)
+        .get(format!("{}/base/p", w.origin))
+        .header("cookie", format!("wxgate_session={}", two.unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_load_of_a_failed_callback_shows_the_same_failure_without_a_second_exchange() {
+    let w = world().await;
+    mock_post(
+        &w,
+        "/_mock/faults",
+        serde_json::json!({"latency_ms": 200, "fail_next": 5, "fail_errcode": -1}),
+    )
+    .await;
+    let b = browser(WECHAT_UA);
+    let callback = callback_url(&w, &b, "/base/x").await;
+    let (first, second) = tokio::join!(b.get(&callback).send(), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.get(&callback).send().await
+    });
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.status(), second.status());
+    assert_ne!(
+        second.status(),
+        400,
+        "WeChat's fault is not an expired login"
+    );
+    assert!(second.status().is_server_error(), "{}", second.status());
+    w.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn parallel_tabs_each_log_in_and_land_on_their_own_page() {
     let w = world().await;

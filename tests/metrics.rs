@@ -94,7 +94,7 @@ async fn a_login_moves_the_login_wechat_and_store_metrics() {
 }
 
 #[tokio::test]
-async fn refused_login_starts_count_as_rate_limited() {
+async fn callbacks_turned_away_count_as_rate_limited() {
     let w = world_with(|_, config| {
         config.server.limits.login_rate = 6;
         config.server.limits.login_burst = 2;
@@ -103,15 +103,22 @@ async fn refused_login_starts_count_as_rate_limited() {
     let b = browser(WECHAT_UA);
     let mut refused = 0;
     for _ in 0..4 {
-        let r = b.get(format!("{}/vip/x", w.origin)).send().await.unwrap();
+        let r = b
+            .get(format!(
+                "{}/_wxgate/callback?code=x&state=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                w.origin
+            ))
+            .send()
+            .await
+            .unwrap();
         if r.status() == 429 {
             refused += 1;
         }
     }
-    assert!(refused >= 1, "the burst of 2 is exceeded");
+    assert_eq!(refused, 2, "two forged callbacks spend the burst of 2");
     let after = scrape(&w).await;
     assert_eq!(
-        value(&after, r#"wxgate_rate_limited_total{what="login"}"#),
+        value(&after, r#"wxgate_rate_limited_total{what="callback"}"#),
         f64::from(refused)
     );
     w.gw.shutdown().await;

@@ -163,6 +163,140 @@ async fn sessions_survive_a_reload_and_new_identity_keys_sign_at_once() {
     w.gw.shutdown().await;
 }
 
+/// A reload that changes something reloadable (a new route), as a file watcher fires on
+/// every write.
+fn reload_with_a_new_route(w: &support::wechat::World, path: &str) {
+    let mut next = running_config_of(w);
+    next.routes
+        .push(support::route(path, w.up.addr, Scope::SnsapiBase));
+    w.gw.reload(next).expect("reload");
+}
+
+async fn mock_json(
+    w: &support::wechat::World,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let client = reqwest::Client::new();
+    let url = format!("http://{}{path}", w.mock);
+    let resp = match body {
+        Some(body) => client.post(url).json(&body).send().await.unwrap(),
+        None => client.get(url).send().await.unwrap(),
+    };
+    resp.json().await.unwrap_or_default()
+}
+
+/// A WeChat browser without a cookie jar: the test carries the state cookie by hand.
+fn bare() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(WECHAT_UA)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_reload_mid_login_forgets_neither_the_login_nor_used_states_nor_limits() {
+    let w = support::wechat::world_with(|_, config| {
+        config.server.limits.login_rate = 6;
+        config.server.limits.login_burst = 2;
+    })
+    .await;
+    mock_json(
+        &w,
+        "/_mock/faults",
+        Some(serde_json::json!({"latency_ms": 300})),
+    )
+    .await;
+    // A login reaches WeChat, comes back, and its first load is exchanging the code when
+    // the configuration reloads; the second load comes after the reload.
+    let start = bare()
+        .get(format!("{}/base/deal", w.origin))
+        .send()
+        .await
+        .unwrap();
+    let authorize = start.headers()["location"].to_str().unwrap().to_owned();
+    let state = start.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let consent = bare().get(&authorize).send().await.unwrap();
+    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+    let first = {
+        let (callback, state) = (callback.clone(), state.clone());
+        tokio::spawn(async move { bare().get(callback).header("cookie", state).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    reload_with_a_new_route(&w, "/one/");
+    let second = bare()
+        .get(&callback)
+        .header("cookie", &state)
+        .send()
+        .await
+        .unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 302);
+    assert_eq!(
+        second.status(),
+        302,
+        "the pending single flight outlived the reload"
+    );
+    assert_eq!(second.headers()["location"], "/base/deal");
+    let session_of = |r: &reqwest::Response| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+            .find(|c| c.starts_with("wxgate_session="))
+    };
+    assert_eq!(session_of(&first), session_of(&second));
+    assert_eq!(
+        mock_json(&w, "/_mock/stats", None).await["codes_exchanged"],
+        1
+    );
+
+    // The used state outlives another reload: a fresh code for it, with the copy of the
+    // state cookie, is refused before WeChat is asked.
+    reload_with_a_new_route(&w, "/two/");
+    let again = bare().get(&authorize).send().await.unwrap();
+    let fresh = again.headers()["location"].to_str().unwrap().to_owned();
+    let replay = bare()
+        .get(&fresh)
+        .header("cookie", &state)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    assert_eq!(
+        mock_json(&w, "/_mock/stats", None).await["codes_exchanged"],
+        1
+    );
+
+    // The replay spent one of the client's two refusals, a forged callback the other; a
+    // reload does not give them back.
+    let forged = format!(
+        "{}/_wxgate/callback?code=x&state=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        w.origin
+    );
+    assert_eq!(bare().get(&forged).send().await.unwrap().status(), 400);
+    reload_with_a_new_route(&w, "/three/");
+    let limited = bare().get(&forged).send().await.unwrap();
+    assert_eq!(limited.status(), 429, "limits survive a reload");
+    assert!(limited.headers().contains_key("retry-after"));
+
+    // Metrics survive it too.
+    let metrics = support::metrics(&w.gw).await;
+    assert!(
+        metrics.contains("wxgate_config_reloads_total{result=\"ok\"} 3"),
+        "{metrics}"
+    );
+    w.gw.shutdown().await;
+}
+
 /// The configuration `world()` starts with, as the reloader holds it.
 fn running_config_of(w: &support::wechat::World) -> Config {
     w.gw.reloader().running_config()

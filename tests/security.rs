@@ -1430,23 +1430,30 @@ async fn t40_an_upstream_cannot_set_the_gateways_cookies() {
     w.gw.shutdown().await;
 }
 
+const FORGED_CALLBACK: &str = "/_wxgate/callback?code=0abc&state=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
 #[tokio::test]
-async fn t19_t20_login_starts_and_callbacks_are_rate_limited_per_client() {
+async fn t19_t20_a_client_hammering_bad_callbacks_is_stopped_and_its_logins_starts_are_not() {
     let w = world(|c, _, _| {
         c.server.limits.login_rate = 6;
         c.server.limits.login_burst = 3;
     })
     .await;
-    for _ in 0..3 {
+    // Starting logins costs nothing: far beyond the burst, every start is a redirect.
+    for _ in 0..20 {
         assert_eq!(wechat_get(&w, "/admin/x", "").await.0.status, 302);
     }
-    let (head, _) = wechat_get(&w, "/admin/x", "").await;
+    // Refused callbacks spend the client's bucket: three forged states, then 429.
+    for _ in 0..3 {
+        assert_eq!(wechat_get(&w, FORGED_CALLBACK, "").await.0.status, 400);
+    }
+    let (head, _) = wechat_get(&w, FORGED_CALLBACK, "").await;
     assert_eq!(head.status, 429);
     let retry: u64 = head.get("retry-after").unwrap().parse().unwrap();
     assert!((1..=10).contains(&retry), "{retry}");
-    // The start endpoint and the callback draw from the same bucket; scripts get JSON.
+    // Scripts get the 429 as JSON.
     let xhr = client()
-        .get(format!("{}/_wxgate/start?rd=/", w.origin))
+        .get(format!("{}{FORGED_CALLBACK}", w.origin))
         .header("accept", "application/json")
         .send()
         .await
@@ -1455,16 +1462,65 @@ async fn t19_t20_login_starts_and_callbacks_are_rate_limited_per_client() {
     assert!(xhr.headers().contains_key("retry-after"));
     let body: serde_json::Value = xhr.json().await.unwrap();
     assert_eq!(body["error"], "too_many_requests");
-    let (head, _) = wechat_get(
-        &w,
-        "/_wxgate/callback?code=0abc&state=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-        "",
-    )
-    .await;
-    assert_eq!(head.status, 429);
     assert_eq!(mock_stats(w.mock).await["/sns/oauth2/access_token"], 0);
-    // Proxied traffic and sessions are not limited.
+    // Proxied traffic, sessions and login starts are not limited.
     assert_eq!(support::get(&w.gw, "/public/x").await.status(), 200);
+    assert_eq!(wechat_get(&w, "/admin/x", "").await.0.status, 302);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn five_hundred_visitors_behind_one_nat_address_all_log_in_with_the_default_limits() {
+    let defaults = wxgate::config::LimitsConfig::default();
+    let w = world(move |c, _, _| c.server.limits = defaults).await;
+    // Every visitor comes from 127.0.0.1, like a district behind one carrier-NAT address,
+    // all within the minute (many at once).
+    let mut visitors = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let (origin, mock) = (w.origin.clone(), w.mock);
+        visitors.spawn(async move {
+            let browser = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .cookie_store(true)
+                .user_agent(WECHAT_UA)
+                .no_proxy()
+                .build()
+                .unwrap();
+            let start = browser
+                .get(format!("{origin}/admin/visitor-{i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(start.status(), 302, "visitor {i} start");
+            let authorize = start.headers()["location"].to_str().unwrap().to_owned();
+            assert!(authorize.contains(&mock.to_string()));
+            let consent = browser.get(&authorize).send().await.unwrap();
+            let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+            let back = browser.get(&callback).send().await.unwrap();
+            assert_eq!(back.status(), 302, "visitor {i} callback");
+            assert_eq!(
+                back.headers()["location"],
+                format!("/admin/visitor-{i}").as_str()
+            );
+            let page = browser
+                .get(format!("{origin}/admin/visitor-{i}"))
+                .send()
+                .await
+                .unwrap();
+            page.status().as_u16()
+        });
+        if i % 50 == 49 {
+            // Arrivals in waves, as a venue's crowd scans a QR code.
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut landed = 0;
+    while let Some(status) = visitors.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+        landed += 1;
+    }
+    assert_eq!(landed, 500);
+    assert_eq!(codes_exchanged(w.mock).await, 500);
     w.gw.shutdown().await;
 }
 
@@ -1477,20 +1533,10 @@ async fn t47_t48_the_rate_limit_keys_on_the_real_client_behind_trusted_proxies_o
     })
     .await;
     let xff = |ip: &str| format!("X-Forwarded-For: {ip}\r\n");
-    assert_eq!(
-        wechat_get(&w, "/admin/x", &xff("203.0.113.1"))
-            .await
-            .0
-            .status,
-        302
-    );
-    assert_eq!(
-        wechat_get(&w, "/admin/x", &xff("203.0.113.2"))
-            .await
-            .0
-            .status,
-        429
-    );
+    let forged =
+        async |w: &World, ip: &str| wechat_get(w, FORGED_CALLBACK, &xff(ip)).await.0.status;
+    assert_eq!(forged(&w, "203.0.113.1").await, 400);
+    assert_eq!(forged(&w, "203.0.113.2").await, 429);
     w.gw.shutdown().await;
     // Behind a trusted proxy (127.0.0.0/8) the right-most untrusted hop is the client.
     let w = world(|c, _, _| {
@@ -1502,34 +1548,10 @@ async fn t47_t48_the_rate_limit_keys_on_the_real_client_behind_trusted_proxies_o
         ];
     })
     .await;
-    assert_eq!(
-        wechat_get(&w, "/admin/x", &xff("203.0.113.1, 10.0.0.5"))
-            .await
-            .0
-            .status,
-        302
-    );
-    assert_eq!(
-        wechat_get(&w, "/admin/x", &xff("203.0.113.2"))
-            .await
-            .0
-            .status,
-        302
-    );
-    assert_eq!(
-        wechat_get(&w, "/admin/x", &xff("198.51.100.9, 203.0.113.1"))
-            .await
-            .0
-            .status,
-        429
-    );
-    assert_eq!(
-        wechat_get(&w, "/admin/x", &xff("203.0.113.2"))
-            .await
-            .0
-            .status,
-        429
-    );
+    assert_eq!(forged(&w, "203.0.113.1, 10.0.0.5").await, 400);
+    assert_eq!(forged(&w, "203.0.113.2").await, 400);
+    assert_eq!(forged(&w, "198.51.100.9, 203.0.113.1").await, 429);
+    assert_eq!(forged(&w, "203.0.113.2").await, 429);
     let before = w.public.count();
     support::client()
         .get(support::url(&w.gw, "/public/x"))
@@ -1791,8 +1813,12 @@ scope = "snsapi_userinfo"
     let jwt = identity_of(&up.last()).remove(0);
     for (url, cookie) in [
         (format!("{origin}/_wxgate/me"), Some(session.clone())),
-        // An error page: the used callback again.
-        (callback.clone(), Some(state_cookie.clone())),
+        // An error page: the used state again, with another code (a replay; the same
+        // callback URL again would be WeChat's double load, which lands with the session).
+        (
+            format!("{origin}/_wxgate/callback?code=replayed{code}&state={state}"),
+            Some(state_cookie.clone()),
+        ),
         (
             format!("{origin}/_wxgate/callback?code={code}&state={state}"),
             None,

@@ -421,6 +421,186 @@ async fn gateways_sharing_one_redis_share_a_login_and_a_logout() {
     gw_b.shutdown().await;
 }
 
+/// A WeChat browser that keeps no cookies: the test carries them by hand.
+fn bare_browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(WECHAT_UA)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// Starts a login at `origin` and walks it through the mock's consent: the authorize URL,
+/// the callback URL WeChat sends the browser to (not loaded yet), and the state cookie.
+async fn pending_login(origin: &str, path: &str) -> (String, String, String) {
+    let browser = bare_browser();
+    let start = browser.get(format!("{origin}{path}")).send().await.unwrap();
+    assert_eq!(start.status(), 302);
+    let authorize = start.headers()["location"].to_str().unwrap().to_owned();
+    let state_cookie = start
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.starts_with("wxgate_state="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let consent = browser.get(&authorize).send().await.unwrap();
+    assert_eq!(consent.status(), 302, "the mock consents by itself");
+    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+    (authorize, callback, state_cookie)
+}
+
+/// `callback` (a URL at the public origin) loaded at `origin` with `cookie`.
+async fn load_at(origin: &str, callback: &str, cookie: &str) -> reqwest::Response {
+    let url = reqwest::Url::parse(callback).unwrap();
+    let target = format!("{origin}{}?{}", url.path(), url.query().unwrap_or(""));
+    bare_browser()
+        .get(target)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn session_set(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{COOKIE}=")))
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+async fn wechat_stat(wechat: &WeChat, name: &str) -> u64 {
+    let stats: serde_json::Value = reqwest::get(format!("http://{}/_mock/stats", wechat.authorize))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats[name].as_u64().unwrap()
+}
+
+async fn wechat_faults(wechat: &WeChat, faults: serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/_mock/faults", wechat.authorize))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+}
+
+/// Two gateways on one Redis that answer for one public address, as behind a balancer.
+async fn two_gateways(
+    wechat: &WeChat,
+    upstream: SocketAddr,
+    redis: &str,
+) -> ((Running, String), (Running, String)) {
+    let config_a = gateway_config(wechat, upstream, free_port(), Store::Redis(redis));
+    let mut config_b = gateway_config(wechat, upstream, free_port(), Store::Redis(redis));
+    config_b.server.public_url = config_a.server.public_url.clone();
+    let (a, b) = (origin(&config_a), origin(&config_b));
+    (
+        (support::start(&config_a).await, a),
+        (support::start(&config_b).await, b),
+    )
+}
+
+#[tokio::test]
+async fn a_double_load_split_across_two_gateways_lands_both_times_with_one_exchange() {
+    need_redis!();
+    let redis = RedisServer::start().await;
+    let wechat = WeChat::start().await;
+    let up = Upstream::start().await;
+    let ((gw_a, a), (gw_b, b)) = two_gateways(&wechat, up.addr, &redis.url()).await;
+    // WeChat is slow: the second load reaches B while A is still exchanging the code.
+    wechat_faults(&wechat, serde_json::json!({"latency_ms": 300})).await;
+    let (_, callback, state) = pending_login(&a, "/base/page?x=1").await;
+    let (first, second) = tokio::join!(load_at(&a, &callback, &state), async {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        load_at(&b, &callback, &state).await
+    });
+    for (name, load) in [("A", &first), ("B", &second)] {
+        assert_eq!(load.status(), 302, "the load on {name} lands");
+        assert_eq!(load.headers()["location"], "/base/page?x=1", "{name}");
+    }
+    let session = session_set(&first).expect("A sets the session");
+    assert_eq!(
+        session_set(&second).as_deref(),
+        Some(session.as_str()),
+        "one session"
+    );
+    assert_eq!(
+        wechat_stat(&wechat, "codes_exchanged").await,
+        1,
+        "one exchange"
+    );
+    // A third load, sequential, on B with the same cookie: the same answer.
+    let third = load_at(&b, &callback, &state).await;
+    assert_eq!(third.status(), 302);
+    assert_eq!(session_set(&third).as_deref(), Some(session.as_str()));
+    assert_eq!(me(&a, &session).await, 200);
+    assert_eq!(me(&b, &session).await, 200);
+    assert_eq!(wechat_stat(&wechat, "codes_exchanged").await, 1);
+    gw_a.shutdown().await;
+    gw_b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_state_used_on_one_gateway_is_refused_by_the_other() {
+    need_redis!();
+    let redis = RedisServer::start().await;
+    let wechat = WeChat::start().await;
+    let up = Upstream::start().await;
+    let ((gw_a, a), (gw_b, b)) = two_gateways(&wechat, up.addr, &redis.url()).await;
+    let (authorize, callback, state) = pending_login(&a, "/base/page").await;
+    let landed = load_at(&a, &callback, &state).await;
+    assert_eq!(landed.status(), 302);
+    assert_eq!(wechat_stat(&wechat, "codes_exchanged").await, 1);
+    // The copy of the state cookie taken before the login, with a fresh code for the same
+    // state, replayed on the other gateway: refused before WeChat is asked.
+    let again = bare_browser().get(&authorize).send().await.unwrap();
+    let fresh = again.headers()["location"].to_str().unwrap().to_owned();
+    assert_ne!(fresh, callback);
+    let replay = load_at(&b, &fresh, &state).await;
+    assert_eq!(replay.status(), 400);
+    assert!(session_set(&replay).is_none());
+    assert_eq!(wechat_stat(&wechat, "codes_exchanged").await, 1);
+    // And nothing of the login is readable in Redis: no state, no session id.
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let session = session_set(&landed).unwrap();
+    let code_state = reqwest::Url::parse(&callback).unwrap();
+    let state_value = code_state
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    for key in &keys {
+        let value: Vec<u8> = match redis::cmd("GET").arg(key).query_async(&mut conn).await {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        assert!(!key.contains(&state_value), "{key}");
+        assert!(!contains(&value, &session), "the session id in {key}");
+        assert!(!contains(&value, &state_value), "the state in {key}");
+    }
+    gw_a.shutdown().await;
+    gw_b.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_redis_outage_fails_protected_routes_closed_and_service_resumes_by_itself() {
     need_redis!();
@@ -969,4 +1149,277 @@ async fn the_redis_store_keeps_the_store_contract() {
     let error = store.get(&key).await.unwrap_err();
     assert!(error.is_transient(), "{error}");
     assert!(store.ping().await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// A real balancer: haproxy round-robin in front of three gateways sharing one Redis
+
+#[tokio::test]
+async fn three_gateways_behind_haproxy_behave_as_one() {
+    need_redis!();
+    let Some(haproxy) = support::haproxy::binary() else {
+        return;
+    };
+    let redis = RedisServer::start().await;
+    let wechat = WeChat::start().await;
+    let up = Upstream::start().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let servers: Vec<SocketAddr> = ports
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+    let balancer = support::haproxy::Haproxy::round_robin(&haproxy, &servers).await;
+    let front = format!("http://{}", balancer.addr);
+    let mut gateways = Vec::new();
+    for port in ports {
+        let mut config = gateway_config(&wechat, up.addr, port, Store::Redis(&redis.url()));
+        config.server.public_url = Some(url::Url::parse(&front).unwrap());
+        config.session.profile_refresh = Duration::from_secs(1);
+        gateways.push(support::start(&config).await);
+    }
+
+    // Logins: every hop of each may reach another gateway.
+    let mut sessions = Vec::new();
+    for i in 0..12 {
+        sessions.push(login(&front, &format!("/base/page-{i}")).await);
+    }
+    assert_eq!(wechat_stat(&wechat, "codes_exchanged").await, 12);
+    for session in &sessions {
+        for _ in 0..3 {
+            assert_eq!(me(&front, session).await, 200, "every gateway knows it");
+        }
+    }
+
+    // WeChat's double load, both loads through the balancer (so on two gateways), while
+    // WeChat is slow to answer the first.
+    wechat_faults(&wechat, serde_json::json!({"latency_ms": 300})).await;
+    let (_, callback, state) = pending_login(&front, "/base/double").await;
+    let (first, second) = tokio::join!(load_at(&front, &callback, &state), async {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        load_at(&front, &callback, &state).await
+    });
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (302, 302)
+    );
+    assert_eq!(session_set(&first), session_set(&second));
+    assert_eq!(wechat_stat(&wechat, "codes_exchanged").await, 13);
+    wechat_faults(&wechat, serde_json::json!({"latency_ms": 0})).await;
+
+    // Logout through one gateway, honoured by all within the cache's bound.
+    let out = visit(&front, "/_wxgate/logout", &sessions[0]).await;
+    assert_eq!(out.status(), 302);
+    tokio::time::sleep(wxgate::session::MAX_SHARED_STALENESS).await;
+    for _ in 0..6 {
+        assert_eq!(me(&front, &sessions[0]).await, 401, "logged out everywhere");
+    }
+    assert_eq!(me(&front, &sessions[1]).await, 200, "the others stay");
+
+    // The refresh lease: a stale profile is refreshed once, whichever gateways see it.
+    let vip = login(&front, "/vip/index.html").await;
+    let refreshes = wechat_stat(&wechat, "/sns/userinfo").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let paths: Vec<String> = (0..9).map(|i| format!("/vip/p{i}")).collect();
+    let burst = paths.iter().map(|path| visit(&front, path, &vip));
+    for page in futures_util::future::join_all(burst).await {
+        assert_eq!(page.status(), 200, "served while refreshing");
+    }
+    eventually("one refresh", Duration::from_secs(5), || async {
+        wechat_stat(&wechat, "/sns/userinfo").await == refreshes + 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        wechat_stat(&wechat, "/sns/userinfo").await,
+        refreshes + 1,
+        "one refresh across three gateways"
+    );
+    for gw in gateways {
+        gw.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis Sentinel: a primary, a replica and three sentinels; the primary dies
+
+/// A sentinel (`redis-server --sentinel`) on a free port watching primary set `wx`.
+struct Sentinel {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(primary_port: u16) -> Sentinel {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        // Tuned down from the defaults (30 s to notice, 3 min to fail over) to keep the
+        // test's wall time modest.
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor wx 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds wx 1000\n\
+                 sentinel failover-timeout wx 4000\n\
+                 sentinel parallel-syncs wx 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        Sentinel {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    async fn ask(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).unwrap();
+        let mut conn = match client.get_multiplexed_async_connection().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!("sentinel {}: {e}", self.port);
+                return redis::Value::Nil;
+            }
+        };
+        let mut cmd = redis::cmd("SENTINEL");
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn).await.unwrap_or_else(|e| {
+            eprintln!("sentinel {}: {e}", self.port);
+            redis::Value::Nil
+        })
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn entries(value: &redis::Value) -> usize {
+    match value {
+        redis::Value::Array(items) => items.len(),
+        _ => 0,
+    }
+}
+
+#[tokio::test]
+async fn through_sentinel_the_gateway_follows_a_failover_without_a_restart() {
+    need_redis!();
+    let mut primary = RedisServer::start().await;
+    let replica = RedisServer::start_with(vec![
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        primary.port.to_string(),
+    ])
+    .await;
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port)).collect();
+    // Ready when every sentinel knows the replica and the two other sentinels.
+    for sentinel in &sentinels {
+        eventually(
+            "sentinels see each other",
+            Duration::from_secs(20),
+            || async {
+                entries(&sentinel.ask(&["replicas", "wx"]).await) == 1
+                    && entries(&sentinel.ask(&["sentinels", "wx"]).await) == 2
+            },
+        )
+        .await;
+    }
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let url = format!("redis+sentinel://{}/wx", hosts.join(","));
+    let wechat = WeChat::start().await;
+    let up = Upstream::start().await;
+    let config = gateway_config(&wechat, up.addr, free_port(), Store::Redis(&url));
+    let origin = origin(&config);
+    let gw = support::start(&config).await;
+    let cookie = login(&origin, "/base/page").await;
+    assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
+    // Replicated before the primary dies.
+    let conn = primary.connection().await;
+    eventually(
+        "the login reaches the replica",
+        Duration::from_secs(10),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let acked: i64 = redis::cmd("WAIT")
+                    .arg(1)
+                    .arg(100)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(0);
+                acked == 1
+            }
+        },
+    )
+    .await;
+
+    primary.kill();
+    // During the switch: 503 at once, never a hang (the client would give up at 10 s).
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut saw_503 = false;
+    let mut back = false;
+    for _ in 0..300 {
+        let status = patient
+            .get(format!("{origin}/base/page"))
+            .header("cookie", format!("{COOKIE}={cookie}"))
+            .header("user-agent", WECHAT_UA)
+            .send()
+            .await
+            .expect("an answer, not a hang")
+            .status()
+            .as_u16();
+        match status {
+            503 => saw_503 = true,
+            200 if saw_503 => {
+                back = true;
+                break;
+            }
+            200 => {}
+            other => panic!("during the failover: {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        saw_503,
+        "the dead primary is noticed: protected routes fail closed"
+    );
+    assert!(
+        back,
+        "the promoted replica serves the session logged in before"
+    );
+    let promoted = sentinels[0].ask(&["get-master-addr-by-name", "wx"]).await;
+    assert_eq!(
+        promoted,
+        redis::Value::Array(vec![
+            redis::Value::BulkString(b"127.0.0.1".to_vec()),
+            redis::Value::BulkString(replica.port.to_string().into_bytes()),
+        ])
+    );
+    assert_eq!(me(&origin, &cookie).await, 200);
+    // New logins land on the new primary.
+    let after = login(&origin, "/base/after").await;
+    assert_eq!(me(&origin, &after).await, 200);
+    gw.shutdown().await;
 }

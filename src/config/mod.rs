@@ -193,13 +193,20 @@ pub struct LimitsConfig {
     pub idle_timeout: Duration,
     /// Open client connections at once; further clients wait in the accept queue.
     pub max_connections: usize,
-    /// Login starts (redirects to WeChat, `/_wxgate/start`) and callbacks one client may
-    /// make per minute, sustained; past it: 429 with `Retry-After`. 0 turns the limit off.
-    /// A client is the peer address, or the forwarded client address when the peer is one
-    /// of `server.trusted_proxies`.
+    /// Refused login callbacks (no or forged state, a replayed state, a code WeChat
+    /// refuses) one client may cause per minute, sustained; past it every callback from the
+    /// client gets 429 with `Retry-After`. Healthy logins never count, so hundreds of
+    /// visitors behind one carrier-NAT address all log in. 0 turns the limit off. A client
+    /// is the peer address, or the forwarded client address when the peer is one of
+    /// `server.trusted_proxies`.
     pub login_rate: u32,
-    /// Login starts and callbacks one client may make at once before `login_rate` applies.
+    /// Refused callbacks one client may cause at once before `login_rate` applies.
     pub login_burst: u32,
+    /// Calls to WeChat's API (code exchanges) per minute for one appid, across all clients,
+    /// with bursts of ten seconds' worth: keeps the account within WeChat's quota (50 000 a
+    /// minute for `sns/oauth2/access_token`). Past it a callback gets 503 with
+    /// `Retry-After`, before its code is spent, so reloading it works. 0 turns it off.
+    pub wechat_rate: u32,
 }
 
 impl Default for LimitsConfig {
@@ -214,6 +221,7 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             login_rate: 120,
             login_burst: 60,
+            wechat_rate: 50_000,
         }
     }
 }

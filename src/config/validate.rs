@@ -185,10 +185,11 @@ fn session(c: &Config, p: &mut Vec<Problem>) {
     }
     if s.store == StoreKind::Redis {
         let url = s.redis_url.expose();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let schemes = ["redis://", "rediss://", "redis+sentinel://"];
+        if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
             p.push(Problem::new(
                 "session.redis_url",
-                "must start with redis:// or rediss://",
+                "must start with redis://, rediss:// or redis+sentinel://",
             ));
         }
     }

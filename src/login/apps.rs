@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::app::Lasting;
 use crate::config::Config;
-use crate::login::flow::{Login, LoginSetupError, open_sessions};
-use crate::metrics::Metrics;
+use crate::login::flow::{Login, LoginSetupError};
 use crate::route::Route;
 use crate::session::SessionCache;
 
@@ -17,25 +17,21 @@ pub struct Logins {
 }
 
 impl Logins {
-    /// `None` when no route needs a login and no app is configured. `sessions` (a reload's)
-    /// is reused; otherwise the store is opened once for all.
-    pub fn build(
-        config: &Config,
-        metrics: &Metrics,
-        sessions: Option<Arc<SessionCache>>,
-    ) -> Result<Option<Self>, LoginSetupError> {
+    /// `None` when no route needs a login and no app is configured. The sessions and the
+    /// ledger are the gateway's lasting ones, shared by every login.
+    pub fn build(config: &Config, lasting: &Lasting) -> Result<Option<Self>, LoginSetupError> {
         if !config.needs_login() {
             return Ok(None);
         }
-        let sessions = match sessions {
-            Some(sessions) => sessions,
-            None => open_sessions(config, metrics)?,
-        };
+        let sessions = lasting.sessions(config)?;
+        let metrics = &lasting.metrics;
+        let ledger = &lasting.ledger;
         let default = if config.default_app_needed() {
             Some(Login::for_app(
                 config,
                 metrics,
                 Some(sessions.clone()),
+                Some(ledger.clone()),
                 None,
             )?)
         } else {
@@ -50,6 +46,7 @@ impl Logins {
                 &app_config,
                 metrics,
                 Some(sessions.clone()),
+                Some(ledger.clone()),
                 Some(&app.name),
             )?);
         }

@@ -3,8 +3,8 @@
 //! `start`, `jwks.json`). The gate asks `authenticate` for every protected route.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cookie::Cookie;
@@ -16,9 +16,11 @@ use crate::access::{self, AccessRule, RuleLoader};
 use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
 use crate::identity::{Claims, IdentityError, KeySet, SNAPSHOT_HEADER, plain_headers};
+use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
+use crate::login::flight::{self, Claim, FlightKey, Outcome};
+use crate::login::ledger::LoginLedger;
 use crate::login::refresh::{Freshness, ProfileRefresher, freshness, profile_of};
-use crate::login::replay::{StateUse, UsedStates};
-use crate::login::throttle::{ClientIp, Throttle, retry_after_secs};
+use crate::login::throttle::{ClientIp, retry_after_secs};
 use crate::login::{
     AuthScope, ClientSettings, CookieSpec, Pending, PendingLogins, ReturnUrl, StateKey, cookies,
     is_well_formed_state,
@@ -48,9 +50,6 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// The pending-login cookie's name before its `__Host-`/`__Secure-` prefix.
 const STATE_COOKIE: &str = "wxgate_state";
-/// How long a finished callback is remembered, so WeChat's double load lands on the page.
-const RECENT_CALLBACK: Duration = Duration::from_secs(120);
-const MAX_RECENT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginSetupError {
@@ -102,8 +101,11 @@ pub struct Login {
     cookie_name: String,
     session_cookie_spec: CookieSpec,
     state_cookie: CookieSpec,
-    throttle: Option<Throttle>,
-    used_states: UsedStates,
+    /// Single flights, used states and limits: the gateway's, outliving this configuration.
+    ledger: Arc<LoginLedger>,
+    flight_key: FlightKey,
+    /// How long a second load of a callback waits for the first's exchange.
+    flight_patience: Duration,
     sessions: Arc<SessionCache>,
     wechat: WeChatClient,
     refresher: ProfileRefresher,
@@ -119,7 +121,6 @@ pub struct Login {
     signer: u64,
     plain_headers: bool,
     clients: ClientSettings,
-    recent: Mutex<HashMap<String, (Instant, String)>>,
     /// The `[[apps]]` entry served, if not `[wechat]`.
     app: Option<String>,
     /// Who may pass forward-auth: the app's `access` list; `None`: everyone.
@@ -138,7 +139,7 @@ impl Login {
         metrics: &Metrics,
         sessions: Option<Arc<SessionCache>>,
     ) -> Result<Self, LoginSetupError> {
-        Login::for_app(config, metrics, sessions, None)
+        Login::for_app(config, metrics, sessions, None, None)
     }
 
     /// The login of `[[apps]]` entry `app` (`None`: `[wechat]`), whose settings `config`
@@ -149,6 +150,7 @@ impl Login {
         config: &Config,
         metrics: &Metrics,
         sessions: Option<Arc<SessionCache>>,
+        ledger: Option<Arc<LoginLedger>>,
         app: Option<&str>,
     ) -> Result<Self, LoginSetupError> {
         let suffix = app.map(|name| format!("_{name}")).unwrap_or_default();
@@ -197,7 +199,6 @@ impl Login {
             s.cookie_secure,
             s.cookie_domain.as_deref(),
         );
-        let limits = &config.server.limits;
         let access = match &config.wechat.access {
             Some(list) => {
                 let key = app.map_or_else(
@@ -208,6 +209,7 @@ impl Login {
             }
             None => None,
         };
+        let ledger = ledger.unwrap_or_else(|| Arc::new(LoginLedger::new(&config.server.limits)));
         Ok(Self {
             appid: config.wechat.appid.clone(),
             authorize_url: config.wechat.authorize_url.clone(),
@@ -217,8 +219,12 @@ impl Login {
             cookie_name: session_cookie_spec.name().to_owned(),
             session_cookie_spec,
             state_cookie,
-            throttle: Throttle::new(limits.login_rate, limits.login_burst),
-            used_states: UsedStates::default(),
+            ledger,
+            flight_key: FlightKey::derive(config.session.secret.expose().as_bytes()),
+            // The exchange, the profile and the store write, each bounded by its timeout.
+            flight_patience: config.wechat.timeout * 2
+                + config.session.store_timeout
+                + Duration::from_secs(1),
             refresher: ProfileRefresher::new(
                 wechat.clone(),
                 sessions.clone(),
@@ -236,7 +242,6 @@ impl Login {
             signer,
             plain_headers: config.identity.plain_headers,
             clients: ClientSettings::from_config(&config.wechat.browsers),
-            recent: Mutex::new(HashMap::new()),
             app: app.map(str::to_owned),
             access,
         })
@@ -438,7 +443,8 @@ impl Login {
     /// Sends a WeChat navigation to the authorize page with a new state remembered in the
     /// state cookie: through the hash hop page (see [`pages::hop`]) when the browser may hold
     /// a `#fragment`, or with a plain 302 where the answer passes through a proxy that
-    /// would take a page for a grant (forward-auth). Counted against the client's login rate.
+    /// would take a page for a grant (forward-auth). Not rate-limited: a start costs a
+    /// redirect, and whole districts share one address.
     fn begin<B>(
         &self,
         request: &Request<B>,
@@ -447,9 +453,6 @@ impl Login {
         departure: Departure,
     ) -> Response<Body> {
         let headers = request.headers();
-        if let Some(limited) = self.over_rate(request, "login") {
-            return limited;
-        }
         let now = SystemTime::now();
         let mut pending =
             PendingLogins::from_cookie(&self.state_key, self.state_cookie.read(headers), now);
@@ -510,22 +513,44 @@ impl Login {
         response
     }
 
-    /// Counts a login start or callback against the client's rate; `Some` is the 429 to
-    /// answer with.
-    fn over_rate<B>(&self, request: &Request<B>, what: &'static str) -> Option<Response<Body>> {
-        let throttle = self.throttle.as_ref()?;
-        // The gate always sets it; without it every caller shares the unspecified address.
-        let ip = request
-            .extensions()
-            .get::<ClientIp>()
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0);
-        let wait = throttle.check(ip).err()?;
-        tracing::info!(client = %ip, what, "login rate exceeded");
-        self.metrics.rate_limited(what);
+    /// A client that has had too many callbacks refused lately gets 429 until its bucket
+    /// refills; `Some` is that answer.
+    fn refused_too_often<B>(&self, request: &Request<B>) -> Option<Response<Body>> {
+        let throttle = self.ledger.refusals.as_ref()?;
+        let ip = client_ip(request);
+        let wait = throttle.allows(ip).err()?;
+        tracing::info!(client = %ip, "too many refused login callbacks");
+        self.metrics.rate_limited("callback");
         Some(pages::respond(
             &pages::Failure::TooManyRequests(retry_after_secs(wait)),
             request.headers(),
         ))
+    }
+
+    /// Counts one refused callback against the client.
+    fn count_refusal<B>(&self, request: &Request<B>) {
+        if let Some(throttle) = &self.ledger.refusals {
+            throttle.spend(client_ip(request));
+        }
+    }
+
+    /// One call to WeChat's API from this appid's budget; `Some` is the 503 to answer with
+    /// (before the code is spent: the same callback works once the budget refills).
+    fn over_wechat_budget(&self) -> Option<Response<Body>> {
+        let wait = self.ledger.wechat_budget(&self.appid)?.take().err()?;
+        tracing::warn!("WeChat API budget of this appid spent (server.limits.wechat_rate)");
+        self.metrics.rate_limited("wechat");
+        let mut r = message_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "登录人数过多",
+            "Too many logins right now",
+            "请稍后刷新此页面重试。",
+            None,
+        );
+        if let Ok(v) = HeaderValue::from_str(&retry_after_secs(wait).to_string()) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        Some(r)
     }
 
     /// The gateway's own endpoints under `/_wxgate/`.
@@ -568,28 +593,71 @@ impl Login {
                 .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return r;
         }
-        if let Some(limited) = self.over_rate(request, "callback") {
+        if let Some(limited) = self.refused_too_often(request) {
             return limited;
         }
         let Some(CallbackQuery { state, code }) = CallbackQuery::parse(request.uri().query())
         else {
-            return self.callback_without_state(headers, "").await;
+            return self.refuse_callback(request, None).await;
         };
         let now = SystemTime::now();
         let mut pending =
             PendingLogins::from_cookie(&self.state_key, self.state_cookie.read(headers), now);
         let Some(entry) = pending.take(&state, now) else {
-            return self.callback_without_state(headers, &state).await;
+            return self
+                .refuse_callback(request, Some((&state, code.as_deref())))
+                .await;
         };
-        match self.used_states.consume(&state) {
-            StateUse::First => {}
-            StateUse::Replayed => return self.callback_without_state(headers, &state).await,
-            StateUse::Full => {
+        // From here on the browser holds this state: one of its loads exchanges the code, the
+        // others answer what that one did.
+        let code = code.unwrap_or_default();
+        // Before the claim: a callback turned away here is claimed when it is loaded again.
+        if !code.is_empty() {
+            if let Some(busy) = self.over_wechat_budget() {
+                return busy;
+            }
+        }
+        let shared = self.sessions.store().shared_values();
+        let flights = &self.ledger.flights;
+        let claim = flights
+            .claim(
+                shared,
+                &self.flight_key,
+                &state,
+                &code,
+                self.flight_patience,
+            )
+            .await;
+        let mut response = match claim {
+            Ok(Claim::First) => {
+                let (response, outcome) = self.finish(request, &code, &entry).await;
+                if let Err(e) = flights
+                    .settle(shared, &self.flight_key, &state, &code, &outcome)
+                    .await
+                {
+                    tracing::warn!(error = %e, "login outcome could not be recorded for a second load");
+                }
+                response
+            }
+            Ok(Claim::Settled(outcome)) => self.answer_again(&outcome, &entry),
+            Ok(Claim::Spent) => {
+                // This callback ran before and its outcome is gone: the page, which starts a
+                // fresh login if it needs one. Never "expired" for a browser holding the state.
+                let mut r = redirect(entry.return_url.as_str());
+                r.headers_mut()
+                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                r
+            }
+            Ok(Claim::Replayed) => return self.refuse_callback(request, None).await,
+            Ok(Claim::Full) => {
                 tracing::warn!("too many logins in flight to remember another used state");
                 return pages::respond(&pages::Failure::Unavailable, headers);
             }
-        }
-        let mut response = self.finish(headers, code.as_deref(), &state, &entry).await;
+            Err(e) => {
+                tracing::error!(error = %e, "login single flight unavailable: session store failed");
+                return pages::respond(&pages::Failure::Unavailable, headers);
+            }
+        };
         set_cookie(
             &mut response,
             &pending.to_cookie(&self.state_key, &self.state_cookie),
@@ -601,50 +669,84 @@ impl Login {
     }
 
     /// The callback of a pending login this browser holds: the session and a redirect to
-    /// the page, or the page explaining why not.
-    async fn finish(
+    /// the page, or the page explaining why not; and the outcome for a second load.
+    async fn finish<B>(
         &self,
-        headers: &HeaderMap,
-        code: Option<&str>,
-        state: &str,
+        request: &Request<B>,
+        code: &str,
         entry: &Pending,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Outcome) {
+        let headers = request.headers();
         let retry = Some(entry.return_url.as_str().to_owned());
-        let Some(code) = code.filter(|c| !c.is_empty()) else {
+        if code.is_empty() {
             self.metrics.failed("declined");
-            return message_page(
-                StatusCode::FORBIDDEN,
-                "你已拒绝授权",
-                "Authorization declined",
-                "需要你的授权才能继续访问此页面。",
-                retry,
-            );
-        };
+            let failure = flight::Failure::Declined;
+            return (failure_page(failure, retry), Outcome::Failed(failure));
+        }
         match self.complete(code, entry.scope).await {
             Ok(id) => {
                 self.revoke_previous(headers).await;
-                self.remember(state, entry.return_url.as_str());
-                let mut r = redirect(entry.return_url.as_str());
-                set_cookie(&mut r, &self.session_cookie(id.cookie_value(), false));
-                r
+                let outcome = Outcome::Landed {
+                    cookie: id.cookie_value(),
+                    url: entry.return_url.as_str().to_owned(),
+                };
+                (self.answer_again(&outcome, entry), outcome)
             }
             Err(e) => {
+                tracing::warn!(error = %e, "login callback failed");
                 self.metrics.failed(e.reason());
-                wechat_failure_page(&e, retry)
+                let failure = e.failure();
+                if failure == flight::Failure::BadCode {
+                    self.count_refusal(request);
+                }
+                (failure_page(failure, retry), Outcome::Failed(failure))
             }
         }
     }
 
-    /// A state this browser no longer holds: the second load of a finished callback lands on
-    /// its page; anything else is a clear error, never a new redirect (no loop).
-    async fn callback_without_state(&self, headers: &HeaderMap, state: &str) -> Response<Body> {
-        let recent = self.recall(state);
-        if let (Some(url), Ok(Some(_))) = (recent, self.session_of(headers).await) {
-            let mut r = redirect(&url);
-            r.headers_mut()
-                .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-            return r;
+    /// What a load of a callback answers once the first load of it finished: the same
+    /// redirect and session cookie, or the same failure.
+    fn answer_again(&self, outcome: &Outcome, entry: &Pending) -> Response<Body> {
+        match outcome {
+            Outcome::Landed { cookie, url } => {
+                let mut r = redirect(url);
+                set_cookie(&mut r, &self.session_cookie(cookie.clone(), false));
+                r
+            }
+            Outcome::Failed(failure) => {
+                failure_page(*failure, Some(entry.return_url.as_str().to_owned()))
+            }
         }
+    }
+
+    /// A callback this browser holds no pending login for. The second load of a finished
+    /// callback by a browser that already has its session lands on its page; anything else
+    /// (a forged, foreign or replayed state) is refused with a clear page, never a new
+    /// redirect (no loop), and counted against the client.
+    async fn refuse_callback<B>(
+        &self,
+        request: &Request<B>,
+        callback: Option<(&str, Option<&str>)>,
+    ) -> Response<Body> {
+        let headers = request.headers();
+        if let Some((state, code)) = callback {
+            let shared = self.sessions.store().shared_values();
+            let landed = self
+                .ledger
+                .flights
+                .landed(shared, &self.flight_key, state, code.unwrap_or_default())
+                .await;
+            if let Ok(Some(Outcome::Landed { cookie, url })) = landed {
+                let holds_it = cookies::read(headers, &self.cookie_name) == Some(cookie.as_str());
+                if holds_it && matches!(self.session_of(headers).await, Ok(Some(_))) {
+                    let mut r = redirect(&url);
+                    r.headers_mut()
+                        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+                    return r;
+                }
+            }
+        }
+        self.count_refusal(request);
         self.metrics.failed("state");
         self.expired_login_page()
     }
@@ -767,14 +869,6 @@ impl Login {
             Some("snsapi_userinfo") => AuthScope::UserInfo,
             _ => AuthScope::Base,
         };
-        // Every start counts against the client's login rate: a WeChat navigation where
-        // `begin` redirects it, anything else here.
-        let client = self.clients.classify(request.method(), request.headers());
-        if client.wants_json || !client.is_wechat_browser {
-            if let Some(limited) = self.over_rate(request, "login") {
-                return limited;
-            }
-        }
         // Through the hop: a proxy's 302 here kept the page's fragment (a `Location`
         // without one inherits it).
         match self.challenge(
@@ -941,31 +1035,6 @@ impl Login {
             headers.append(SET_COOKIE, v);
         }
     }
-
-    fn remember(&self, state: &str, url: &str) {
-        let mut recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if recent.len() >= MAX_RECENT {
-            recent.retain(|_, (at, _)| now.duration_since(*at) < RECENT_CALLBACK);
-        }
-        if recent.len() < MAX_RECENT {
-            recent.insert(state.to_owned(), (now, url.to_owned()));
-        }
-    }
-
-    fn recall(&self, state: &str) -> Option<String> {
-        let recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        recent
-            .get(state)
-            .filter(|(at, _)| at.elapsed() < RECENT_CALLBACK)
-            .map(|(_, url)| url.clone())
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -989,40 +1058,59 @@ impl CallbackError {
             CallbackError::Store(_) => "store",
         }
     }
+
+    /// The failure as the visitor's page (and a second load's) tells it.
+    fn failure(&self) -> flight::Failure {
+        use flight::Failure;
+        match self {
+            CallbackError::WeChat(e) => match e.kind() {
+                ErrorKind::BadCode => Failure::BadCode,
+                ErrorKind::Unavailable => Failure::WeChatUnavailable,
+                ErrorKind::Timeout => Failure::WeChatTimeout,
+                _ => Failure::WeChatError,
+            },
+            CallbackError::Store(_) => Failure::Store,
+        }
+    }
 }
 
-/// WeChat failures as the visitor sees them: 4xx when the browser's code is bad, 502/503/504
-/// when WeChat is, each with a retry link and never a redirect.
-fn wechat_failure_page(error: &CallbackError, retry: Option<String>) -> Response<Body> {
-    tracing::warn!(error = %error, "login callback failed");
-    let (status, zh, en, detail) = match error {
-        CallbackError::WeChat(e) => match e.kind() {
-            ErrorKind::BadCode => (
-                StatusCode::BAD_REQUEST,
-                "登录已失效",
-                "Login expired",
-                "授权码已失效或已被使用，请重试。",
-            ),
-            ErrorKind::Timeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "微信响应超时",
-                "WeChat timed out",
-                "微信服务器响应超时，请稍后重试。",
-            ),
-            ErrorKind::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "微信服务繁忙",
-                "WeChat is busy",
-                "微信服务器繁忙，请稍后重试。",
-            ),
-            _ => (
-                StatusCode::BAD_GATEWAY,
-                "登录失败",
-                "Login failed",
-                "与微信通信失败，请稍后重试。",
-            ),
-        },
-        CallbackError::Store(_) => (
+/// A failed callback as the visitor sees it: 4xx when the browser's code is bad or the
+/// visitor declined, 502/503/504 when WeChat or the store is at fault, each with a retry
+/// link and never a redirect.
+fn failure_page(failure: flight::Failure, retry: Option<String>) -> Response<Body> {
+    use flight::Failure;
+    let (status, zh, en, detail) = match failure {
+        Failure::Declined => (
+            StatusCode::FORBIDDEN,
+            "你已拒绝授权",
+            "Authorization declined",
+            "需要你的授权才能继续访问此页面。",
+        ),
+        Failure::BadCode => (
+            StatusCode::BAD_REQUEST,
+            "登录已失效",
+            "Login expired",
+            "授权码已失效或已被使用，请重试。",
+        ),
+        Failure::WeChatTimeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "微信响应超时",
+            "WeChat timed out",
+            "微信服务器响应超时，请稍后重试。",
+        ),
+        Failure::WeChatUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "微信服务繁忙",
+            "WeChat is busy",
+            "微信服务器繁忙，请稍后重试。",
+        ),
+        Failure::WeChatError => (
+            StatusCode::BAD_GATEWAY,
+            "登录失败",
+            "Login failed",
+            "与微信通信失败，请稍后重试。",
+        ),
+        Failure::Store => (
             StatusCode::SERVICE_UNAVAILABLE,
             "服务繁忙",
             "Service unavailable",
@@ -1043,6 +1131,15 @@ fn refused(rule: Option<&AccessRule>, session: &Session, headers: &HeaderMap) ->
         &session.openid,
         pages::wants_json(headers),
     )))
+}
+
+/// The client a request came from, as the gate resolved it. The gate always sets it;
+/// without it every caller shares the unspecified address.
+fn client_ip<B>(request: &Request<B>) -> std::net::IpAddr {
+    request
+        .extensions()
+        .get::<ClientIp>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0)
 }
 
 fn message_page(

@@ -5,7 +5,9 @@
 pub mod apps;
 pub mod client;
 pub mod cookies;
+pub mod flight;
 pub mod flow;
+pub mod ledger;
 pub mod refresh;
 pub mod replay;
 pub mod return_url;

@@ -1,8 +1,10 @@
-//! Per-client limits on login starts and callbacks (`server.limits.login_rate`,
-//! `login_burst`), so that nobody can make the gateway flood WeChat's authorize page or
-//! spend its API quota. One token bucket per client in a bounded map: memory stays bounded
-//! however many addresses an attacker has, because when the map is full the clients it
-//! cannot track share one bucket.
+//! Limits that spend themselves on what costs or attacks, never on healthy logins (hundreds
+//! of visitors share one carrier-NAT address): per client, refused callbacks (forged,
+//! replayed or missing states, codes WeChat refuses) draw from `server.limits.login_rate` /
+//! `login_burst`; per appid, calls to WeChat's API draw from `server.limits.wechat_rate`, so
+//! the account's quota is kept. One token bucket per client in a bounded map: memory stays
+//! bounded however many addresses an attacker has, because when the map is full the clients
+//! it cannot track share one bucket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -80,7 +82,41 @@ impl Throttle {
         self.check_at(ip, Instant::now())
     }
 
+    /// Whether `ip` has a token left, taking none: the gate in front of something that costs
+    /// only when it fails (a callback), spent by [`Throttle::spend`] on failure.
+    pub fn allows(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.with_bucket(ip, Instant::now(), |bucket, per_second| {
+            if bucket.tokens >= 1.0 {
+                Ok(())
+            } else {
+                Err(wait_for_token(bucket.tokens, per_second))
+            }
+        })
+    }
+
+    /// Takes one token from `ip` for something that failed. Concurrent failures admitted by
+    /// [`Throttle::allows`] may overdraw the bucket, by at most a burst: the client then waits
+    /// longer.
+    pub fn spend(&self, ip: IpAddr) {
+        let floor = -self.burst;
+        self.with_bucket(ip, Instant::now(), |bucket, _| {
+            bucket.tokens = (bucket.tokens - 1.0).max(floor);
+        });
+    }
+
     fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.with_bucket(ip, now, |bucket, per_second| {
+            if bucket.tokens >= 1.0 {
+                bucket.tokens -= 1.0;
+                Ok(())
+            } else {
+                Err(wait_for_token(bucket.tokens, per_second))
+            }
+        })
+    }
+
+    /// Runs `f` on `ip`'s bucket, refilled up to `now`.
+    fn with_bucket<R>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut Bucket, f64) -> R) -> R {
         let mut buckets = self
             .buckets
             .lock()
@@ -100,13 +136,7 @@ impl Throttle {
         let refill = now.saturating_duration_since(bucket.at).as_secs_f64() * self.per_second;
         bucket.tokens = (bucket.tokens + refill).min(burst);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - bucket.tokens) / self.per_second;
-            Err(Duration::from_secs_f64(wait.max(0.001)))
-        }
+        f(bucket, self.per_second)
     }
 
     /// Forgets buckets that have refilled completely: such a client is as good as new.
@@ -133,6 +163,52 @@ impl Throttle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .map
             .len()
+    }
+}
+
+fn wait_for_token(tokens: f64, per_second: f64) -> Duration {
+    Duration::from_secs_f64(((1.0 - tokens) / per_second).max(0.001))
+}
+
+/// One token bucket for something shared by every client, such as one appid's WeChat API
+/// quota: `per_minute` sustained, bursts of ten seconds' worth.
+pub struct Budget {
+    per_second: f64,
+    burst: f64,
+    bucket: Mutex<Bucket>,
+}
+
+impl Budget {
+    /// `None` when `per_minute` is 0 (off).
+    pub fn per_minute(per_minute: u32) -> Option<Self> {
+        let per_second = f64::from(per_minute) / 60.0;
+        let burst = (per_second * 10.0).max(1.0);
+        (per_minute > 0).then(|| Budget {
+            per_second,
+            burst,
+            bucket: Mutex::new(Bucket {
+                tokens: burst,
+                at: Instant::now(),
+            }),
+        })
+    }
+
+    /// Takes one call's worth; `Err(wait)` when the budget is spent for now.
+    pub fn take(&self) -> Result<(), Duration> {
+        let mut bucket = self
+            .bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let refill = now.saturating_duration_since(bucket.at).as_secs_f64() * self.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(self.burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(wait_for_token(bucket.tokens, self.per_second))
+        }
     }
 }
 

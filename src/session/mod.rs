@@ -14,6 +14,7 @@ mod packed;
 mod record;
 mod redb;
 mod redis;
+mod redis_link;
 mod sealing;
 
 use std::fmt;
@@ -135,6 +136,37 @@ pub trait SessionStore: Send + Sync {
         name: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Short-lived values every gateway sharing this store sees (login single flights,
+    /// used states, leases of other features); `None` for a store only this process uses,
+    /// whose callers keep such values in process.
+    fn shared_values(&self) -> Option<&dyn SharedValues> {
+        None
+    }
+}
+
+/// Short-lived named values with a time to live, in a store several gateways share. Names
+/// are chosen by callers under their own prefix; a value may be any bytes. Nothing here is
+/// ever a secret in the clear: callers seal what must not be read from a store dump.
+pub trait SharedValues: Send + Sync {
+    /// Sets `name` to `value` for `ttl` unless it is set; `None` when this call set it, else
+    /// the value already there (left as it was). The claim of a lease or a single flight.
+    fn set_if_absent<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+
+    /// Sets `name` to `value` for `ttl`, whatever was there.
+    fn set<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The value under `name`, if set and not expired.
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
 }
 
 /// The wall clock sessions are judged by; tests and benchmarks inject their own.

@@ -5,22 +5,25 @@
 //! Keys: `wxgate:s:{storage key hex}` holds the sealed record (see `encoding`) and expires
 //! natively at the session's `expires_at` (`PXAT`/`PEXPIREAT`); `wxgate:u:{user tag hex}` is
 //! the set of one user's storage keys (for `delete_user`), kept alive as long as its longest
-//! session; `wxgate:l:{storage key hex}` is a refresh lease (`SET NX PX`). Multi-key
+//! session; `wxgate:l:{storage key hex}` is a refresh lease (`SET NX PX`);
+//! `wxgate:v:{name}` a short-lived shared value (login single flights and used states, see
+//! `login::flight`). Multi-key
 //! changes are Lua scripts, so each is atomic. Standalone Redis (or a Sentinel-managed
-//! primary behind one address); Redis Cluster is not supported.
+//! primary, found through the sentinels by `redis+sentinel://`, see `redis_link`); Redis Cluster
+//! is not supported.
 //!
 //! One multiplexed connection, reconnected with backoff by `ConnectionManager`; every
 //! command is bounded by the store timeout, so a dead Redis costs a request that long at most.
 
 use std::time::{Duration, SystemTime};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, FromRedisValue, RedisError, Script};
+use ::redis::{FromRedisValue, RedisError, Script};
 use futures_util::future::BoxFuture;
 
 use super::encoding::{self, CLOCK_OFFSET};
+use super::redis_link::{Conn, Link, LinkError};
 use super::sealing::RecordKeys;
-use super::{Clock, Session, SessionStore, StorageKey, StoreError};
+use super::{Clock, Session, SessionStore, SharedValues, StorageKey, StoreError};
 
 const SESSION_PREFIX: &str = "wxgate:s:";
 const USER_PREFIX: &str = "wxgate:u:";
@@ -81,7 +84,7 @@ return removed
 #[derive(Debug, thiserror::Error)]
 pub enum RedisOpenError {
     /// The URL is never repeated: it may hold a password.
-    #[error("session.redis_url is not a usable redis:// or rediss:// URL ({0})")]
+    #[error("session.redis_url is not a usable redis://, rediss:// or redis+sentinel:// URL ({0})")]
     BadUrl(String),
     #[error("the Redis store needs a running tokio runtime")]
     NoRuntime,
@@ -89,7 +92,7 @@ pub enum RedisOpenError {
 
 /// Sessions in Redis.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    link: Link,
     keys: RecordKeys,
     clock: Clock,
     timeout: Duration,
@@ -111,18 +114,13 @@ impl RedisStore {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(RedisOpenError::NoRuntime);
         }
-        let client = Client::open(url).map_err(|e| RedisOpenError::BadUrl(category(&e)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(5);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| RedisOpenError::BadUrl(category(&e)))?;
+        let link = Link::open(url, timeout, category).map_err(|e| match e {
+            LinkError::Redis(reason) => RedisOpenError::BadUrl(reason),
+            LinkError::BadSentinelUrl => RedisOpenError::BadUrl(e.to_string()),
+        })?;
         let with_user_key = |body: &str| Script::new(&format!("{USER_KEY_OF_RECORD}{body}"));
         Ok(RedisStore {
-            conn,
+            link,
             keys,
             clock,
             timeout,
@@ -144,7 +142,7 @@ impl RedisStore {
             .bounded(
                 ::redis::cmd("SMEMBERS")
                     .arg(&users)
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         let mut found = Vec::new();
@@ -164,7 +162,7 @@ impl RedisStore {
             .bounded(
                 ::redis::cmd("GET")
                     .arg(session_key(key))
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         let Some(bytes) = bytes else { return Ok(None) };
@@ -194,7 +192,7 @@ impl RedisStore {
             .arg(encoding::to_ms(session.expires_at))
             .arg(key.to_string());
         let _: i64 = self
-            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
         Ok(())
     }
@@ -211,7 +209,7 @@ impl RedisStore {
             .arg(encoding::to_ms(expires_at))
             .arg(USER_PREFIX);
         let touched: i64 = self
-            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
         Ok(touched == 1)
     }
@@ -222,7 +220,7 @@ impl RedisStore {
             .arg(USER_PREFIX)
             .arg(key.to_string());
         let removed: i64 = self
-            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
         Ok(removed == 1)
     }
@@ -232,7 +230,7 @@ impl RedisStore {
         call.key(user_key(&self.keys.user_tag(appid, openid)))
             .arg(SESSION_PREFIX);
         let removed: u64 = self
-            .bounded(call.invoke_async(&mut self.conn.clone()))
+            .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
         Ok(removed)
     }
@@ -252,7 +250,7 @@ impl RedisStore {
                         .arg(&pattern)
                         .arg("COUNT")
                         .arg(SCAN_BATCH)
-                        .query_async(&mut self.conn.clone()),
+                        .query_async(&mut self.conn().await?),
                 )
                 .await?;
             count += keys.len() as u64;
@@ -273,10 +271,49 @@ impl RedisStore {
                     .arg("NX")
                     .arg("PX")
                     .arg(lease_ms)
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         Ok(set.is_some())
+    }
+
+    /// `SET NX GET` (Redis 7): one round trip claims the name or reads who holds it.
+    async fn set_if_absent_now(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bounded(
+            ::redis::cmd("SET")
+                .arg(format!("{VALUE_PREFIX}{name}"))
+                .arg(value)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut self.conn().await?),
+        )
+        .await
+    }
+
+    async fn set_value_now(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let _: Option<String> = self
+            .bounded(
+                ::redis::cmd("SET")
+                    .arg(format!("{VALUE_PREFIX}{name}"))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async(&mut self.conn().await?),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn get_value_now(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -284,7 +321,7 @@ impl RedisStore {
             .bounded(
                 ::redis::cmd("GET")
                     .arg(format!("{VALUE_PREFIX}{name}"))
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         let Some(sealed) = sealed else {
@@ -312,7 +349,7 @@ impl RedisStore {
                 .bounded(
                     ::redis::cmd("DEL")
                         .arg(key)
-                        .query_async(&mut self.conn.clone()),
+                        .query_async(&mut self.conn().await?),
                 )
                 .await?;
             return Ok(());
@@ -328,7 +365,7 @@ impl RedisStore {
                     .arg(sealed)
                     .arg("PXAT")
                     .arg(encoding::to_ms(expires_at))
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         Ok(())
@@ -344,17 +381,42 @@ impl RedisStore {
                     .arg("NX")
                     .arg("PX")
                     .arg(lease_ms)
-                    .query_async(&mut self.conn.clone()),
+                    .query_async(&mut self.conn().await?),
             )
             .await?;
         Ok(set.is_some())
     }
 
+    /// A raw [`SharedValues`] value (callers seal their own).
+    async fn get_shared_now(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bounded(
+            ::redis::cmd("GET")
+                .arg(format!("{VALUE_PREFIX}{name}"))
+                .query_async(&mut self.conn().await?),
+        )
+        .await
+    }
+
     async fn ping_now(&self) -> Result<(), StoreError> {
         let _: String = self
-            .bounded(::redis::cmd("PING").query_async(&mut self.conn.clone()))
+            .bounded(::redis::cmd("PING").query_async(&mut self.conn().await?))
             .await?;
         Ok(())
+    }
+
+    /// A connection to the primary, found within the store timeout.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match tokio::time::timeout(self.timeout, self.link.conn()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => {
+                self.link.failed();
+                Err(StoreError::Unavailable(format!("redis: {}", category(&e))))
+            }
+            Err(_) => {
+                self.link.failed();
+                Err(StoreError::Timeout(self.timeout))
+            }
+        }
     }
 
     /// `command` within the store timeout, its error in the store's terms.
@@ -365,12 +427,15 @@ impl RedisStore {
     where
         T: FromRedisValue,
     {
-        match tokio::time::timeout(self.timeout, command).await {
-            Ok(Ok(value)) => Ok(value),
+        let result = match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {}", category(&e)))),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        };
+        // Through Sentinel the primary may have moved (or been demoted: READONLY).
+        self.link.failed();
+        result
     }
 }
 
@@ -401,6 +466,11 @@ fn category(e: &RedisError) -> String {
 /// What a value is sealed together with, so a value copied under another name does not open.
 fn value_context(name: &str) -> Vec<u8> {
     [b"value:".as_slice(), name.as_bytes()].concat()
+}
+
+/// A TTL in whole milliseconds, at least one (0 is an error to Redis).
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn session_key(key: &StorageKey) -> String {
@@ -499,5 +569,33 @@ impl SessionStore for RedisStore {
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(self.claim_named_now(name, lease))
+    }
+
+    fn shared_values(&self) -> Option<&dyn SharedValues> {
+        Some(self)
+    }
+}
+
+impl SharedValues for RedisStore {
+    fn set_if_absent<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(self.set_if_absent_now(name, value, ttl))
+    }
+
+    fn set<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.set_value_now(name, value, ttl))
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(self.get_shared_now(name))
     }
 }

@@ -2,6 +2,7 @@
 //! what reached it, and the gateway started in-process on free ports.
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod nginx;
 pub mod process;
 pub mod redis_server;
