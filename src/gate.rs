@@ -58,7 +58,7 @@ pub struct Gate {
     /// `/_wxgate/jssdk` and `/_wxgate/jssdk.js`, when some account has its AppSecret here.
     jssdk: Option<Jssdk>,
     /// The session store with its cache, shared by logins and the JS-SDK; a reload keeps it.
-    sessions: Option<Arc<SessionCache>>,
+    sessions: Option<Arc<crate::session::SessionCache>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,6 @@ use crate::access::{self, AccessRule, RuleLoader};
 use crate::body::{Body, full};
 use crate::config::{Config, NonWeChat, Scope};
 use crate::identity::{Claims, IdentityError, KeySet, SNAPSHOT_HEADER, plain_headers};
-use crate::identity::{Claims, IdentityError, KeySet, plain_headers};
 use crate::login::flight::{self, Claim, FlightKey, Outcome};
 use crate::login::ledger::LoginLedger;
 use crate::login::refresh::{Freshness, ProfileRefresher, freshness, profile_of};
