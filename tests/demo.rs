@@ -123,7 +123,7 @@ async fn through_hop(response: reqwest::Response) -> (Option<reqwest::Response>,
         && response
             .headers()
             .get("content-security-policy")
-            .is_some_and(|v| v.to_str().unwrap().contains("script-src 'sha256-"));
+            .is_some_and(|v| wxgate::pages::hop::is_hop_policy(v.to_str().unwrap()));
     if !hop_page {
         return (Some(response), None);
     }

@@ -31,6 +31,13 @@ base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 });
 
+/// Whether `csp` is the hop page's policy: what tells a client that reads pages (instead
+/// of running them) that this 200 is the hop and not a page of the app or another of the
+/// gateway's own.
+pub fn is_hop_policy(csp: &str) -> bool {
+    csp == CONTENT_SECURITY_POLICY.as_str()
+}
+
 /// The hop page: `authorize` is WeChat's authorize URL (the no-JavaScript way on),
 /// `fragment` the gateway's own URL that takes the fragment (`…&hash=` is appended).
 pub fn render(authorize: &str, fragment: &str) -> Response<Body> {

@@ -160,7 +160,7 @@ pub async fn through_hop(resp: reqwest::Response) -> (Option<reqwest::Response>,
         && resp
             .headers()
             .get("content-security-policy")
-            .is_some_and(|v| v.to_str().unwrap().contains("script-src 'sha256-"));
+            .is_some_and(|v| wxgate::pages::hop::is_hop_policy(v.to_str().unwrap()));
     if !is_page {
         return (Some(resp), None);
     }
