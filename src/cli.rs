@@ -31,8 +31,10 @@ enum Command {
     Doctor(crate::doctor::DoctorArgs),
     /// Try the whole login on this machine: the gateway, the mock WeChat and a demo app in
     /// one process, nothing to configure. Prints the URL to open.
+    #[cfg(feature = "dev-tools")]
     Demo(crate::demo::DemoArgs),
     /// Run the mock WeChat (authorize page and JSON API) for tests and the demo.
+    #[cfg(feature = "dev-tools")]
     MockWechat(crate::mock::MockArgs),
     /// Write a new identity signing key (PKCS#8 PEM, mode 0600).
     Keygen(KeygenArgs),
@@ -162,7 +164,9 @@ pub fn main() -> ExitCode {
         Command::Run(arg) => run(&arg.config),
         Command::Check(arg) => check(&arg.config),
         Command::Doctor(args) => doctor(&args),
+        #[cfg(feature = "dev-tools")]
         Command::Demo(args) => demo(args),
+        #[cfg(feature = "dev-tools")]
         Command::MockWechat(args) => mock_wechat(args),
         Command::Keygen(args) => keygen(&args),
         Command::Verify(args) => verify(&args),
@@ -273,6 +277,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+#[cfg(feature = "dev-tools")]
 fn demo(args: crate::demo::DemoArgs) -> ExitCode {
     crate::telemetry::init(config::LogFormat::Text);
     let Some(rt) = runtime() else {
@@ -287,6 +292,7 @@ fn demo(args: crate::demo::DemoArgs) -> ExitCode {
     }
 }
 
+#[cfg(feature = "dev-tools")]
 fn mock_wechat(args: crate::mock::MockArgs) -> ExitCode {
     crate::telemetry::init(config::LogFormat::Text);
     let Some(rt) = runtime() else {

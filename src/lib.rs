@@ -10,8 +10,10 @@ pub mod app;
 pub mod body;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "dev-tools")]
 pub mod demo;
 pub mod doctor;
+#[cfg(feature = "dev-tools")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;
@@ -20,6 +22,7 @@ pub mod identity;
 pub mod jssdk;
 pub mod login;
 pub mod metrics;
+#[cfg(feature = "dev-tools")]
 pub mod mock;
 pub mod pages;
 pub mod proxy;

@@ -318,6 +318,10 @@ fn dockerfile_builds_locked_and_runs_unprivileged_on_the_gateways_ports() {
         "the image ships the dist profile: {runs}"
     );
     assert!(
+        runs.contains("--no-default-features"),
+        "the image has no dev tools (mock WeChat, demo, fuzzing glue): {runs}"
+    );
+    assert!(
         runs.contains("ca-certificates"),
         "HTTPS to WeChat needs CA roots"
     );
@@ -1279,6 +1283,12 @@ const METRICS: &[(&str, Kind, &[&str])] = &[
     ),
     ("wxgate_rate_limited_total", Kind::Counter, &["what"]),
     ("wxgate_config_reloads_total", Kind::Counter, &["result"]),
+    (
+        "wxgate_jssdk_fetches_total",
+        Kind::Counter,
+        &["what", "result"],
+    ),
+    ("wxgate_jssdk_signatures_total", Kind::Counter, &["result"]),
 ];
 
 fn listed_families() -> Families {

@@ -216,7 +216,6 @@ async fn a_reload_mid_login_forgets_neither_the_login_nor_used_states_nor_limits
         .send()
         .await
         .unwrap();
-    let authorize = start.headers()["location"].to_str().unwrap().to_owned();
     let state = start.headers()["set-cookie"]
         .to_str()
         .unwrap()
@@ -224,6 +223,7 @@ async fn a_reload_mid_login_forgets_neither_the_login_nor_used_states_nor_limits
         .next()
         .unwrap()
         .to_owned();
+    let authorize = support::wechat::authorize_target(start).await;
     let consent = bare().get(&authorize).send().await.unwrap();
     let callback = consent.headers()["location"].to_str().unwrap().to_owned();
     let first = {

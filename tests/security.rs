@@ -1491,8 +1491,8 @@ async fn five_hundred_visitors_behind_one_nat_address_all_log_in_with_the_defaul
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(start.status(), 302, "visitor {i} start");
-            let authorize = start.headers()["location"].to_str().unwrap().to_owned();
+            assert_eq!(start.status(), 200, "visitor {i} start: the hash hop page");
+            let authorize = support::wechat::authorize_target(start).await;
             assert!(authorize.contains(&mock.to_string()));
             let consent = browser.get(&authorize).send().await.unwrap();
             let callback = consent.headers()["location"].to_str().unwrap().to_owned();
