@@ -11,7 +11,7 @@ use wxgate::config::{AppConfig, Scope};
 use wxgate::mock::{MockConfig, MockWeChat};
 
 const APP_B: &str = "wx0000000000b2b2b2";
-const SECRET_B: &str = "secret-of-the-second-official-account-0123";
+const SECRET_B: &str = "b2b2c3d4e5f60718293a4b5c6d7e8f90";
 
 async fn second_mock() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

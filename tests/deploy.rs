@@ -450,7 +450,7 @@ fn interpolate(text: &str, vars: &BTreeMap<&str, &str>, what: &str) -> String {
 /// What `deploy/.env` holds in these tests.
 fn compose_variables() -> BTreeMap<&'static str, &'static str> {
     BTreeMap::from([
-        ("WXGATE_WECHAT__SECRET", "test-appsecret"),
+        ("WXGATE_WECHAT__SECRET", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
         ("WXGATE_SESSION__SECRET", TEST_SESSION_SECRET),
         ("WXGATE_IDENTITY__SECRET", TEST_IDENTITY_SECRET),
         ("REDIS_PASSWORD", TEST_REDIS_PASSWORD),
@@ -800,7 +800,7 @@ fn expand(value: &str, earlier: &BTreeMap<String, String>) -> String {
 
 fn secret_test_value(key: &str) -> &'static str {
     match key {
-        "wechat-secret" => "test-appsecret",
+        "wechat-secret" => "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
         "session-secret" => TEST_SESSION_SECRET,
         "redis-password" => TEST_REDIS_PASSWORD,
         other => panic!("Secret key {other} has no test value; add one"),

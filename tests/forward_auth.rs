@@ -327,3 +327,34 @@ async fn through_nginx_a_visitor_off_the_list_never_reaches_the_app() {
     assert_eq!(w.up.count(), 0, "nothing reached the app");
     w.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn forward_auth_needs_no_routes_of_its_own() {
+    // As the README promises: public_url and wechat.appid, no [[routes]]; the proxy in front
+    // owns the routing. The world's start validates the configuration first.
+    let w = world_with(|_, config| {
+        config.routes.clear();
+        trust_the_proxy(config);
+    })
+    .await;
+    let b = browser(WECHAT_UA);
+    let redirect = b
+        .get(format!("{}/_wxgate/auth?redirect=true", w.origin))
+        .header("X-Forwarded-Uri", "/deal?id=7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 302);
+    let (hops, _proxy_would_serve_this) =
+        follow(&b, redirect.headers()["location"].to_str().unwrap()).await;
+    assert_eq!(hops.last().unwrap(), "/deal?id=7", "{hops:?}");
+    let granted = b
+        .get(format!("{}/_wxgate/auth", w.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status(), 200);
+    let claims = verify_identity(granted.headers()["x-wechat-identity"].to_str().unwrap());
+    assert_eq!(claims.scope, "snsapi_base");
+    w.gw.shutdown().await;
+}

@@ -75,6 +75,32 @@ async fn base_login_lands_on_the_exact_url_with_a_verified_identity() {
 }
 
 #[tokio::test]
+async fn a_nickname_with_a_lone_surrogate_logs_in_with_it_repaired() {
+    // The mock writes xiaohong's nickname as "\u5c0f\u7ea2\ud83d", as WeChat does with an
+    // emoji cut in half; a strict parse would answer 502 on every login of this visitor.
+    let w = world().await;
+    let (b, jar) = browser_with_jar(WECHAT_UA);
+    let mock_url = url::Url::parse(&format!("http://{}/", w.mock)).unwrap();
+    jar.add_cookie_str("mock_user=xiaohong", &mock_url);
+    let (hops, last) = follow(&b, &format!("{}/vip/index.html", w.origin)).await;
+    assert_eq!(last.status(), 200, "{hops:?}");
+    let me: serde_json::Value = b
+        .get(format!("{}/_wxgate/me", w.origin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["nickname"], "小红\u{FFFD}", "{me}");
+    assert_eq!(
+        support::wechat::last_identity(&w).nickname.as_deref(),
+        Some("小红\u{FFFD}")
+    );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn userinfo_login_carries_the_profile_and_me_shows_it_without_tokens() {
     let w = world().await;
     let b = browser(WECHAT_UA);

@@ -29,9 +29,30 @@ fn example_config() -> String {
     format!("{}/config/wxgate.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// What an operator supplies through the environment in place of the example's placeholders.
+const REAL_SECRETS: &[(&str, &str)] = &[
+    ("WXGATE_WECHAT__SECRET", "3f9a2c7e1b4d6a8f0c2e4b6d8f1a3c5e"),
+    (
+        "WXGATE_SESSION__SECRET",
+        "kP3r9vQm2LxT8sWn4YzA7cBd6EfGh1Jk0uVw5",
+    ),
+    (
+        "WXGATE_IDENTITY__SECRET",
+        "Zt6yHq1mN8bVc3xL5kJ7gF2dS9aP0oI4uE",
+    ),
+];
+
 #[test]
-fn check_accepts_the_example_and_redacts_every_secret() {
-    let (code, out, err) = wxgate(&["check", "--config", &example_config()], &[]);
+fn check_refuses_the_example_placeholders_and_accepts_it_with_real_secrets() {
+    let (code, _out, err) = wxgate(&["check", "--config", &example_config()], &[]);
+    assert_eq!(code, 2, "the example's placeholder secrets pass: {err}");
+    for key in ["wechat.secret", "session.secret", "identity.secret"] {
+        assert!(
+            err.contains(&format!("{key}: is a placeholder")),
+            "{key} not named: {err}"
+        );
+    }
+    let (code, out, err) = wxgate(&["check", "--config", &example_config()], REAL_SECRETS);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("valid"));
     assert!(out.contains("[redacted]"));
@@ -40,9 +61,32 @@ fn check_accepts_the_example_and_redacts_every_secret() {
         "example-session-secret-replace-me-with-32-bytes-or-more",
         "example-identity-secret-replace-me-32-bytes-min",
         "redis://127.0.0.1:6379",
-    ] {
+    ]
+    .into_iter()
+    .chain(REAL_SECRETS.iter().map(|(_, v)| *v))
+    {
         assert!(!out.contains(secret), "check printed {secret}");
+        assert!(!err.contains(secret), "check printed {secret}");
     }
+}
+
+/// Environment variables of one `wxgate check` run.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+/// `wxgate check` over `text` with the real secrets: (exit code, stderr).
+fn check_text(
+    dir: &std::path::Path,
+    name: &str,
+    text: &str,
+    env: &[(&str, &str)],
+) -> (i32, String) {
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    let mut all = REAL_SECRETS.to_vec();
+    all.extend_from_slice(env);
+    let (code, _out, err) = wxgate(&["check", "--config", file.to_str().unwrap()], &all);
+    assert!(!err.contains("panicked"), "{err}");
+    (code, err)
 }
 
 #[test]
@@ -90,13 +134,6 @@ fn check_names_the_key_of_a_bad_value() {
             "routes[2].path",
         ),
         (
-            example.replace(
-                "secret = \"example-session-secret-replace-me-with-32-bytes-or-more\"",
-                "secret = \"short\"",
-            ),
-            "session.secret: must be at least 32 bytes",
-        ),
-        (
             example.replace("public_url = \"https://m.example.com\"", ""),
             "server.public_url: required",
         ),
@@ -109,16 +146,129 @@ fn check_names_the_key_of_a_bad_value() {
         ),
     ];
     for (n, (text, want)) in cases.iter().enumerate() {
-        let file = dir.path().join(format!("bad{n}.toml"));
-        std::fs::write(&file, text).unwrap();
-        let (code, _out, err) = wxgate(&["check", "--config", file.to_str().unwrap()], &[]);
+        let (code, err) = check_text(dir.path(), &format!("bad{n}.toml"), text, &[]);
         assert_eq!(code, 2, "case {n} should fail: {err}");
         assert!(err.contains(want), "case {n}: expected {want:?} in {err}");
-        assert!(!err.contains("panicked"), "{err}");
     }
     let (code, _out, err) = wxgate(&["check", "--config", "/nonexistent/wxgate.toml"], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/wxgate.toml"), "{err}");
+}
+
+#[test]
+fn check_refuses_what_cannot_work_naming_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(example_config()).unwrap();
+    let (code, err) = check_text(dir.path(), "good.toml", &example, &[]);
+    assert_eq!(code, 0, "the example with real secrets is usable: {err}");
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let under_a_file = format!("path = \"{}/sessions.redb\"", blocker.display());
+    let public_url = "public_url = \"https://m.example.com\"";
+    let cases: Vec<(String, Env, &str)> = vec![
+        (
+            example.replace(public_url, "public_url = \"http://m.example.com\""),
+            &[],
+            "session.cookie_secure: true with an http:// server.public_url (\"http://m.example.com\"): browsers drop Secure cookies over http, so every login would end on 登录已失效; serve https (public_url = \"https://m.example.com\") or, for a trial without TLS, set cookie_secure = false",
+        ),
+        (
+            example.replace(public_url, "public_url = \"https://m.example.com:8443\""),
+            &[],
+            "server.public_url: \"https://m.example.com:8443\" carries port 8443: the 网页授权域名 has no port, so WeChat answers 10003",
+        ),
+        (
+            example.replace(
+                "appid = \"wx2ebfe5f20389c64a\"",
+                "appid = \"wx2ebfe5f20389c6\"",
+            ),
+            &[],
+            "wechat.appid: \"wx2ebfe5f20389c6\" is not an AppID: WeChat's are wx followed by 16 hex digits",
+        ),
+        (
+            example.replace(
+                "appid = \"wx2ebfe5f20389c64a\"",
+                "appid = \"gh_2ebfe5f20389\"",
+            ),
+            &[],
+            "wechat.appid: \"gh_2ebfe5f20389\" is not an AppID",
+        ),
+        (
+            example.clone(),
+            &[("WXGATE_WECHAT__SECRET", "1234567890")],
+            "wechat.secret: is not an AppSecret (10 characters; WeChat's are 32 hex digits",
+        ),
+        (
+            example.clone(),
+            &[("WXGATE_WECHAT__SECRET", "changeme")],
+            "wechat.secret: is a placeholder, not an AppSecret",
+        ),
+        (
+            example.clone(),
+            &[("WXGATE_SESSION__SECRET", "short")],
+            "session.secret: must be at least 32 bytes",
+        ),
+        (
+            example.clone(),
+            &[(
+                "WXGATE_SESSION__SECRET",
+                "replace-me-with-a-long-random-value-0123456789",
+            )],
+            "session.secret: is a placeholder",
+        ),
+        (
+            example.clone(),
+            &[(
+                "WXGATE_IDENTITY__SECRET",
+                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            )],
+            "identity.secret: is a placeholder",
+        ),
+        (
+            example.replace("path = \"data/sessions.redb\"", &under_a_file),
+            &[],
+            "is not a directory",
+        ),
+        (
+            // Not writable even by root: a directory of the kernel's.
+            example.replace(
+                "path = \"data/sessions.redb\"",
+                "path = \"/proc/wxgate/sessions.redb\"",
+            ),
+            &[],
+            "session.path: cannot create /proc/wxgate/sessions.redb: /proc is not writable",
+        ),
+    ];
+    for (n, (text, env, want)) in cases.iter().enumerate() {
+        let (code, err) = check_text(dir.path(), &format!("bad{n}.toml"), text, env);
+        assert_eq!(code, 2, "case {n} should fail: {err}");
+        assert!(err.contains(want), "case {n}: expected {want:?} in {err}");
+        for (_, value) in env.iter().filter(|(k, _)| k.ends_with("SECRET")) {
+            assert!(
+                !err.contains(&format!("\"{value}\"")),
+                "case {n} quoted a secret: {err}"
+            );
+        }
+    }
+    // Loopback stays usable for trials and tests: a port and http with Secure cookies
+    // (browsers treat loopback as secure, and no WeChat reaches it anyway).
+    for local in [
+        "http://127.0.0.1:8080",
+        "http://localhost:8080",
+        "http://[::1]:8080",
+    ] {
+        let text = example.replace(public_url, &format!("public_url = \"{local}\""));
+        let (code, err) = check_text(dir.path(), "local.toml", &text, &[]);
+        assert_eq!(code, 0, "{local}: {err}");
+    }
+    // Forward-auth: wechat.appid and no [[routes]], as the README documents.
+    let routes_start = example.find("[[routes]]").unwrap();
+    let (code, err) = check_text(
+        dir.path(),
+        "forward-auth.toml",
+        &example[..routes_start],
+        &[],
+    );
+    assert_eq!(code, 0, "forward-auth without routes: {err}");
 }
 
 #[test]
@@ -128,14 +278,23 @@ fn environment_overrides_the_file_secret_included() {
     let file = dir.path().join("no-secret.toml");
     std::fs::write(
         &file,
-        example.replace("secret = \"example-appsecret-replace-me\"", "secret = \"\""),
+        example
+            .replace("secret = \"example-appsecret-replace-me\"", "secret = \"\"")
+            .replace(
+                "example-session-secret-replace-me-with-32-bytes-or-more",
+                REAL_SECRETS[1].1,
+            )
+            .replace(
+                "example-identity-secret-replace-me-32-bytes-min",
+                REAL_SECRETS[2].1,
+            ),
     )
     .unwrap();
     let path = file.to_str().unwrap();
     let (code, _, err) = wxgate(&["check", "--config", path], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("wechat.secret"), "{err}");
-    let env_secret = "s3cret-from-the-environment-0123456789";
+    let env_secret = "0123456789abcdef0123456789abcdef";
     let (code, out, err) = wxgate(
         &["check", "--config", path],
         &[
@@ -149,7 +308,7 @@ fn environment_overrides_the_file_secret_included() {
     // A numeric secret from the environment is still a secret, not a type error.
     let (code, _, err) = wxgate(
         &["check", "--config", path],
-        &[("WXGATE_WECHAT__SECRET", "1234567890")],
+        &[("WXGATE_WECHAT__SECRET", "12345678901234567890123456789012")],
     );
     assert_eq!(code, 0, "{err}");
     // WXGATE_CONFIG names the file; it is not mistaken for a key of it.

@@ -42,7 +42,7 @@ fn real_keys() -> BTreeSet<String> {
     config.apps.push(wxgate::config::AppConfig {
         name: "shop".into(),
         appid: "wx0000000000000002".into(),
-        secret: "s".into(),
+        secret: "5ecc0de5ecc0de5ecc0de5ecc0de5ecc".into(),
         authorize_url: Some(url::Url::parse("https://open.weixin.qq.com/x").unwrap()),
         api_base: Some(url::Url::parse("https://api.weixin.qq.com").unwrap()),
         lang: Some("en".into()),
@@ -118,7 +118,7 @@ fn readme_route_example_is_a_valid_configuration() {
     let end = start + section[start..].find("```").unwrap();
     let mut config: wxgate::config::Config = toml::from_str(&section[start..end]).unwrap();
     // What the example leaves to the environment and to `wxgate keygen`.
-    config.wechat.secret = wxgate::config::Secret::new("readme-appsecret");
+    config.wechat.secret = wxgate::config::Secret::new("9a8b7c6d5e4f30211203f4e5d6c7b8a9");
     config.session.secret =
         wxgate::config::Secret::new("readme-session-secret-0123456789-abcdefghij");
     let dir = tempfile::tempdir().unwrap();

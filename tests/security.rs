@@ -1909,8 +1909,13 @@ fn security_keys_are_validated_with_their_key_path() {
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/wxgate.toml"))
             .unwrap();
-    let base = wxgate::config::parse_toml(&example).unwrap();
-    assert!(wxgate::config::validate(&base).is_empty());
+    let mut base = wxgate::config::parse_toml(&example).unwrap();
+    // The example's secrets are placeholders; an operator's environment replaces them.
+    base.wechat.secret = wxgate::config::Secret::new("3f9a2c7e1b4d6a8f0c2e4b6d8f1a3c5e");
+    base.session.secret = wxgate::config::Secret::new(SESSION_SECRET);
+    base.identity.secret = wxgate::config::Secret::new(IDENTITY_SECRET);
+    let problems = wxgate::config::validate(&base);
+    assert!(problems.is_empty(), "{problems:?}");
     type Tweak = fn(&mut Config);
     let cases: &[(Tweak, &str)] = &[
         (

@@ -211,10 +211,45 @@ async fn userinfo_code_exchange_carries_unionid_only_for_users_that_have_one() {
 }
 
 #[tokio::test]
+async fn the_mock_sends_u_escapes_with_a_lone_surrogate_as_wechat_does() {
+    let mock = auto_mock().await;
+    let client = mock.client();
+    let grant = client
+        .exchange_code(&mock.login("snsapi_userinfo", "xiaohong").await)
+        .await
+        .unwrap();
+    let raw = mock
+        .http
+        .get(format!(
+            "{}/sns/userinfo?access_token={}&openid={}&lang=zh_CN",
+            mock.base,
+            grant.access_token.expose(),
+            grant.openid
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(raw.contains(r#""nickname":"\u5c0f\u7ea2\ud83d""#), "{raw}");
+    assert!(
+        serde_json::from_str::<Value>(&raw).is_err(),
+        "a strict parser refuses it, as with WeChat's"
+    );
+    let info = client
+        .userinfo(grant.access_token.expose(), &grant.openid)
+        .await
+        .unwrap();
+    assert_eq!(info.nickname, "小红\u{FFFD}");
+}
+
+#[tokio::test]
 async fn userinfo_reads_emoji_pua_and_raw_control_byte_nicknames() {
     let mock = auto_mock().await;
     let client = mock.client();
-    for id in ["lilei", "hanmeimei", "bell", "laowang"] {
+    // xiaohong's nickname comes \u-escaped with a lone surrogate: repaired, not refused.
+    for id in ["lilei", "hanmeimei", "bell", "laowang", "xiaohong"] {
         let code = mock.login("snsapi_userinfo", id).await;
         let grant = client.exchange_code(&code).await.unwrap();
         let info = client

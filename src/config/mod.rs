@@ -2,8 +2,9 @@
 //! `WXGATE_` environment variables, validated with every problem named by its key.
 //! Nothing here touches the network; `load` and `validate` are what `wxgate check` runs.
 
+mod credentials;
 mod load;
-
+mod store_path;
 mod validate;
 
 use std::net::SocketAddr;

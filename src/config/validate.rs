@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use super::credentials::{app_secret_problem, is_appid, is_placeholder};
 use super::{Algorithm, Config, Problem, Scope, StoreKind};
 use crate::route::path;
 
@@ -56,12 +57,14 @@ fn apps(c: &Config, p: &mut Vec<Problem>) {
         }
         if app.appid.is_empty() {
             p.push(Problem::new(key("appid"), "required"));
+        } else if !is_appid(&app.appid) {
+            p.push(Problem::new(key("appid"), not_an_appid(&app.appid)));
         }
+        let env = format!("WXGATE_APPS__{n}__SECRET");
         if app.secret.is_empty() {
-            p.push(Problem::new(
-                key("secret"),
-                format!("required (set WXGATE_APPS__{n}__SECRET)"),
-            ));
+            p.push(Problem::new(key("secret"), format!("required (set {env})")));
+        } else if let Some(m) = app_secret_problem(app.secret.expose(), &env) {
+            p.push(Problem::new(key("secret"), m));
         }
     }
     for (n, r) in c.routes.iter().enumerate() {
@@ -81,6 +84,8 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
         Some(url) => {
             if let Err(m) = origin_only(url) {
                 p.push(Problem::new("server.public_url", m));
+            } else if c.needs_login() {
+                reachable_by_wechat(url, real_wechat(c), c.session.cookie_secure, p);
             }
         }
         None if c.needs_login() => p.push(Problem::new(
@@ -130,12 +135,16 @@ fn wechat(c: &Config, p: &mut Vec<Problem>) {
             "wechat.appid",
             "required when a route needs a WeChat login",
         ));
+    } else if !is_appid(&w.appid) {
+        p.push(Problem::new("wechat.appid", not_an_appid(&w.appid)));
     }
     if w.secret.is_empty() {
         p.push(Problem::new(
             "wechat.secret",
             "required when a route needs a WeChat login (set WXGATE_WECHAT__SECRET)",
         ));
+    } else if let Some(m) = app_secret_problem(w.secret.expose(), "WXGATE_WECHAT__SECRET") {
+        p.push(Problem::new("wechat.secret", m));
     }
     for (key, url) in [
         ("wechat.authorize_url", &w.authorize_url),
@@ -167,6 +176,11 @@ fn session(c: &Config, p: &mut Vec<Problem>) {
             "session.secret",
             "must be at least 32 bytes (set WXGATE_SESSION__SECRET, e.g. `openssl rand -base64 48`)",
         ));
+    } else if is_placeholder(s.secret.expose()) {
+        p.push(Problem::new(
+            "session.secret",
+            "is a placeholder: anyone who read the example can forge state cookies and read stored sessions; set WXGATE_SESSION__SECRET (e.g. `openssl rand -base64 48`)",
+        ));
     }
     if s.cookie_name.is_empty() || !s.cookie_name.bytes().all(is_token_byte) {
         p.push(Problem::new(
@@ -193,11 +207,15 @@ fn session(c: &Config, p: &mut Vec<Problem>) {
             ));
         }
     }
-    if s.store == StoreKind::Redb && s.path.as_os_str().is_empty() {
-        p.push(Problem::new(
-            "session.path",
-            "required with store = \"redb\"",
-        ));
+    if s.store == StoreKind::Redb {
+        if s.path.as_os_str().is_empty() {
+            p.push(Problem::new(
+                "session.path",
+                "required with store = \"redb\"",
+            ));
+        } else if let Err(m) = super::store_path::writable(&s.path) {
+            p.push(Problem::new("session.path", m));
+        }
     }
     nonzero(s.ttl, "session.ttl", p);
     nonzero(s.max_lifetime, "session.max_lifetime", p);
@@ -213,6 +231,12 @@ fn identity(c: &Config, p: &mut Vec<Problem>) {
         ));
     }
     // Loading the keys is the only complete check of a key file: PEM, type, algorithm.
+    if i.algorithm == Algorithm::HS256 && is_placeholder(i.secret.expose()) {
+        p.push(Problem::new(
+            "identity.secret",
+            "is a placeholder: anyone who read the example can sign identities your upstreams trust; set WXGATE_IDENTITY__SECRET (e.g. `openssl rand -base64 48`) or use an asymmetric algorithm with key_file",
+        ));
+    }
     let (current, previous) = i.key_sources();
     if let Err(e) = crate::identity::KeySet::load(&current, &previous) {
         let key = match i.algorithm {
@@ -228,10 +252,11 @@ fn identity(c: &Config, p: &mut Vec<Problem>) {
 }
 
 fn routes(c: &Config, p: &mut Vec<Problem>) {
-    if c.routes.is_empty() {
+    // Forward-auth needs no route of its own: the proxy in front asks /_wxgate/auth.
+    if c.routes.is_empty() && c.wechat.appid.is_empty() {
         p.push(Problem::new(
             "routes",
-            "at least one [[routes]] entry is required",
+            "at least one [[routes]] entry is required (or wechat.appid alone, for forward-auth behind nginx, Traefik or Caddy)",
         ));
     }
     let mut seen = HashSet::new();
@@ -275,6 +300,65 @@ fn routes(c: &Config, p: &mut Vec<Problem>) {
                 ),
             ));
         }
+    }
+}
+
+fn not_an_appid(appid: &str) -> String {
+    format!(
+        "\"{appid}\" is not an AppID: WeChat's are wx followed by 16 hex digits (公众平台 → 设置与开发 → 基本配置 → 开发者ID)"
+    )
+}
+
+/// What WeChat and the visitor's browser need of `public_url`: no port on a public host
+/// (WeChat matches redirect_uri against the 网页授权域名, which has none, and answers 10003),
+/// and https when the cookies are Secure (a browser drops Secure cookies sent over http, so
+/// the state cookie is gone at the callback). Loopback hosts are exempt: browsers treat
+/// them as secure, and no WeChat reaches them anyway.
+fn reachable_by_wechat(
+    url: &url::Url,
+    real_wechat: bool,
+    cookie_secure: bool,
+    p: &mut Vec<Problem>,
+) {
+    if is_loopback(url) {
+        return;
+    }
+    // The port rule is WeChat's own: a mock or staging WeChat (the demo on a LAN address)
+    // takes any port.
+    if let Some(port) = url.port().filter(|_| real_wechat) {
+        p.push(Problem::new(
+            "server.public_url",
+            format!(
+                "\"{}\" carries port {port}: the 网页授权域名 has no port, so WeChat answers 10003 (redirect_uri域名与后台配置不一致); serve on 443 behind the domain and write \"{}://{}\"",
+                url.origin().ascii_serialization(),
+                url.scheme(),
+                url.host_str().unwrap_or_default()
+            ),
+        ));
+    }
+    if url.scheme() == "http" && cookie_secure {
+        p.push(Problem::new(
+            "session.cookie_secure",
+            format!(
+                "true with an http:// server.public_url (\"{}\"): browsers drop Secure cookies over http, so every login would end on 登录已失效; serve https (public_url = \"https://{}\") or, for a trial without TLS, set cookie_secure = false",
+                url.origin().ascii_serialization(),
+                url.host_str().unwrap_or_default()
+            ),
+        ));
+    }
+}
+
+/// Whether logins go to WeChat's own authorize page (not a mock or staging stand-in).
+fn real_wechat(c: &Config) -> bool {
+    c.wechat.authorize_url.host_str() == Some("open.weixin.qq.com")
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 

@@ -214,7 +214,8 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, DemoError> {
 /// The mock as a visitor meets it: a consent page to click, and avatars it serves itself.
 fn mock_config(mock_addr: SocketAddr) -> MockConfig {
     MockConfig {
-        secret: Secret::new(random_secret()),
+        // WeChat's AppSecret shape (32 hex digits), which `wxgate check` insists on.
+        secret: Secret::new(hex::encode(rand::random::<[u8; 16]>())),
         avatar_origin: Some(format!("http://{mock_addr}")),
         // Loopback redirect_uris are accepted with any port; a LAN address needs this.
         accept_any_redirect: !mock_addr.ip().is_loopback(),

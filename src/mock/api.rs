@@ -183,9 +183,12 @@ fn userinfo(shared: &Shared, params: &Params, behaviour: &Faults, now: u64) -> A
         )
     };
     // Since 2021-10-20 sex is 0 and the regions are empty; there is no `language` field.
-    let mut json = WxJson::new()
-        .str("openid", &grant.openid)
-        .str("nickname", &nickname)
+    let json = WxJson::new().str("openid", &grant.openid);
+    let json = match super::users::escaped_nickname(user.id()).filter(|_| !grant.snapshot) {
+        Some(escaped) => json.raw("nickname", escaped),
+        None => json.str("nickname", &nickname),
+    };
+    let mut json = json
         .num("sex", 0)
         .str("province", "")
         .str("city", "")

@@ -33,7 +33,7 @@ use store::{Clock, Store};
 use wire::Body;
 
 pub const DEFAULT_APPID: &str = "wx2ebfe5f20389c64a";
-pub const DEFAULT_SECRET: &str = "mock-secret-5b2c8e1f7a9d4c3e0f6a";
+pub const DEFAULT_SECRET: &str = "5b2c8e1f7a9d4c3e0f6a19d27c4b8e03";
 
 /// Command-line flags of `wxgate mock-wechat`.
 #[derive(Debug, Clone, clap::Args)]

@@ -59,6 +59,15 @@ pub const USERS: &[FixtureUser] = &[
         color: "#fa9d3b",
     },
     FixtureUser {
+        id: "xiaohong",
+        // What a tolerant reader makes of the wire form in `escaped_nickname`.
+        nickname: "小红\u{FFFD}",
+        note: "昵称以 \\u 转义发送，末尾是孤立代理 \\ud83d（半个 emoji）",
+        has_unionid: true,
+        always_snapshot: false,
+        color: "#d6336c",
+    },
+    FixtureUser {
         id: "snapshot",
         nickname: "快照用户",
         note: "总是快照页虚拟账号 (is_snapshotuser:1)",
@@ -71,6 +80,13 @@ pub const USERS: &[FixtureUser] = &[
 /// What userinfo shows for a 快照页 virtual account.
 pub const SNAPSHOT_NICKNAME: &str = "微信用户";
 pub const SNAPSHOT_HEADIMGURL: &str = "https://thirdwx.qlogo.cn/mmopen/vi_32/POgEwh4mIHO4nibH0KlMECNjjGxQUq24ZEaGT4poC6icRiccVGKSyXwibcPq4BWmiaIGuG1icwxaQX6grC9VemZoJ8rg/132";
+
+/// The nickname of fixture `id` as WeChat sometimes writes it: every character `\u`-escaped
+/// and an emoji cut in half, leaving a lone high surrogate that no Rust string can hold (so
+/// it is the JSON literal itself). Strict parsers reject the whole userinfo.
+pub fn escaped_nickname(id: &str) -> Option<&'static str> {
+    (id == "xiaohong").then_some(r#""\u5c0f\u7ea2\ud83d""#)
+}
 
 pub fn find(id: &str) -> Option<&'static FixtureUser> {
     USERS.iter().find(|user| user.id == id)

@@ -37,6 +37,13 @@ impl WxJson {
         self
     }
 
+    /// `key` with a value already written as JSON (`\u` escapes, lone surrogates).
+    pub fn raw(mut self, key: &str, json: &str) -> Self {
+        self.key(key);
+        self.buf.push_str(json);
+        self
+    }
+
     pub fn num(mut self, key: &str, value: i64) -> Self {
         self.key(key);
         self.buf.push_str(&value.to_string());
