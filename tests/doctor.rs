@@ -265,7 +265,8 @@ async fn wechat_side_failures_are_named_with_their_fix() {
         &d.config,
         d.dir.path(),
         &["--ca-file", ca, "--call-wechat"],
-        "wrong-secret-0000000000000000",
+        // WeChat's shape (32 hex digits), so `check` passes it and WeChat refuses it.
+        "0000000000000000000000000000dead",
     )
     .await;
     assert_eq!(o.code, 1, "{}", o.out);
