@@ -152,6 +152,7 @@ pub struct LoginMetrics {
     failed: Family<ReasonLabel, Counter>,
     refreshes: Family<ResultLabel, Counter>,
     rate_limited: Family<WhatLabel, Counter>,
+    repeats: Family<ResultLabel, Counter>,
     sessions_active: Gauge,
 }
 
@@ -181,6 +182,12 @@ impl LoginMetrics {
     /// callbacks) or `wechat` (the appid's WeChat API budget spent).
     pub fn rate_limited(&self, what: &'static str) {
         self.rate_limited.get_or_create(&WhatLabel { what }).inc();
+    }
+
+    /// A later load of a callback another load already claimed (WeChat's double load):
+    /// `settled`, answered with the first load's outcome, or `spent`, whose outcome is gone.
+    pub fn repeated(&self, result: &'static str) {
+        self.repeats.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn set_sessions_active(&self, count: u64) {
@@ -341,6 +348,11 @@ impl Metrics {
                 &mut registry,
                 "rate_limited",
                 "Requests refused by a rate limit, by what was limited",
+            ),
+            repeats: registered(
+                &mut registry,
+                "callback_repeats",
+                "Later loads of a callback another load already claimed (WeChat's double load), by result: settled (the first load's outcome again) or spent",
             ),
             sessions_active: Gauge::default(),
         };
@@ -528,6 +540,9 @@ fn zero_series(
     }
     for what in ["login", "callback"] {
         let _ = login.rate_limited.get_or_create(&WhatLabel { what });
+    }
+    for result in ["settled", "spent"] {
+        let _ = login.repeats.get_or_create(&ResultLabel { result });
     }
     for result in ["ok", "refused"] {
         let _ = reloads.get_or_create(&ResultLabel { result });

@@ -17,8 +17,9 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
-use wxgate::demo::{Demo, DemoArgs};
+use wxgate::demo::{Demo, DemoArgs, Webview};
 use wxgate::identity::Algorithm;
+use wxgate::mock::{DoubleLoad, Escapes, Quirks};
 
 const WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 13; Pixel 7 Build/TQ2A.230505.002; wv) AppleWebKit/537.36 \
     (KHTML, like Gecko) Version/4.0 Chrome/116.0.0.0 Mobile Safari/537.36 MicroMessenger/8.0.40.2420(0x28002857) \
@@ -242,6 +243,8 @@ async fn the_demo_login_works_in_headless_chromium() {
     let demo = wxgate::demo::start(&DemoArgs {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         algorithm: Algorithm::ES256,
+        webview: Webview::Alternate,
+        quirks: Quirks::default(),
     })
     .await
     .expect("the demo starts");
@@ -267,6 +270,100 @@ async fn the_demo_login_works_in_headless_chromium() {
     })
     .await;
     demo.shutdown().await;
+}
+
+/// A desktop Chromium walks the demo as Android WeChat (the demo adds WeChat's marker and
+/// `X-Requested-With: com.tencent.mm` to every request, to the gateway and to the mock),
+/// while the mock WeChat prefetches every callback without cookies and answers each grant
+/// with a page that loads the callback twice at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_as_android_lands_double_loads_and_prefetches_in_headless_chromium() {
+    let Some(tools) = tools() else { return };
+    let demo = wxgate::demo::start(&DemoArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        algorithm: Algorithm::ES256,
+        webview: Webview::Android,
+        quirks: Quirks {
+            prefetch: true,
+            double_load: DoubleLoad::Concurrent,
+            escapes: Escapes::Ascii,
+        },
+    })
+    .await
+    .expect("the demo starts");
+    let driver = start_driver(&tools.chromedriver).await;
+    in_browser(&tools, &driver, DESKTOP_UA, (430, 1500), |client| {
+        android_quirks(client, &demo)
+    })
+    .await;
+    demo.shutdown().await;
+}
+
+async fn android_quirks(client: Client, demo: &Demo) {
+    // Silent snsapi_base on a hash-routed page.
+    let base = format!("{}base/index.html?q=1#/lottery/42", demo.url);
+    client.goto(&base).await.unwrap();
+    find(&client, ".verified").await;
+    assert_eq!(current(&client).await, base, "back on the exact URL");
+    let received = client.source().await.unwrap();
+    assert!(
+        received.contains("<td>x-requested-with</td><td>com.tencent.mm</td>"),
+        "the upstream saw Android's X-Requested-With: {received}"
+    );
+    let stats = mock_stats(demo).await;
+    assert_eq!(stats["prefetches"], 1, "{stats}");
+    assert_eq!(stats["/sns/oauth2/access_token"], 1, "{stats}");
+    assert_eq!(
+        repeats(demo).await,
+        1,
+        "the frame's load and the page's: one repeat"
+    );
+    screenshot(&client, "10-android-double-load-base").await;
+
+    // The consent sheet, then 允许: the grant comes back through the same double load.
+    client.goto(&demo.url).await.unwrap();
+    click(&client, "a.weui-btn_primary").await;
+    find(&client, ".nickname").await;
+    assert_eq!(current(&client).await, format!("{}#", demo.url));
+    let stats = mock_stats(demo).await;
+    assert_eq!(stats["prefetches"], 2, "{stats}");
+    assert_eq!(stats["/sns/oauth2/access_token"], 2, "{stats}");
+    assert_eq!(repeats(demo).await, 2);
+    screenshot(&client, "11-android-double-load-userinfo").await;
+}
+
+async fn mock_stats(demo: &Demo) -> serde_json::Value {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/_mock/stats", origin(demo.mock)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Later loads of a callback the gateway answered with the first load's outcome.
+async fn repeats(demo: &Demo) -> u64 {
+    let metrics = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/metrics", demo.gateway.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("wxgate_callback_repeats_total{result=\"settled\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the repeats counter")
 }
 
 /// Two tabs log in at once, the first lands on its exact URL with the nickname; refresh keeps

@@ -1282,6 +1282,7 @@ const METRICS: &[(&str, Kind, &[&str])] = &[
         &["op"],
     ),
     ("wxgate_rate_limited_total", Kind::Counter, &["what"]),
+    ("wxgate_callback_repeats_total", Kind::Counter, &["result"]),
     ("wxgate_config_reloads_total", Kind::Counter, &["result"]),
     (
         "wxgate_jssdk_fetches_total",

@@ -5,7 +5,7 @@ mod support;
 
 use support::wechat::{
     DESKTOP_UA, WECHAT_UA, authorize_target, browser, browser_with_jar, follow, mock_stats,
-    verify_identity, world,
+    set_mock_faults, verify_identity, world, world_with,
 };
 
 #[tokio::test]
@@ -629,6 +629,162 @@ async fn a_prefetch_without_cookies_burns_no_code() {
     assert_eq!(real.status(), 302);
     assert_eq!(real.headers()["location"], "/base/p?x=1");
     w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_mock_turns_a_browser_outside_wechat_away_as_wechat_does() {
+    let w = world().await;
+    let hop = browser(WECHAT_UA)
+        .get(format!("{}/base/x", w.origin))
+        .send()
+        .await
+        .unwrap();
+    let authorize = authorize_target(hop).await;
+    // The same authorize link, opened in a desktop browser.
+    let desktop = browser(DESKTOP_UA).get(&authorize).send().await.unwrap();
+    assert_eq!(desktop.status(), 200);
+    assert!(
+        desktop
+            .text()
+            .await
+            .unwrap()
+            .contains("请在微信客户端打开链接"),
+        "WeChat's page for other browsers"
+    );
+    assert_eq!(mock_stats(w.mock).await["codes_issued"], 0);
+    // `wxgate mock-wechat --any-browser` lets it through.
+    set_mock_faults(w.mock, serde_json::json!({"require_wechat_ua": false})).await;
+    let through = browser(DESKTOP_UA).get(&authorize).send().await.unwrap();
+    assert_eq!(through.status(), 302);
+    assert_eq!(mock_stats(w.mock).await["codes_issued"], 1);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_wechat_prefetching_every_callback_each_login_lands_with_one_exchange() {
+    // `mock-wechat --prefetch`: before the browser hears of its code, the mock loads the
+    // callback itself with it, without cookies. A gateway that took that load for the
+    // login would spend the code and fail the visitor's own load with 40163.
+    let w = world_with(|mock, _| mock.faults.prefetch = true).await;
+    for (n, path) in ["/base/a?x=1", "/vip/b"].into_iter().enumerate() {
+        let b = browser(WECHAT_UA);
+        let (hops, last) = follow(&b, &format!("{}{path}", w.origin)).await;
+        assert_eq!(last.status(), 200, "{path}: {hops:?}");
+        assert_eq!(hops.last().unwrap(), path);
+        let stats = mock_stats(w.mock).await;
+        assert_eq!(stats["prefetches"], n + 1, "{stats}");
+        assert_eq!(stats["/sns/oauth2/access_token"], n + 1, "{stats}");
+        assert_eq!(stats["codes_exchanged"], n + 1, "{stats}");
+    }
+    assert_eq!(support::wechat::last_identity(&w).scope, "snsapi_userinfo");
+    // The prefetches did reach the gateway, which refused them: no state cookie.
+    let metrics = support::metrics(&w.gw).await;
+    assert!(
+        metrics.contains("wxgate_logins_failed_total{reason=\"state\"} 2"),
+        "{metrics}"
+    );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_double_load_page_of_the_mock_lands_both_loads_with_one_exchange() {
+    // `mock-wechat --double-load concurrent`: the mock's answer loads the callback in a
+    // hidden frame and, at the same moment, in the page. Both loads are made here as the
+    // browser makes them, at once.
+    let w = world_with(|mock, _| {
+        mock.faults.double_load = wxgate::mock::DoubleLoad::Concurrent;
+    })
+    .await;
+    let (b, _) = browser_with_jar(WECHAT_UA);
+    let hop = b
+        .get(format!("{}/vip/page?q=1", w.origin))
+        .send()
+        .await
+        .unwrap();
+    let authorize = authorize_target(hop).await;
+    let page = b.get(&authorize).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let callback = double_load_target(&html);
+    assert!(
+        html.contains("document.body.appendChild(frame);go();"),
+        "{html}"
+    );
+    let (first, second) = tokio::join!(b.get(&callback).send(), b.get(&callback).send());
+    for load in [first.unwrap(), second.unwrap()] {
+        assert_eq!(load.status(), 302);
+        assert_eq!(load.headers()["location"], "/vip/page?q=1");
+    }
+    let stats = mock_stats(w.mock).await;
+    assert_eq!(stats["/sns/oauth2/access_token"], 1, "{stats}");
+    let metrics = support::metrics(&w.gw).await;
+    assert!(
+        metrics.contains("wxgate_callback_repeats_total{result=\"settled\"} 1"),
+        "{metrics}"
+    );
+    let landed = b
+        .get(format!("{}/vip/page?q=1", w.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(landed.status(), 200, "the session the two loads share");
+
+    // Sequential: the frame's load first, then the page's.
+    set_mock_faults(w.mock, serde_json::json!({"double_load": "sequential"})).await;
+    let (b, _) = browser_with_jar(WECHAT_UA);
+    let hop = b
+        .get(format!("{}/base/two", w.origin))
+        .send()
+        .await
+        .unwrap();
+    let html = b
+        .get(authorize_target(hop).await)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("frame.onload = go;"), "{html}");
+    let callback = double_load_target(&html);
+    for _ in 0..2 {
+        let load = b.get(&callback).send().await.unwrap();
+        assert_eq!(load.status(), 302);
+        assert_eq!(load.headers()["location"], "/base/two");
+    }
+    assert_eq!(mock_stats(w.mock).await["/sns/oauth2/access_token"], 2);
+    w.gw.shutdown().await;
+}
+
+/// The callback URL the mock's double-load page loads (its `<noscript>` refresh target).
+fn double_load_target(html: &str) -> String {
+    let start = html.find("content=\"0;url=").expect("a refresh") + "content=\"0;url=".len();
+    let end = start + html[start..].find('"').unwrap();
+    html[start..end].replace("&amp;", "&")
+}
+
+#[tokio::test]
+async fn escaped_and_cut_emoji_nicknames_log_in() {
+    // `mock-wechat --escapes ascii`: every non-ASCII character as a \u escape, emoji as
+    // surrogate pairs; `cut-emoji`: each emoji cut to its high surrogate.
+    for (escapes, nickname) in [
+        ("ascii", "韩梅梅🌸😀"),
+        ("cut-emoji", "韩梅梅\u{FFFD}\u{FFFD}"),
+    ] {
+        let w = world().await;
+        set_mock_faults(w.mock, serde_json::json!({"escapes": escapes})).await;
+        let (b, jar) = browser_with_jar(WECHAT_UA);
+        let mock_url = url::Url::parse(&format!("http://{}/", w.mock)).unwrap();
+        jar.add_cookie_str("mock_user=hanmeimei", &mock_url);
+        let (hops, last) = follow(&b, &format!("{}/vip/index.html", w.origin)).await;
+        assert_eq!(last.status(), 200, "{escapes}: {hops:?}");
+        assert_eq!(
+            support::wechat::last_identity(&w).nickname.as_deref(),
+            Some(nickname),
+            "{escapes}"
+        );
+        w.gw.shutdown().await;
+    }
 }
 
 /// The openid a refusal page shows, for the visitor to send to the operator.

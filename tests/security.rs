@@ -213,7 +213,13 @@ async fn finish_login(w: &World, authorize: &str, state_cookie: &str) -> Outcome
         authorize.starts_with(&format!("http://{}/connect/oauth2/authorize?", w.mock)),
         "{authorize}"
     );
-    let wechat = client().get(authorize).send().await.unwrap();
+    let wechat = client()
+        .get(authorize)
+        // WeChat shows its authorize page to its own browser only.
+        .header("user-agent", WECHAT_UA)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wechat.status(), 302, "mock authorize");
     let callback = wechat.headers()["location"].to_str().unwrap().to_owned();
     assert!(callback.starts_with(&format!("{}/_wxgate/callback?", w.origin)));
@@ -1029,7 +1035,13 @@ async fn t01_t33_cookies_carry_the_host_prefix_when_secure() {
 
     // The callback: session cookie with the same rules; the state cookie cleared (T21).
     let pair = state.split(';').next().unwrap();
-    let wechat = client().get(location).send().await.unwrap();
+    let wechat = client()
+        .get(location)
+        // WeChat shows its authorize page to its own browser only.
+        .header("user-agent", WECHAT_UA)
+        .send()
+        .await
+        .unwrap();
     let callback = wechat.headers()["location"].to_str().unwrap().to_owned();
     let done = client()
         .get(&callback)
@@ -1287,7 +1299,13 @@ async fn t13_t14_a_state_cookie_replayed_after_use_or_after_ten_minutes_is_refus
     assert_eq!(exchanged, 1);
     // A fresh code for the same state, sent with the copy of the state cookie taken before
     // the login finished: a replay, refused before WeChat is asked.
-    let again = client().get(&authorize).send().await.unwrap();
+    let again = client()
+        .get(&authorize)
+        // WeChat shows its authorize page to its own browser only.
+        .header("user-agent", WECHAT_UA)
+        .send()
+        .await
+        .unwrap();
     let callback = again.headers()["location"].to_str().unwrap().to_owned();
     let replay = client()
         .get(&callback)

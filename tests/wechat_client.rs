@@ -35,6 +35,8 @@ async fn start_mock(config: MockConfig) -> Mock {
     }));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // The authorize page answers WeChat's own browser only (the API does not look).
+        .user_agent("Mozilla/5.0 (Linux; Android 13; wv) MicroMessenger/8.0.47.2560(0x28002F35)")
         .build()
         .unwrap();
     Mock {

@@ -18,9 +18,10 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, NonWeChat, RouteConfig, Secret, StoreKind};
 use crate::gate::Gate;
 use crate::identity::{Algorithm, KeySet, KeySource};
-use crate::mock::{MockConfig, MockWeChat};
+use crate::mock::{MockConfig, MockWeChat, Quirks};
 use crate::server::{self, Running};
-use browser::SimulatedWeChat;
+pub use browser::Webview;
+use browser::{SimulatedWeChat, Simulation};
 use upstream::{App, Verifier};
 
 /// The friendly address the demo prefers; taken, it falls back to a free port.
@@ -37,6 +38,14 @@ pub struct DemoArgs {
     /// verified through the JWKS) or HS256 (a generated shared secret).
     #[arg(long, default_value = "ES256")]
     pub algorithm: Algorithm,
+    /// The WeChat webview a new visitor's browser passes for: Android (`X-Requested-With:
+    /// com.tencent.mm` on every request) and iOS in turn, or always one of them.
+    /// `/_demo/view?as=android|ios|desktop` switches a visitor later.
+    #[arg(long, value_enum, default_value_t = Webview::Alternate)]
+    pub webview: Webview,
+    /// How the simulated WeChat returns to the callback, and how its API writes text.
+    #[command(flatten)]
+    pub quirks: Quirks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +101,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
     let upstream_listener = bind(SocketAddr::new(ip, 0)).await?;
     let upstream_addr = local_addr(&upstream_listener)?;
 
-    let mock_config = mock_config(mock_addr);
+    let mock_config = mock_config(mock_addr, &args.quirks);
     let key_dir = KeyDir::create()?;
     let identity = Identity::generate(args.algorithm, &key_dir)?;
     let config = gateway_config(
@@ -110,7 +119,12 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
     let gate = Gate::new(&config).map_err(server::StartError::from)?;
     // The gate holds the key in memory now; nothing of it stays on disk.
     drop(key_dir);
-    let gateway = server::start_with(&config, gate, gateway_listener, SimulatedWeChat::new).await?;
+    let simulation = Simulation::new(args.webview);
+    let seen_by_gateway = Arc::clone(&simulation);
+    let gateway = server::start_with(&config, gate, gateway_listener, move |gate| {
+        SimulatedWeChat::new(gate, seen_by_gateway)
+    })
+    .await?;
 
     let (stop, stopped) = watch::channel(false);
     let app = Arc::new(App {
@@ -121,7 +135,11 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
         jweixin_origin: format!("http://{mock_addr}"),
     });
     let mut mock_stopped = stopped.clone();
-    let mock = MockWeChat::new(mock_config);
+    // WeChat refuses browsers that are not its own: the mock sees the same webview as the gateway.
+    let mock =
+        MockWeChat::new(mock_config).dressed(Arc::new(move |headers: &mut http::HeaderMap| {
+            simulation.dress(headers)
+        }));
     let tasks = vec![
         tokio::spawn(async move {
             let until = async move {
@@ -212,7 +230,9 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, DemoError> {
 }
 
 /// The mock as a visitor meets it: a consent page to click, and avatars it serves itself.
-fn mock_config(mock_addr: SocketAddr) -> MockConfig {
+fn mock_config(mock_addr: SocketAddr, quirks: &Quirks) -> MockConfig {
+    let mut faults = crate::mock::Faults::default();
+    quirks.apply(&mut faults);
     MockConfig {
         // WeChat's AppSecret shape (32 hex digits), which `wxgate check` insists on.
         secret: Secret::new(hex::encode(rand::random::<[u8; 16]>())),
@@ -220,6 +240,7 @@ fn mock_config(mock_addr: SocketAddr) -> MockConfig {
         // Loopback redirect_uris are accepted with any port; a LAN address needs this.
         accept_any_redirect: !mock_addr.ip().is_loopback(),
         auto_consent: false,
+        faults,
         ..MockConfig::default()
     }
 }
@@ -397,7 +418,7 @@ mod tests {
             let dir = KeyDir::create().unwrap();
             let identity = Identity::generate(algorithm, &dir).unwrap();
             let addr = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-            let mock = mock_config(addr(2));
+            let mock = mock_config(addr(2), &Quirks::default());
             let config = gateway_config(addr(1), addr(2), addr(3), &mock, &identity);
             let problems = crate::config::validate(&config);
             assert!(problems.is_empty(), "{algorithm}: {problems:?}");

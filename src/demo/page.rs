@@ -142,6 +142,33 @@ fn header(route: &DemoRoute) -> String {
     )
 }
 
+/// Which of WeChat's webviews the demo dressed the browser as, and the switch to the other.
+fn simulated_webview(received: &Received) -> &'static str {
+    let android = received
+        .headers
+        .iter()
+        .any(|(name, value)| name == "x-requested-with" && value == "com.tencent.mm");
+    match (received.simulated_wechat, android) {
+        (false, _) => "",
+        (true, true) => {
+            "<p class=\"muted webview\">演示把你的浏览器模拟成了安卓微信：User-Agent 末尾加了 \
+             <code>MicroMessenger/8.0.50</code>，每个请求都带 <code>X-Requested-With: com.tencent.mm</code>。\
+             <a href=\"/_demo/view?as=ios\">改为 iOS 微信</a>\
+             <span class=\"en\">The demo made your browser look like Android WeChat: \
+             <code>MicroMessenger/8.0.50</code> appended to the User-Agent, and \
+             <code>X-Requested-With: com.tencent.mm</code> on every request, as its WebView sends. \
+             <a href=\"/_demo/view?as=ios\">Switch to iOS</a></span></p>"
+        }
+        (true, false) => {
+            "<p class=\"muted webview\">演示把你的浏览器模拟成了 iOS 微信：User-Agent 末尾加了 \
+             <code>MicroMessenger/8.0.50</code>。<a href=\"/_demo/view?as=android\">改为安卓微信</a>\
+             <span class=\"en\">The demo made your browser look like iOS WeChat: \
+             <code>MicroMessenger/8.0.50</code> appended to the User-Agent. \
+             <a href=\"/_demo/view?as=android\">Switch to Android</a></span></p>"
+        }
+    }
+}
+
 fn who(received: &Received) -> String {
     let Identity::Verified { claims, .. } = &received.identity else {
         let text = match received.identity {
@@ -180,13 +207,7 @@ fn who(received: &Received) -> String {
     } else {
         ""
     };
-    let marker = if received.simulated_wechat {
-        "<p class=\"muted\">演示把你的浏览器模拟成了微信（User-Agent 末尾加了 <code>MicroMessenger/8.0.50</code>）。\
-         <span class=\"en\">The demo made your browser look like WeChat (it appended \
-         <code>MicroMessenger/8.0.50</code> to the User-Agent).</span></p>"
-    } else {
-        ""
-    };
+    let marker = simulated_webview(received);
     format!(
         "<section><div class=\"who\">{avatar}<div>{name}<div class=\"openid\">openid {openid}</div>\
 <div class=\"openid\">unionid {unionid}</div></div></div>{snapshot}{marker}</section>",
@@ -392,6 +413,27 @@ mod tests {
             simulated_wechat: true,
             jweixin_origin: "http://127.0.0.1:9100".into(),
         }
+    }
+
+    #[test]
+    fn the_page_says_which_webview_the_browser_was_dressed_as() {
+        let mut android = received(Identity::Absent);
+        android
+            .headers
+            .push(("x-requested-with".into(), "com.tencent.mm".into()));
+        let shown = simulated_webview(&android);
+        assert!(
+            shown.contains("Android WeChat") && shown.contains("as=ios"),
+            "{shown}"
+        );
+        let ios = simulated_webview(&received(Identity::Absent));
+        assert!(
+            ios.contains("iOS WeChat") && ios.contains("as=android"),
+            "{ios}"
+        );
+        let mut real = received(Identity::Absent);
+        real.simulated_wechat = false;
+        assert_eq!(simulated_webview(&real), "");
     }
 
     #[test]

@@ -638,8 +638,12 @@ impl Login {
                 }
                 response
             }
-            Ok(Claim::Settled(outcome)) => self.answer_again(&outcome, &entry),
+            Ok(Claim::Settled(outcome)) => {
+                self.metrics.repeated("settled");
+                self.answer_again(&outcome, &entry)
+            }
             Ok(Claim::Spent) => {
+                self.metrics.repeated("spent");
                 // This callback ran before and its outcome is gone: the page, which starts a
                 // fresh login if it needs one. Never "expired" for a browser holding the state.
                 let mut r = redirect(entry.return_url.as_str());

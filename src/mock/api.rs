@@ -74,7 +74,10 @@ pub async fn serve(shared: &Shared, endpoint: ApiEndpoint, query: &str) -> Respo
     };
     let body =
         result.unwrap_or_else(|errcode| wire::error_body(errcode, behaviour.errmsg_style, now));
-    wire::api_response(body, behaviour.content_type)
+    wire::api_response(
+        wire::with_escapes(body, behaviour.escapes),
+        behaviour.content_type,
+    )
 }
 
 fn counter(shared: &Shared, endpoint: ApiEndpoint) -> &std::sync::atomic::AtomicU64 {

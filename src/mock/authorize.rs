@@ -2,11 +2,11 @@
 //! WeChat's error pages, silent snsapi_base, the snsapi_userinfo consent sheet (or
 //! automatic consent), 允许/拒绝, and the 302 back with `code` and `state` before any `#fragment`.
 
-use http::{HeaderMap, HeaderValue, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, header};
 use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::api::Params;
-use super::faults::{Faults, Stats};
+use super::faults::{DoubleLoad, Faults, Stats};
 use super::html::{self, PickerEntry};
 use super::store::{Grant, Scope, Ticket};
 use super::users::{MockUser, USERS};
@@ -43,7 +43,7 @@ impl PageError {
     }
 }
 
-pub fn authorize(shared: &Shared, query: &str, headers: &HeaderMap) -> Response<Body> {
+pub async fn authorize(shared: &Shared, query: &str, headers: &HeaderMap) -> Response<Body> {
     Stats::bump(&shared.stats.authorize);
     let behaviour = lock(&shared.faults).clone();
     let params = Params::parse(query);
@@ -65,12 +65,16 @@ pub fn authorize(shared: &Shared, query: &str, headers: &HeaderMap) -> Response<
         snapshot,
     };
     // snsapi_base is silent; a snapshot page shows no popup either.
-    let mut response = if request.scope == Scope::Base || snapshot {
-        redirect_with_code(shared, grant, request.redirect_uri, request.state)
+    let silent = request.scope == Scope::Base || snapshot;
+    let mut response = if silent || (!behaviour.deny && shared.config.auto_consent) {
+        let back = Back {
+            redirect_uri: request.redirect_uri,
+            state: request.state,
+            visitor: headers,
+        };
+        hand_over_code(shared, &behaviour, grant, back).await
     } else if behaviour.deny {
         denied(&behaviour, request.redirect_uri, request.state)
-    } else if shared.config.auto_consent {
-        redirect_with_code(shared, grant, request.redirect_uri, request.state)
     } else {
         consent(shared, grant, &request, query, &user)
     };
@@ -84,7 +88,7 @@ pub fn authorize(shared: &Shared, query: &str, headers: &HeaderMap) -> Response<
 }
 
 /// `/connect/oauth2/authorize_reply?ticket&action=allow|deny`: the buttons of the consent sheet.
-pub fn reply(shared: &Shared, query: &str) -> Response<Body> {
+pub async fn reply(shared: &Shared, query: &str, headers: &HeaderMap) -> Response<Body> {
     Stats::bump(&shared.stats.authorize_reply);
     let params = Params::parse(query);
     let now = shared.clock.now();
@@ -94,10 +98,15 @@ pub fn reply(shared: &Shared, query: &str) -> Response<Body> {
     let Some(ticket) = ticket else {
         return wire::html(html::error_page("授权已过期，请重新进入页面", None));
     };
+    let behaviour = lock(&shared.faults).clone();
     if params.get("action") == Some("allow") {
-        redirect_with_code(shared, ticket.grant, &ticket.redirect_uri, &ticket.state)
+        let back = Back {
+            redirect_uri: &ticket.redirect_uri,
+            state: &ticket.state,
+            visitor: headers,
+        };
+        hand_over_code(shared, &behaviour, ticket.grant, back).await
     } else {
-        let behaviour = lock(&shared.faults).clone();
         denied(&behaviour, &ticket.redirect_uri, &ticket.state)
     }
 }
@@ -212,16 +221,57 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-fn redirect_with_code(
+/// Where a granted login goes back to, and the browser that asked.
+struct Back<'a> {
+    redirect_uri: &'a str,
+    state: &'a str,
+    visitor: &'a HeaderMap,
+}
+
+/// Issues the code and sends the browser back with it: a 302, or with `double_load` a page
+/// that loads the callback twice. With `prefetch`, the mock has loaded the callback itself
+/// (no cookies) before the browser hears of the code.
+async fn hand_over_code(
     shared: &Shared,
+    behaviour: &Faults,
     grant: Grant,
-    redirect_uri: &str,
-    state: &str,
+    back: Back<'_>,
 ) -> Response<Body> {
     let now = shared.clock.now();
     let code = lock(&shared.store).insert_code(grant, now, shared.config.code_ttl.as_secs());
     Stats::bump(&shared.stats.codes_issued);
-    wire::redirect(&callback_location(redirect_uri, Some(&code), state))
+    let location = callback_location(back.redirect_uri, Some(&code), back.state);
+    if behaviour.prefetch {
+        prefetch(shared, &location, back.visitor).await;
+    }
+    match behaviour.double_load {
+        DoubleLoad::Off => wire::redirect(&location),
+        DoubleLoad::Sequential => wire::html(html::double_load_page(&location, false)),
+        DoubleLoad::Concurrent => wire::html(html::double_load_page(&location, true)),
+    }
+}
+
+/// One GET of the callback as Tencent's fetchers make it: the visitor's User-Agent and
+/// `X-Requested-With`, no cookies, redirects not followed. Its outcome does not matter to
+/// the visitor; what matters is whether the gateway spent the code on it.
+async fn prefetch(shared: &Shared, location: &str, visitor: &HeaderMap) {
+    Stats::bump(&shared.stats.prefetches);
+    let Some(client) = &shared.fetcher else {
+        return;
+    };
+    let mut request = client.get(location);
+    for name in [
+        header::USER_AGENT,
+        HeaderName::from_static("x-requested-with"),
+    ] {
+        if let Some(value) = visitor.get(&name) {
+            request = request.header(name, value.clone());
+        }
+    }
+    if let Err(error) = request.send().await {
+        // The URL carries the code: never in a log line.
+        tracing::debug!(error = %error.without_url(), "mock WeChat: prefetch of the callback failed");
+    }
 }
 
 /// 拒绝: stays on WeChat's page (observed), or goes back with only `state` (documented).

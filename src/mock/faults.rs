@@ -49,6 +49,62 @@ pub enum RefreshMode {
     Extend,
 }
 
+/// How the answer to a granted authorize brings the browser back to the callback.
+/// WeChat's webviews load the callback twice, at once or one after the other (Android above
+/// all: w7corp/easywechat#963, WxJava#388); a gateway must land both loads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DoubleLoad {
+    /// One 302, one load.
+    #[default]
+    Off,
+    /// A page that loads the callback (in a hidden frame) and, once that finished, again.
+    Sequential,
+    /// A page that loads the callback in a hidden frame and, at the same moment, again.
+    Concurrent,
+}
+
+/// How the JSON API writes characters outside ASCII.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Escapes {
+    /// UTF-8 as is (today's API).
+    #[default]
+    Raw,
+    /// Every non-ASCII character as `\uXXXX`, astral ones as surrogate pairs (older endpoints,
+    /// PHP's `json_encode`).
+    Ascii,
+    /// As `ascii`, and every astral character (emoji) cut in half: only its high surrogate
+    /// is written, as in nicknames WeChat truncated mid-emoji.
+    CutEmoji,
+}
+
+/// How the simulated WeChat client behaves at the callback, and how the API writes text:
+/// flags shared by `wxgate mock-wechat` and `wxgate demo`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Quirks {
+    /// Before the browser gets its code, load the callback URL with it once, without cookies
+    /// (Tencent's fetchers, seen on Android).
+    #[arg(long)]
+    pub prefetch: bool,
+    /// Bring the browser back to the callback twice: one after the other, or at once.
+    #[arg(long, value_enum, default_value_t = DoubleLoad::Off)]
+    pub double_load: DoubleLoad,
+    /// Write non-ASCII characters of the JSON API as `\u` escapes (`ascii`), and cut emoji
+    /// to a lone surrogate (`cut-emoji`).
+    #[arg(long, value_enum, default_value_t = Escapes::Raw)]
+    pub escapes: Escapes,
+}
+
+impl Quirks {
+    /// These flags set on `faults`.
+    pub fn apply(&self, faults: &mut Faults) {
+        faults.prefetch = self.prefetch;
+        faults.double_load = self.double_load;
+        faults.escapes = self.escapes;
+    }
+}
+
 /// Faults and behaviour switches. `POST /_mock/faults` merges the given keys into these.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -86,8 +142,18 @@ pub struct Faults {
     pub snapshot_userinfo_denied: bool,
     /// The authorize page answers this error (10004 banned, 10006, 10009 ...).
     pub authorize_errcode: Option<u32>,
-    /// The authorize page refuses browsers without `MicroMessenger` in the User-Agent.
+    /// The authorize page refuses browsers without `MicroMessenger` in the User-Agent with
+    /// "请在微信客户端打开链接", as WeChat does (on by default; `--any-browser` turns it off).
     pub require_wechat_ua: bool,
+    /// Before the browser gets its code, the mock itself loads the callback URL with that
+    /// code, without cookies, with the visitor's User-Agent and `X-Requested-With` (the
+    /// Tencent fetchers seen hitting callbacks: cnodejs 59c919abe7d9a031127eaf01,
+    /// w7corp/easywechat#963). A gateway that exchanges the code then has burnt it.
+    pub prefetch: bool,
+    /// How the browser is brought back to the callback.
+    pub double_load: DoubleLoad,
+    /// How the JSON API writes non-ASCII characters.
+    pub escapes: Escapes,
     /// The authorize page refuses a state with characters outside `[A-Za-z0-9]`.
     pub strict_state: bool,
     /// The account's IP whitelist (IP白名单): token and stable_token callers elsewhere get
@@ -129,7 +195,10 @@ impl Default for Faults {
             unknown_token_as_40014: false,
             snapshot_userinfo_denied: false,
             authorize_errcode: None,
-            require_wechat_ua: false,
+            require_wechat_ua: true,
+            prefetch: false,
+            double_load: DoubleLoad::Off,
+            escapes: Escapes::Raw,
             strict_state: false,
             ip_whitelist: vec!["127.0.0.1".into(), "::1".into()],
             basic_token_ttl_secs: 7200,
@@ -205,6 +274,8 @@ pub struct Stats {
     pub auth: AtomicU64,
     pub codes_issued: AtomicU64,
     pub codes_exchanged: AtomicU64,
+    /// Cookie-less loads of a callback the mock made itself (`prefetch`).
+    pub prefetches: AtomicU64,
     pub cgi_token: AtomicU64,
     pub stable_token: AtomicU64,
     pub getticket: AtomicU64,
@@ -229,6 +300,7 @@ impl Stats {
             "/sns/auth": get(&self.auth),
             "codes_issued": get(&self.codes_issued),
             "codes_exchanged": get(&self.codes_exchanged),
+            "prefetches": get(&self.prefetches),
             "/cgi-bin/token": get(&self.cgi_token),
             "/cgi-bin/stable_token": get(&self.stable_token),
             "/cgi-bin/ticket/getticket": get(&self.getticket),
@@ -247,6 +319,7 @@ impl Stats {
             &self.auth,
             &self.codes_issued,
             &self.codes_exchanged,
+            &self.prefetches,
             &self.cgi_token,
             &self.stable_token,
             &self.getticket,

@@ -56,6 +56,35 @@ pub fn denied_page() -> String {
     page("微信网页授权", body)
 }
 
+/// The way back to the callback when the webview loads it twice: a hidden frame loads it,
+/// and the page itself goes there at the same moment (`concurrent`) or once the frame has
+/// loaded. A browser without JavaScript follows the `<noscript>` refresh: one load.
+pub fn double_load_page(location: &str, concurrent: bool) -> String {
+    // The URL as a JS string that cannot close the script element.
+    let target = serde_json::to_string(location)
+        .unwrap_or_else(|_| "\"\"".into())
+        .replace('<', "\\u003c");
+    let (before, after) = if concurrent {
+        ("", "go();")
+    } else {
+        ("frame.onload = go;", "")
+    };
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
+         <noscript><meta http-equiv=\"refresh\" content=\"0;url={}\"></noscript>\
+         <title>微信网页授权</title></head><body>\
+         <script>var target = {target};\
+         function go() {{ location.replace(target); }}\
+         var frame = document.createElement(\"iframe\");\
+         frame.style.display = \"none\";\
+         frame.src = target;\
+         {before}\
+         document.body.appendChild(frame);\
+         {after}</script></body></html>\n",
+        escape(location)
+    )
+}
+
 /// One entry of the user picker on the consent page.
 pub struct PickerEntry {
     pub user: &'static FixtureUser,

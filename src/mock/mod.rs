@@ -24,7 +24,9 @@ use tokio::net::TcpListener;
 
 use crate::wechat::Secret;
 
-pub use faults::{ContentTypeVariant, ErrmsgStyle, Faults, RefreshMode};
+pub use faults::{
+    ContentTypeVariant, DoubleLoad, ErrmsgStyle, Escapes, Faults, Quirks, RefreshMode,
+};
 pub use users::{FixtureUser, USERS};
 
 use api::ApiEndpoint;
@@ -103,6 +105,12 @@ pub struct MockArgs {
     /// What a refresh does to a still-valid access token.
     #[arg(long, value_enum, default_value_t = RefreshMode::Rotate)]
     pub refresh_mode: RefreshMode,
+    /// Let any browser through the authorize page. WeChat (and by default the mock) answers
+    /// a User-Agent without `MicroMessenger` with "请在微信客户端打开链接".
+    #[arg(long)]
+    pub any_browser: bool,
+    #[command(flatten)]
+    pub quirks: Quirks,
 }
 
 /// Everything the mock is configured with; `faults` is also what `/_mock/reset` restores.
@@ -151,7 +159,7 @@ impl Default for MockConfig {
 
 impl From<&MockArgs> for MockConfig {
     fn from(args: &MockArgs) -> Self {
-        let faults = Faults {
+        let mut faults = Faults {
             latency_ms: args.latency_ms,
             fail_next: args.fail_next,
             http_error_next: args.http_error_next,
@@ -164,8 +172,10 @@ impl From<&MockArgs> for MockConfig {
             content_type: args.content_type,
             errmsg_style: args.errmsg_style,
             refresh_mode: args.refresh_mode,
+            require_wechat_ua: !args.any_browser,
             ..Faults::default()
         };
+        args.quirks.apply(&mut faults);
         let defaults = MockConfig::default();
         Self {
             appid: args.appid.clone(),
@@ -197,6 +207,8 @@ struct Shared {
     basic: Mutex<cgi::Basic>,
     clock: Clock,
     users: users::Directory,
+    /// The client of `prefetch` (none if it cannot be built: the option then only counts).
+    fetcher: Option<reqwest::Client>,
 }
 
 /// A poisoned lock only means another request panicked; the data is still usable.
@@ -204,9 +216,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Changes what the mock sees of each request before it answers (the demo dresses a desktop
+/// browser as WeChat's webview, as it does for the gateway).
+pub type Dress = Arc<dyn Fn(&mut http::HeaderMap) + Send + Sync>;
+
 /// The mock WeChat: configuration plus state. Serve it on any listener.
 pub struct MockWeChat {
     shared: Arc<Shared>,
+    dress: Option<Dress>,
 }
 
 impl MockWeChat {
@@ -219,9 +236,24 @@ impl MockWeChat {
             basic: Mutex::new(cgi::Basic::default()),
             clock: Clock::default(),
             users: users::Directory::default(),
+            fetcher: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .ok(),
         };
         Self {
             shared: Arc::new(shared),
+            dress: None,
+        }
+    }
+
+    /// The same mock, seeing every request through `dress` first.
+    pub fn dressed(self, dress: Dress) -> Self {
+        Self {
+            dress: Some(dress),
+            ..self
         }
     }
 
@@ -232,8 +264,12 @@ impl MockWeChat {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let shared = Arc::clone(&self.shared);
-        crate::server::plain::serve(listener, shutdown, "mock WeChat", move |request| {
+        let dress = self.dress;
+        crate::server::plain::serve(listener, shutdown, "mock WeChat", move |mut request| {
             let shared = Arc::clone(&shared);
+            if let Some(dress) = &dress {
+                dress(request.headers_mut());
+            }
             async move { route(&shared, request).await }
         })
         .await;
@@ -257,8 +293,8 @@ async fn dispatch(shared: &Shared, request: Request<Incoming>) -> Response<Body>
     let query = parts.uri.query().unwrap_or("");
     // WeChat serves its JSON API for any method, with the parameters in the query.
     match path {
-        "/connect/oauth2/authorize" => authorize::authorize(shared, query, &parts.headers),
-        "/connect/oauth2/authorize_reply" => authorize::reply(shared, query),
+        "/connect/oauth2/authorize" => authorize::authorize(shared, query, &parts.headers).await,
+        "/connect/oauth2/authorize_reply" => authorize::reply(shared, query, &parts.headers).await,
         "/sns/oauth2/access_token" => api::serve(shared, ApiEndpoint::AccessToken, query).await,
         "/sns/oauth2/refresh_token" => api::serve(shared, ApiEndpoint::RefreshToken, query).await,
         "/sns/userinfo" => api::serve(shared, ApiEndpoint::UserInfo, query).await,

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::faults::{ContentTypeVariant, ErrmsgStyle};
+use super::faults::{ContentTypeVariant, ErrmsgStyle, Escapes};
 use super::store::random_alnum;
 
 pub type Body = Full<Bytes>;
@@ -88,6 +88,36 @@ fn push_string(buf: &mut String, value: &str) {
         }
     }
     buf.push('"');
+}
+
+/// `json` with every non-ASCII character written as `\u` escapes (UTF-16 units), as
+/// WeChat's older endpoints and PHP's `json_encode` write them; with `cut_emoji`, an astral
+/// character keeps only its high surrogate, which no strict parser accepts. Keys and
+/// syntax are ASCII, so only string contents change.
+pub fn escape_non_ascii(json: &str, cut_emoji: bool) -> String {
+    let mut out = String::with_capacity(json.len() * 2);
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+            continue;
+        }
+        let mut units = [0u16; 2];
+        let units = c.encode_utf16(&mut units);
+        let keep = if cut_emoji { &units[..1] } else { &units[..] };
+        for unit in keep {
+            out.push_str(&format!("\\u{unit:04x}"));
+        }
+    }
+    out
+}
+
+/// The body as the chosen [`Escapes`] writes it.
+pub fn with_escapes(json: String, escapes: Escapes) -> String {
+    match escapes {
+        Escapes::Raw => json,
+        Escapes::Ascii => escape_non_ascii(&json, false),
+        Escapes::CutEmoji => escape_non_ascii(&json, true),
+    }
 }
 
 /// The English errmsg WeChat sends for an errcode.
@@ -212,6 +242,22 @@ pub fn gateway_error(status: u16) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_write_utf16_units_and_cut_emoji_keeps_only_the_high_surrogate() {
+        let json = r#"{"nickname":"韩🌸","city":"a\/b"}"#;
+        assert_eq!(with_escapes(json.into(), Escapes::Raw), json);
+        let ascii = with_escapes(json.into(), Escapes::Ascii);
+        assert_eq!(ascii, r#"{"nickname":"\u97e9\ud83c\udf38","city":"a\/b"}"#);
+        let back: serde_json::Value = serde_json::from_str(&ascii).unwrap();
+        assert_eq!(back["nickname"], "韩🌸");
+        let cut = with_escapes(json.into(), Escapes::CutEmoji);
+        assert_eq!(cut, r#"{"nickname":"\u97e9\ud83c","city":"a\/b"}"#);
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&cut).is_err(),
+            "strict parsers refuse it"
+        );
+    }
 
     #[test]
     fn json_keeps_field_order_escapes_slashes_and_leaves_control_bytes_raw() {

@@ -9,6 +9,12 @@ use wxgate::mock::{MockConfig, MockWeChat};
 
 pub const WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 \
     (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47(0x18002f2c) NetType/WIFI Language/zh_CN";
+/// Android WeChat on XWEB (tests/data/clients.tsv, `android-wechat-xweb-page-from-link`);
+/// its WebView also sends `X-Requested-With: com.tencent.mm` on every request.
+pub const ANDROID_WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 13; Pixel 7 Build/TQ2A.230505.002; wv) \
+    AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/116.0.0.0 Mobile Safari/537.36 XWEB/1160065 \
+    MMWEBSDK/20231202 MMWEBID/2247 MicroMessenger/8.0.47.2560(0x28002F35) WeChat/arm64 Weixin NetType/WIFI \
+    Language/zh_CN ABI/arm64";
 pub const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
 
 /// The HS256 secret the world signs identities with.
@@ -104,7 +110,13 @@ pub async fn world_with(tune: impl FnOnce(&mut MockConfig, &mut Config)) -> Worl
     }
 }
 
-/// A browser: a cookie jar, WeChat's User-Agent, no automatic redirects.
+/// A browser: a cookie jar, the given User-Agent, no automatic redirects.
+///
+/// `WECHAT_UA` asks for "WeChat's webview": the tests then meet Android as often as iOS,
+/// as the gateway does. Each test's first such browser is Android or iOS by its name (the
+/// same every run); its later ones alternate. Android's browser sends
+/// `X-Requested-With: com.tencent.mm` on every request, as XWEB and X5 do.
+/// `TEST_WEBVIEW=android|ios` makes every one of them that webview.
 pub fn browser(ua: &str) -> reqwest::Client {
     browser_with_jar(ua).0
 }
@@ -112,14 +124,69 @@ pub fn browser(ua: &str) -> reqwest::Client {
 /// The same, with its cookie jar in hand (to read what the browser holds).
 pub fn browser_with_jar(ua: &str) -> (reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>) {
     let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .cookie_provider(jar.clone())
-        .user_agent(ua)
-        .no_proxy()
-        .build()
-        .unwrap();
-    (client, jar)
+        .no_proxy();
+    builder = match ua {
+        WECHAT_UA => match next_webview() {
+            Webview::Android => {
+                let mut android = reqwest::header::HeaderMap::new();
+                android.insert(
+                    "x-requested-with",
+                    reqwest::header::HeaderValue::from_static("com.tencent.mm"),
+                );
+                builder
+                    .user_agent(ANDROID_WECHAT_UA)
+                    .default_headers(android)
+            }
+            Webview::Ios => builder.user_agent(WECHAT_UA),
+        },
+        other => builder.user_agent(other),
+    };
+    (builder.build().unwrap(), jar)
+}
+
+/// WeChat's two webviews.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Webview {
+    Android,
+    Ios,
+}
+
+thread_local! {
+    /// Browsers handed out on this thread, and the test they were for.
+    static WEBVIEWS: std::cell::RefCell<(String, u64)> = const { std::cell::RefCell::new((String::new(), 0)) };
+}
+
+/// The webview of the next `browser(WECHAT_UA)`; see [`browser`].
+pub fn next_webview() -> Webview {
+    match std::env::var("TEST_WEBVIEW").as_deref() {
+        Ok("android") => return Webview::Android,
+        Ok("ios") => return Webview::Ios,
+        _ => {}
+    }
+    let test = std::thread::current().name().unwrap_or("").to_owned();
+    let handed = WEBVIEWS.with(|cell| {
+        let mut state = cell.borrow_mut();
+        if state.0 != test {
+            *state = (test.clone(), 0);
+        }
+        state.1 += 1;
+        state.1 - 1
+    });
+    // FNV-1a of the test's name: stable across runs and platforms.
+    let seed = test.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let webview = if (seed + handed) % 2 == 0 {
+        Webview::Android
+    } else {
+        Webview::Ios
+    };
+    // Shown with a failing test's output.
+    eprintln!("{test}: WeChat webview #{handed} is {webview:?}");
+    webview
 }
 
 /// Follows redirects by hand (WeChat's `#wechat_redirect` fragment is not sent), returning
@@ -188,4 +255,23 @@ pub async fn mock_stats(mock: SocketAddr) -> serde_json::Value {
         .json()
         .await
         .unwrap()
+}
+
+/// Merges `patch` into the mock's faults (`POST /_mock/faults`), as `wxgate mock-wechat`'s
+/// flags would set them.
+pub async fn set_mock_faults(mock: SocketAddr, patch: serde_json::Value) {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://{mock}/_mock/faults"))
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{patch}: {}",
+        response.status()
+    );
 }
