@@ -37,6 +37,13 @@ pub struct Variant {
     pub algorithm: &'static str,
     /// Extra `/campaign/N/` routes (all snsapi_userinfo) besides `/public/` and `/app/`.
     pub campaigns: usize,
+    /// With N > 0, `/app/` admits only the openids of an N-line list file (the bench's
+    /// visitor among them).
+    pub access_ids: usize,
+    /// The listener speaks TLS (h2 and http/1.1 by ALPN) with the run's certificate.
+    pub tls: bool,
+    /// `server.http1_fast_paths`: the gateway's own HTTP/1.1 server lane and upstream client.
+    pub fast_paths: bool,
 }
 
 /// The route every logged-in row uses, and the public one.
@@ -57,13 +64,15 @@ pub struct Gateway {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    pub tls: bool,
     /// Kept alive as long as the gateway (the Redis row's own server).
     _redis: Option<Proc>,
 }
 
 impl Gateway {
     pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -75,6 +84,8 @@ pub struct Setup<'a> {
     pub mock: SocketAddr,
     /// Run the gateways under valgrind's callgrind (`--profile`).
     pub callgrind: bool,
+    /// The certificate and key TLS rows serve (nginx's TLS listener has the same).
+    pub tls: &'a (PathBuf, PathBuf),
 }
 
 pub fn start(setup: &Setup<'_>, variant: Variant, name: &str) -> Result<Gateway, Unavailable> {
@@ -91,6 +102,9 @@ pub fn start(setup: &Setup<'_>, variant: Variant, name: &str) -> Result<Gateway,
         "HS256" => None,
         algorithm => Some(keygen(setup.wxgate, &home, algorithm).map_err(other)?),
     };
+    if variant.access_ids > 0 {
+        write_access_list(&home, variant.access_ids).map_err(|e| other(e.to_string()))?;
+    }
     let config = config_toml(
         setup,
         variant,
@@ -128,6 +142,7 @@ pub fn start(setup: &Setup<'_>, variant: Variant, name: &str) -> Result<Gateway,
             proc,
             addr,
             admin,
+            tls: variant.tls,
             _redis: redis.map(|(p, _)| p),
         }),
         Err(e) if e.contains("not available in this build") => Err(Unavailable::Store),
@@ -170,6 +185,26 @@ fn keygen(wxgate: &Path, home: &Path, algorithm: &str) -> Result<PathBuf, String
     }
 }
 
+/// `home/admitted.txt`: `n` openids, the mock's default visitor (whom the logged-in rows
+/// log in as) in the middle of made-up ones shaped like WeChat's.
+fn write_access_list(home: &Path, n: usize) -> std::io::Result<()> {
+    let visitor = wxgate::mock::USERS
+        .iter()
+        .find(|user| user.id == "lilei")
+        .map(|user| user.openid(DEFAULT_APPID, false))
+        .unwrap_or_default();
+    let mut text = String::with_capacity(n * 30);
+    for i in 0..n {
+        if i == n / 2 {
+            text.push_str(&visitor);
+        } else {
+            let _ = write!(text, "oBench{i:022}");
+        }
+        text.push('\n');
+    }
+    std::fs::write(home.join("admitted.txt"), text)
+}
+
 fn config_toml(
     setup: &Setup<'_>,
     variant: Variant,
@@ -184,8 +219,10 @@ fn config_toml(
     let mut toml = format!(
         r#"[server]
 listen = "{addr}"
-public_url = "http://{addr}"
+public_url = "{scheme}://{addr}"
 drain_timeout = "1s"
+http1_fast_paths = {fast_paths}
+{tls}
 
 [server.limits]
 # Room for the 10 000 idle connections of the memory measurement, and time to hold them.
@@ -226,6 +263,7 @@ upstream = "http://{origin}"
 path = "{APP_PATH}"
 upstream = "http://{origin}"
 scope = "snsapi_userinfo"
+{app_access}
 
 # A route host: pages there may have the JS-SDK sign them (the JS-SDK row).
 [[routes]]
@@ -233,6 +271,25 @@ host = "{JSSDK_HOST}"
 path = "/"
 upstream = "http://{origin}"
 "#,
+        app_access = if variant.access_ids > 0 {
+            format!(
+                "access = {{ openids_file = \"{}/admitted.txt\" }}",
+                home.display()
+            )
+        } else {
+            String::new()
+        },
+        scheme = if variant.tls { "https" } else { "http" },
+        fast_paths = variant.fast_paths,
+        tls = if variant.tls {
+            format!(
+                "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                setup.tls.0.display(),
+                setup.tls.1.display()
+            )
+        } else {
+            String::new()
+        },
         store = variant.store.as_str(),
         home = home.display(),
         redis = redis.map_or_else(|| "127.0.0.1:6379".to_owned(), |a| a.to_string()),

@@ -22,6 +22,20 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// The same, trusting `pem` (the run's self-signed certificate) for the TLS gateways.
+pub fn client_trusting(pem: &str) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(WECHAT_UA)
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(30));
+    let builder = match reqwest::Certificate::from_pem(pem.as_bytes()) {
+        Ok(cert) => builder.add_root_certificate(cert),
+        Err(_) => builder,
+    };
+    builder.build().unwrap_or_default()
+}
+
 /// Logs in through `origin` + `path` as the mock's user `user`; returns the `Cookie` value
 /// (`wxgate_session=…`) a browser would send afterwards.
 pub async fn login(

@@ -21,7 +21,7 @@ mod wrk;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use clap::Parser;
 
 use gateway::{APP_PATH, Gateway, PUBLIC_PATH, Setup, Store, Unavailable, Variant};
 use procs::{Proc, free_addr, have};
-use rows::{ROWS, Row, Target};
+use rows::{Protocol, ROWS, Row, Target};
 
 #[derive(Debug, Parser)]
 #[command(about = "wxgate against nginx, logins, memory; writes bench/results.md")]
@@ -131,8 +131,24 @@ fn main() -> ExitCode {
 struct World {
     dir: tempfile::TempDir,
     origin: (Proc, SocketAddr),
-    proxy: (Proc, SocketAddr),
+    proxy: (Proc, nginx::ProxyAddrs),
     mock: (Proc, SocketAddr),
+    /// The run's self-signed certificate and key (127.0.0.1), on nginx's TLS listener and
+    /// the TLS gateways alike; and the certificate as PEM, for the login client to trust.
+    tls: (PathBuf, PathBuf),
+    tls_pem: String,
+}
+
+/// A self-signed certificate for 127.0.0.1 in `dir`.
+fn certificate(dir: &Path) -> Result<((PathBuf, PathBuf), String), String> {
+    let issued = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+        .map_err(|e| e.to_string())?;
+    let cert = dir.join("bench-cert.pem");
+    let key = dir.join("bench-key.pem");
+    let pem = issued.cert.pem();
+    std::fs::write(&cert, &pem).map_err(|e| e.to_string())?;
+    std::fs::write(&key, issued.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+    Ok(((cert, key), pem))
 }
 
 fn world(args: &Args) -> Result<World, String> {
@@ -154,7 +170,8 @@ fn world(args: &Args) -> Result<World, String> {
         .tempdir()
         .map_err(|e| e.to_string())?;
     let origin = nginx::start_origin(dir.path())?;
-    let proxy = nginx::start_proxy(dir.path(), origin.1)?;
+    let (tls, tls_pem) = certificate(dir.path())?;
+    let proxy = nginx::start_proxy(dir.path(), origin.1, &tls)?;
     let mock_addr = free_addr()?;
     let mut command = Command::new(&args.wxgate);
     command
@@ -168,6 +185,8 @@ fn world(args: &Args) -> Result<World, String> {
         origin,
         proxy,
         mock: (mock, mock_addr),
+        tls,
+        tls_pem,
     })
 }
 
@@ -180,6 +199,7 @@ fn run(args: &Args) -> Result<(), String> {
         origin: world.origin.1,
         mock: world.mock.1,
         callgrind: args.profile,
+        tls: &world.tls,
     };
     if args.profile {
         return runtime.block_on(profile_cases(&setup, args));
@@ -191,6 +211,9 @@ fn run(args: &Args) -> Result<(), String> {
             store: Store::Memory,
             algorithm: "HS256",
             campaigns: 0,
+            access_ids: 0,
+            tls: false,
+            fast_paths: true,
         };
         let g = runtime.block_on(gateway_memory(&setup, variant, args.idle_connections))?;
         let s = memory::measure_sessions(args.sessions, "memory")?;
@@ -232,9 +255,14 @@ fn run(args: &Args) -> Result<(), String> {
         }
         let name = format!("gw-{}", gateways.len());
         let started = gateway::start(&setup, variant, &name).and_then(|gw| {
+            let client = if variant.tls {
+                login::client_trusting(&world.tls_pem)
+            } else {
+                login::client()
+            };
             let cookie = runtime
                 .block_on(login::login(
-                    &login::client(),
+                    &client,
                     &gw.origin(),
                     login_path(variant),
                     Some("lilei"),
@@ -248,9 +276,15 @@ fn run(args: &Args) -> Result<(), String> {
         gateways.insert(variant, started);
     }
     let load_of = |row: &Row| -> Result<(String, Option<String>), String> {
+        if row.protocol == Protocol::H2 && !have("h2load") {
+            return Err("h2load not found (apt-get install nghttp2-client)".into());
+        }
         match row.target {
             Target::Origin => Ok((format!("http://{}/", world.origin.1), None)),
-            Target::NginxProxy => Ok((format!("http://{}/", world.proxy.1), None)),
+            Target::NginxProxy if row.protocol == Protocol::Http1 => {
+                Ok((format!("http://{}/", world.proxy.1.plain), None))
+            }
+            Target::NginxProxy => Ok((format!("https://{}/", world.proxy.1.tls), None)),
             Target::Gateway {
                 variant,
                 path,
@@ -304,7 +338,7 @@ fn run(args: &Args) -> Result<(), String> {
                 duration: Duration::from_secs(2),
                 think_ms: None,
             };
-            wrk::run(&warm, world.dir.path(), &format!("warm-{i}"))?;
+            load_once(row, &warm, world.dir.path(), &format!("warm-{i}"))?;
         }
     }
     for round in 0..args.rounds {
@@ -325,7 +359,7 @@ fn run(args: &Args) -> Result<(), String> {
             };
             let server = server_pid(row);
             let cpu_before = procs::cpu_seconds(server);
-            let mut outcome = wrk::run(&load, world.dir.path(), &format!("peak-{i}"))?;
+            let mut outcome = load_once(row, &load, world.dir.path(), &format!("peak-{i}"))?;
             let served = outcome.rps * duration.as_secs_f64();
             outcome.cpu_us = (procs::cpu_seconds(server) - cpu_before) * 1e6 / served.max(1.0);
             println!(
@@ -349,7 +383,7 @@ fn run(args: &Args) -> Result<(), String> {
     // Latency at one fixed rate for every row: half of nginx's peak.
     let nginx_peak = ROWS
         .iter()
-        .position(|r| matches!(r.target, Target::NginxProxy))
+        .position(|r| matches!(r.target, Target::NginxProxy) && r.protocol == Protocol::Http1)
         .and_then(|i| peak[i])
         .map_or(0.0, |o| o.rps);
     let rate = (nginx_peak / 2.0).max(100.0);
@@ -391,6 +425,9 @@ fn run(args: &Args) -> Result<(), String> {
         store: Store::Memory,
         algorithm: "HS256",
         campaigns: 0,
+        access_ids: 0,
+        tls: false,
+        fast_paths: true,
     };
     let logins = match gateways.get(&main_variant) {
         Some(Ok((gw, _))) => runtime.block_on(login_rates(&gw.origin(), world.mock.1, duration))?,
@@ -442,13 +479,19 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 /// The median requests/s of each row that ran and its ratio to the nginx proxy.
+/// One load of a row: wrk for HTTP/1.1 (plain or TLS), h2load for HTTP/2.
+fn load_once(row: &Row, load: &wrk::Load, dir: &Path, tag: &str) -> Result<wrk::Outcome, String> {
+    match row.protocol {
+        Protocol::Http1 | Protocol::Tls => wrk::run(load, dir, tag),
+        Protocol::H2 => wrk::run_h2(load),
+    }
+}
+
 fn print_peak(peak: &[Option<wrk::Outcome>]) {
-    let nginx = ROWS
-        .iter()
-        .position(|r| matches!(r.target, Target::NginxProxy))
-        .and_then(|i| peak[i])
-        .unwrap_or_default();
     for (row, outcome) in ROWS.iter().zip(peak) {
+        let nginx = rows::bar(ROWS, row)
+            .and_then(|i| peak[i])
+            .unwrap_or_default();
         if let Some(o) = outcome {
             println!(
                 "bench: {:<40} {:>9.0} req/s {:>5.2}x nginx, cpu {:>5.1} µs/req {:>5.2}x nginx",
@@ -602,6 +645,9 @@ async fn profile_cases(setup: &Setup<'_>, args: &Args) -> Result<(), String> {
         store: Store::Memory,
         algorithm: "HS256",
         campaigns: 0,
+        access_ids: 0,
+        tls: false,
+        fast_paths: true,
     };
     let es = Variant {
         algorithm: "ES256",

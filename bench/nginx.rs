@@ -2,7 +2,7 @@
 //! ends at, and nginx as a plain reverse proxy in front of it (the bar wxgate must reach).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,14 +21,31 @@ pub fn start_origin(dir: &Path) -> Result<(Proc, SocketAddr), String> {
     start("origin", dir, "1", &server, addr).map(|p| (p, addr))
 }
 
+/// The proxy's two listeners: plain HTTP/1.1, and TLS with HTTP/2 and HTTP/1.1 by ALPN.
+pub struct ProxyAddrs {
+    pub plain: SocketAddr,
+    pub tls: SocketAddr,
+}
+
 /// `worker_processes auto` with a keep-alive upstream pool, setting the same forwarded headers
-/// wxgate sets, access log off like the gateways in the bench.
-pub fn start_proxy(dir: &Path, origin: SocketAddr) -> Result<(Proc, SocketAddr), String> {
+/// wxgate sets, access log off like the gateways in the bench. The TLS listener uses the
+/// gateways' certificate (`cert`, `key`), TLS 1.3 and 1.2 as rustls offers them.
+pub fn start_proxy(
+    dir: &Path,
+    origin: SocketAddr,
+    (cert, key): &(PathBuf, PathBuf),
+) -> Result<(Proc, ProxyAddrs), String> {
     let addr = free_addr()?;
+    let tls = free_addr()?;
     let server = format!(
         "upstream origin {{ server {origin}; keepalive 256; }}
   server {{
     listen {addr} backlog=4096;
+    listen {tls} ssl http2 backlog=4096;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
     location / {{
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -38,9 +55,11 @@ pub fn start_proxy(dir: &Path, origin: SocketAddr) -> Result<(Proc, SocketAddr),
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Forwarded-Host $host;
     }}
-  }}"
+  }}",
+        cert = cert.display(),
+        key = key.display(),
     );
-    start("nginx-proxy", dir, "auto", &server, addr).map(|p| (p, addr))
+    start("nginx-proxy", dir, "auto", &server, addr).map(|p| (p, ProxyAddrs { plain: addr, tls }))
 }
 
 fn start(

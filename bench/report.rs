@@ -127,6 +127,9 @@ pub fn median(outcomes: &[Outcome]) -> Option<Outcome> {
 }
 
 fn ms(us: f64) -> String {
+    if us.is_nan() {
+        return "—".to_owned();
+    }
     format!("{:.2} ms", us / 1000.0)
 }
 
@@ -170,11 +173,6 @@ impl Results {
     }
 
     fn throughput(&self, md: &mut String) {
-        let nginx_row = self
-            .index_of(|t| matches!(t, Target::NginxProxy))
-            .and_then(|i| self.peak[i]);
-        let nginx = nginx_row.map(|o| o.rps);
-        let nginx_cpu = nginx_row.map(|o| o.cpu_us);
         let _ = writeln!(md, "### Throughput at peak load\n");
         let _ = writeln!(
             md,
@@ -187,8 +185,13 @@ impl Results {
             md,
             "| row | requests/s | × nginx proxy | p50 | p99 | p99.9 | errors | CPU per request | CPU × nginx proxy |"
         );
+        // Each row's bar is nginx over the same protocol (HTTP/1.1, TLS or HTTP/2); h2load
+        // reports a mean (shown as p50) and no percentiles.
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (i, row) in self.rows.iter().enumerate() {
+            let nginx_row = crate::rows::bar(self.rows, row).and_then(|b| self.peak[b]);
+            let nginx = nginx_row.map(|o| o.rps);
+            let nginx_cpu = nginx_row.map(|o| o.cpu_us);
             match (&self.peak[i], &self.skipped[i]) {
                 (Some(o), _) => {
                     let ratio = nginx.map_or("—".to_owned(), |n| format!("{:.2}×", o.rps / n));

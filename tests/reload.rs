@@ -88,7 +88,10 @@ async fn routes_change_under_traffic_and_nothing_in_flight_fails() {
     let (status, body) = slow.await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "slow done"));
     assert!(old.seen().iter().any(|s| s.uri == "/slow/800"));
-    assert!(sent.load(Ordering::Relaxed) >= 15, "requests before and after the reload");
+    assert!(
+        sent.load(Ordering::Relaxed) >= 15,
+        "requests before and after the reload"
+    );
     assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed");
     let before = new.count();
     support::get(&gw, "/after").await;
