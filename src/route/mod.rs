@@ -174,23 +174,42 @@ impl RouteTable {
     pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         let bare = without_parameters(path);
         let exact = self.find(host, &bare);
-        if exact.is_some_and(|r| is_protected(r)) || self.lenient.folded.is_empty() {
+        if exact.is_some_and(|r| is_protected(r)) {
             return exact;
         }
-        if let Some(dir) = self.lenient.dirs.exact(host, &bare) {
+        // An upstream that keeps `;` parameters reads the path as it is: `/admin/;/open/x`
+        // is `/admin/open/x` to a servlet container but under `/admin/` to nginx.
+        let literal = (*bare != *path).then_some(path);
+        if let Some(protected) = literal
+            .and_then(|literal| self.find(host, literal))
+            .filter(|r| is_protected(r))
+        {
+            return Some(protected);
+        }
+        if self.lenient.folded.is_empty() {
+            return exact;
+        }
+        self.lenient_reading(host, &bare)
+            .or_else(|| literal.and_then(|literal| self.lenient_reading(host, literal)))
+            .or(exact)
+    }
+
+    /// The protected route a lenient upstream would serve `path` from although its exact
+    /// reading is public: its directory form, or its lower-cased form.
+    fn lenient_reading(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        if let Some(dir) = self.lenient.dirs.exact(host, path) {
             return Some(dir);
         }
-        let has_upper = bare.bytes().any(|b| b.is_ascii_uppercase());
+        let has_upper = path.bytes().any(|b| b.is_ascii_uppercase());
         if !(has_upper || self.lenient.upper_prefix) {
-            return exact;
+            return None;
         }
-        let lower = bare.to_ascii_lowercase();
+        let lower = path.to_ascii_lowercase();
         self.lenient
             .folded
             .longest(host, &lower)
             .filter(|r| is_protected(r))
             .or_else(|| self.lenient.folded_dirs.exact(host, &lower))
-            .or(exact)
     }
 
     /// Route labels by their position in the configuration.
@@ -477,6 +496,11 @@ mod tests {
             ("/admin;jsessionid=1/x", "/admin/"),
             ("/admin;x", "/admin/"),
             ("/;x/admin/x", "/admin/"),
+            // A parameter-only segment: a servlet container reads /admin/public/x, nginx
+            // reads a path under /admin/; the stricter reading wins (found by fuzz/path_route).
+            ("/admin/;/public/x", "/admin/"),
+            ("/admin/;x/public/x", "/admin/"),
+            ("/ADMIN/;/public/x", "/admin/"),
             ("/adminx", "/"),
             ("/administration", "/"),
             ("/admin/public/x", "/admin/public/"),
