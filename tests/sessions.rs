@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use support::redis_server::{self, RedisServer, free_port};
+use support::redis_server::{self, RedisCluster, RedisServer, free_port};
 use support::upstream::Upstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,6 +34,15 @@ const COOKIE: &str = "wxgate_session";
 macro_rules! need_redis {
     () => {
         if !redis_server::available() {
+            return;
+        }
+    };
+}
+
+/// A Redis Cluster also needs `redis-cli` to join its nodes.
+macro_rules! need_redis_cluster {
+    () => {
+        if !redis_server::cluster_available() {
             return;
         }
     };
@@ -391,11 +400,21 @@ async fn a_corrupt_redb_file_stops_the_gateway_with_an_error_naming_it() {
 async fn gateways_sharing_one_redis_share_a_login_and_a_logout() {
     need_redis!();
     let redis = RedisServer::start().await;
-    let url = redis.url();
+    share_a_login_and_a_logout(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn gateways_sharing_one_redis_cluster_share_a_login_and_a_logout() {
+    need_redis_cluster!();
+    let cluster = RedisCluster::start().await;
+    share_a_login_and_a_logout(&cluster.url()).await;
+}
+
+async fn share_a_login_and_a_logout(url: &str) {
     let wechat = WeChat::start().await;
     let up = Upstream::start().await;
-    let config_a = gateway_config(&wechat, up.addr, free_port(), Store::Redis(&url));
-    let config_b = gateway_config(&wechat, up.addr, free_port(), Store::Redis(&url));
+    let config_a = gateway_config(&wechat, up.addr, free_port(), Store::Redis(url));
+    let config_b = gateway_config(&wechat, up.addr, free_port(), Store::Redis(url));
     let (a, b) = (origin(&config_a), origin(&config_b));
     let gw_a = support::start(&config_a).await;
     let gw_b = support::start(&config_b).await;
@@ -403,6 +422,10 @@ async fn gateways_sharing_one_redis_share_a_login_and_a_logout() {
     let cookie = login(&a, "/base/page").await;
     assert_eq!(me(&b, &cookie).await, 200, "a login on A is valid on B");
     assert_eq!(visit(&b, "/base/page", &cookie).await.status(), 200);
+    // A consent login (profile, refresh_token) too, started on B.
+    let vip = login(&b, "/vip/page").await;
+    assert_eq!(me(&a, &vip).await, 200, "a login on B is valid on A");
+    assert_eq!(visit(&a, "/vip/page", &vip).await.status(), 200);
 
     let out = visit(&a, "/_wxgate/logout", &cookie).await;
     assert_eq!(out.status(), 302);
@@ -517,9 +540,20 @@ async fn two_gateways(
 async fn a_double_load_split_across_two_gateways_lands_both_times_with_one_exchange() {
     need_redis!();
     let redis = RedisServer::start().await;
+    a_split_double_load_lands_both_times_with_one_exchange(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_a_double_load_split_across_two_gateways_lands_with_one_exchange() {
+    need_redis_cluster!();
+    let cluster = RedisCluster::start().await;
+    a_split_double_load_lands_both_times_with_one_exchange(&cluster.url()).await;
+}
+
+async fn a_split_double_load_lands_both_times_with_one_exchange(url: &str) {
     let wechat = WeChat::start().await;
     let up = Upstream::start().await;
-    let ((gw_a, a), (gw_b, b)) = two_gateways(&wechat, up.addr, &redis.url()).await;
+    let ((gw_a, a), (gw_b, b)) = two_gateways(&wechat, up.addr, url).await;
     // WeChat is slow: the second load reaches B while A is still exchanging the code.
     wechat_faults(&wechat, serde_json::json!({"latency_ms": 300})).await;
     let (_, callback, state) = pending_login(&a, "/base/page?x=1").await;
@@ -654,6 +688,93 @@ async fn a_redis_outage_fails_protected_routes_closed_and_service_resumes_by_its
     );
     let cookie = login(&origin, "/base/page").await;
     assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_cluster_outage_fails_protected_routes_closed_and_service_resumes_by_itself() {
+    need_redis_cluster!();
+    let mut cluster = RedisCluster::start().await;
+    let url = cluster.url();
+    let wechat = WeChat::start().await;
+    let up = Upstream::start().await;
+    let config = gateway_config(&wechat, up.addr, free_port(), Store::Redis(&url));
+    let origin = origin(&config);
+    let gw = support::start(&config).await;
+    let cookie = login(&origin, "/base/page").await;
+    assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
+    assert_eq!(readyz(&gw).await, 200);
+
+    cluster.kill();
+    // Every answer comes within the client's patience: 503, never a hang.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .user_agent(WECHAT_UA)
+        .no_proxy()
+        .build()
+        .unwrap();
+    eventually(
+        "protected route fails closed",
+        Duration::from_secs(5),
+        || async {
+            patient
+                .get(format!("{origin}/base/page"))
+                .header("cookie", format!("{COOKIE}={cookie}"))
+                .send()
+                .await
+                .expect("an answer, not a hang")
+                .status()
+                == 503
+        },
+    )
+    .await;
+    assert_eq!(
+        visit(&origin, "/public/page", &cookie).await.status(),
+        200,
+        "public routes keep serving"
+    );
+    eventually("/readyz fails", Duration::from_secs(5), || async {
+        readyz(&gw).await == 503
+    })
+    .await;
+
+    cluster.restart().await;
+    eventually("/readyz recovers", Duration::from_secs(20), || async {
+        readyz(&gw).await == 200
+    })
+    .await;
+    // The restarted nodes are empty (no persistence): the visitor logs in again, no 503.
+    let after = visit(&origin, "/base/page", &cookie).await;
+    assert!(
+        support::wechat::authorize_target(after)
+            .await
+            .contains("/connect/oauth2/authorize?"),
+        "sent to log in again, not refused"
+    );
+    let cookie = login(&origin, "/base/page").await;
+    assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gateway_on_an_unreachable_redis_cluster_starts_not_ready_and_answers_503() {
+    let url = format!(
+        "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let wechat = WeChat::start().await;
+    let up = Upstream::start().await;
+    let config = gateway_config(&wechat, up.addr, free_port(), Store::Redis(&url));
+    let origin = origin(&config);
+    let gw = support::start(&config).await;
+    assert_eq!(readyz(&gw).await, 503);
+    let started = Instant::now();
+    let cookie = SessionId::generate().cookie_value();
+    let refused = visit(&origin, "/base/page", &cookie).await;
+    assert_eq!(refused.status(), 503, "fails closed");
+    assert!(started.elapsed() < Duration::from_secs(3), "no hang");
+    assert_eq!(visit(&origin, "/public/page", "").await.status(), 200);
     gw.shutdown().await;
 }
 
@@ -870,13 +991,25 @@ async fn wxgate_sessions_counts_inspects_revokes_and_purges_a_redb_file() {
 async fn wxgate_sessions_revokes_a_user_on_redis_while_gateways_serve() {
     need_redis!();
     let redis = RedisServer::start().await;
-    let url = redis.url();
+    revokes_a_user_while_gateways_serve(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn wxgate_check_and_sessions_work_on_a_redis_cluster_while_gateways_serve() {
+    need_redis_cluster!();
+    let cluster = RedisCluster::start().await;
+    revokes_a_user_while_gateways_serve(&cluster.url()).await;
+}
+
+async fn revokes_a_user_while_gateways_serve(url: &str) {
     let wechat = WeChat::start().await;
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = gateway_config(&wechat, up.addr, free_port(), Store::Redis(&url));
+    let config = gateway_config(&wechat, up.addr, free_port(), Store::Redis(url));
     let origin = origin(&config);
     let file = write_config(dir.path(), &config);
+    let (code, out, err) = wxgate(&file, &config, &["check"]);
+    assert_eq!(code, 0, "wxgate check refuses {url}: {out}{err}");
     let gw = support::start(&config).await;
     let phone = login(&origin, "/vip/x").await;
     let laptop = login(&origin, "/vip/x").await;
@@ -986,6 +1119,82 @@ async fn rediss_urls_speak_verified_tls() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+#[tokio::test]
+async fn rediss_cluster_urls_speak_verified_tls_to_every_node() {
+    need_redis_cluster!();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // OpenSSL (redis-server and redis-cli, client and server on the TLS cluster bus) wants
+    // the CA's usages spelled out.
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "wxgate test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let node_key = rcgen::KeyPair::generate().unwrap();
+    let node_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&node_key, &rcgen::Issuer::new(ca_params, ca_key))
+        .unwrap();
+    let file = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let tls = support::redis_server::ClusterTls {
+        ca: file("ca.pem", ca.pem()),
+        cert: file("node.pem", node_cert.pem()),
+        key: file("node.key", node_key.serialize_pem()),
+    };
+    let cluster = RedisCluster::start_tls(tls.clone()).await;
+    let url = cluster.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+
+    let wechat = WeChat::start().await;
+    let config = gateway_config(&wechat, free_port_addr(), free_port(), Store::Redis(&url));
+    let config_file = write_config(dir.path(), &config);
+    // rustls-native-certs reads SSL_CERT_FILE: the test CA is trusted by this process only.
+    let run = |args: &[&str], trust: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .arg("--config")
+            .arg(&config_file)
+            .env_remove("SSL_CERT_DIR")
+            .env("WXGATE_WECHAT__SECRET", config.wechat.secret.expose())
+            .env("WXGATE_SESSION__SECRET", SESSION_SECRET)
+            .env("WXGATE_IDENTITY__SECRET", IDENTITY_SECRET)
+            .env("WXGATE_SESSION__REDIS_URL", &url);
+        match trust {
+            Some(ca) => command.env("SSL_CERT_FILE", ca),
+            None => command.env_remove("SSL_CERT_FILE"),
+        };
+        let out = command.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // `count` asks a node for the slot map, then walks each master: every node over TLS.
+    let (code, out, err) = run(&["sessions", "count"], Some(&tls.ca));
+    assert_eq!((code, out.as_str()), (0, "0 live sessions\n"), "{err}");
+    let (code, out, err) = run(&["sessions", "revoke", "--openid", "o1"], Some(&tls.ca));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "revoked 0 sessions of openid o1\n"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["sessions", "count"], None);
+    assert_eq!(code, 1, "an untrusted certificate is refused: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 fn free_port_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
@@ -1019,14 +1228,33 @@ fn new_session(openid: &str, now: SystemTime, lifetimes: Lifetimes) -> Session {
     Session::new(login, now, lifetimes)
 }
 
+fn redis_store(url: &str) -> RedisStore {
+    let keys = RecordKeys::derive(SESSION_SECRET.as_bytes()).unwrap();
+    RedisStore::open(url, keys, Duration::from_secs(2), Clock::system()).unwrap()
+}
+
 #[tokio::test]
 async fn the_redis_store_keeps_the_store_contract() {
     need_redis!();
     let mut redis = RedisServer::start().await;
-    let keys = RecordKeys::derive(SESSION_SECRET.as_bytes()).unwrap();
-    let store =
-        RedisStore::open(&redis.url(), keys, Duration::from_secs(2), Clock::system()).unwrap();
-    let mut raw = redis.connection().await;
+    let store = redis_store(&redis.url());
+    keeps_the_store_contract(&store, redis.connection().await).await;
+
+    // Down: an error within the timeout, never an answer.
+    store.ping().await.unwrap();
+    redis.kill();
+    let key = SessionId::generate().storage_key();
+    let error = store.get(&key).await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert!(store.ping().await.is_err());
+}
+
+/// What every Redis store keeps, checked on the keys it writes through `raw` (a plain or a
+/// cluster connection). Leaves no session behind.
+async fn keeps_the_store_contract<C>(store: &RedisStore, mut raw: C)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
     let now = whole_seconds_now();
     let life = Lifetimes::new(Duration::from_secs(600), Duration::from_secs(3600));
     let appid = "wx2ebfe5f20389c64a";
@@ -1143,12 +1371,187 @@ async fn the_redis_store_keeps_the_store_contract() {
     })
     .await;
 
+    assert_eq!(store.count().await.unwrap(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis Cluster: three masters; every key a session, a login or a lease writes must be
+// accepted by the node owning its slot, and multi-key work must stay within one slot.
+
+#[tokio::test]
+async fn the_redis_store_keeps_the_store_contract_on_a_redis_cluster() {
+    need_redis_cluster!();
+    let mut cluster = RedisCluster::start().await;
+    let store = redis_store(&cluster.url());
+    keeps_the_store_contract(&store, cluster.connection().await).await;
+
+    // Many sessions: spread over every master, all counted, all revocable at once.
+    let now = whole_seconds_now();
+    let life = Lifetimes::new(Duration::from_secs(600), Duration::from_secs(3600));
+    let mut keys = Vec::new();
+    for i in 0..30 {
+        let key = SessionId::generate().storage_key();
+        let openid = if i % 3 == 0 { "many" } else { "others" };
+        store
+            .put(&key, &new_session(openid, now, life))
+            .await
+            .unwrap();
+        let touched = new_session(openid, now, life).touched(now + Duration::from_secs(60), life);
+        assert!(
+            store
+                .touch(&key, touched.last_seen, touched.expires_at)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .claim_refresh(&key, Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+        keys.push(key);
+    }
+    assert_eq!(store.count().await.unwrap(), 30, "SCAN walks every master");
+    for port in cluster.ports() {
+        let held: Vec<String> = redis::cmd("KEYS")
+            .arg("wxgate:s:*")
+            .query_async(&mut cluster.node(port).await)
+            .await
+            .unwrap();
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut cluster.node(port).await)
+            .await
+            .unwrap();
+        assert!(
+            !held.is_empty(),
+            "no session on the master at {port}: {nodes}"
+        );
+    }
+
+    // A session's record and lease hash to one slot; every lease carries its record's
+    // name as its hash tag.
+    let mut raw = cluster.connection().await;
+    let slots = raw.clone();
+    let slot = |key: String| {
+        let mut raw = slots.clone();
+        async move {
+            let slot: i64 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            slot
+        }
+    };
+    for key in &keys {
+        let (record, lease) = (
+            format!("wxgate:s:{key}"),
+            format!("wxgate:l:{{wxgate:s:{key}}}"),
+        );
+        let exist: i64 = redis::cmd("EXISTS")
+            .arg(&record)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let leased: i64 = redis::cmd("EXISTS")
+            .arg(&lease)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!((exist, leased), (1, 1), "{record}, {lease}");
+        assert_eq!(slot(lease).await, slot(record).await);
+    }
+    let everything: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    for lease in everything.iter().filter(|k| k.starts_with("wxgate:l:")) {
+        assert!(
+            lease.starts_with("wxgate:l:{wxgate:s:") && lease.ends_with('}'),
+            "{lease} carries no hash tag"
+        );
+    }
+
+    // The user's sessions live on several masters; revoking them reaches every one.
+    let appid = "wx2ebfe5f20389c64a";
+    assert_eq!(store.user_sessions(appid, "many").await.unwrap().len(), 10);
+    assert_eq!(store.delete_user(appid, "many").await.unwrap(), 10);
+    assert!(store.user_sessions(appid, "many").await.unwrap().is_empty());
+    assert_eq!(store.count().await.unwrap(), 20);
+    for key in &keys {
+        assert!(store.delete(key).await.is_ok());
+    }
+    assert_eq!(store.count().await.unwrap(), 0);
+
+    // Shared values and named leases (login single flights, used states, JS-SDK tickets).
+    let values = store.shared_values().unwrap();
+    for i in 0..20 {
+        let name = format!("f:flight-{i}");
+        assert_eq!(
+            values
+                .set_if_absent(&name, b"mine", Duration::from_secs(30))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            values
+                .set_if_absent(&name, b"theirs", Duration::from_secs(30))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(b"mine".as_slice())
+        );
+        values
+            .set(&name, b"done", Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(
+            values.get(&name).await.unwrap().as_deref(),
+            Some(b"done".as_slice())
+        );
+        let sealed = format!("jssdk:ticket-{i}");
+        store
+            .put_value(
+                &sealed,
+                b"ticket",
+                SystemTime::now() + Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_value(&sealed).await.unwrap().as_deref(),
+            Some(b"ticket".as_slice())
+        );
+        let lease = format!("jssdk:refresh-{i}");
+        assert!(
+            store
+                .claim_lease(&lease, Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .claim_lease(&lease, Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
+    }
+
     // Down: an error within the timeout, never an answer.
     store.ping().await.unwrap();
-    redis.kill();
-    let error = store.get(&key).await.unwrap_err();
+    cluster.kill();
+    let started = Instant::now();
+    let error = store.get(&keys[0]).await.unwrap_err();
     assert!(error.is_transient(), "{error}");
     assert!(store.ping().await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "bounded by the timeout"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -328,7 +328,9 @@ pub struct SessionConfig {
     pub store: StoreKind,
     /// The redb file.
     pub path: PathBuf,
-    /// The Redis server shared by several gateways.
+    /// The Redis shared by several gateways: `redis://` or `rediss://` (one server),
+    /// `redis+sentinel://` (a primary found through Sentinel) or `redis+cluster://` /
+    /// `rediss+cluster://` (Redis Cluster, some of its nodes).
     pub redis_url: Secret,
     /// Name of the session cookie.
     pub cookie_name: String,

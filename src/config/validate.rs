@@ -199,11 +199,18 @@ fn session(c: &Config, p: &mut Vec<Problem>) {
     }
     if s.store == StoreKind::Redis {
         let url = s.redis_url.expose();
-        let schemes = ["redis://", "rediss://", "redis+sentinel://"];
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "redis+sentinel://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
         if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
             p.push(Problem::new(
                 "session.redis_url",
-                "must start with redis://, rediss:// or redis+sentinel://",
+                "must start with redis://, rediss://, redis+sentinel://, redis+cluster:// \
+                 or rediss+cluster://",
             ));
         }
     }
@@ -438,5 +445,42 @@ fn positive(v: u64, key: &str, p: &mut Vec<Problem>) {
 fn nonzero(d: Duration, key: &str, p: &mut Vec<Problem>) {
     if d.is_zero() {
         p.push(Problem::new(key, "must be longer than 0s"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn redis_url_problems(url: &str) -> Vec<String> {
+        let mut config = Config::default();
+        config.session.store = StoreKind::Redis;
+        config.session.redis_url = Secret::new(url);
+        let mut problems = Vec::new();
+        session(&config, &mut problems);
+        problems
+            .into_iter()
+            .filter(|p| p.key == "session.redis_url")
+            .map(|p| p.message)
+            .collect()
+    }
+
+    #[test]
+    fn redis_url_takes_one_server_sentinel_or_a_cluster() {
+        for good in [
+            "redis://127.0.0.1:6379/0",
+            "rediss://:pw@redis.internal:6380/2",
+            "redis+sentinel://s1:26379,s2:26379/mymaster",
+            "redis+cluster://n1:6379,n2:6379,n3:6379",
+            "rediss+cluster://:pw@n1:6380",
+        ] {
+            assert!(redis_url_problems(good).is_empty(), "{good} refused");
+        }
+        for bad in ["http://n1:6379", "cluster://n1:6379", "n1:6379"] {
+            let problems = redis_url_problems(bad);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(problems[0].contains("redis+cluster://"), "{problems:?}");
+        }
     }
 }

@@ -2,18 +2,26 @@
 //! on one gateway is a session on all; a logout on one reaches the others through the
 //! cache's one-second staleness bound (`StoreSharing::Shared`).
 //!
-//! Keys: `wxgate:s:{storage key hex}` holds the sealed record (see `encoding`) and expires
-//! natively at the session's `expires_at` (`PXAT`/`PEXPIREAT`); `wxgate:u:{user tag hex}` is
-//! the set of one user's storage keys (for `delete_user`), kept alive as long as its longest
-//! session; `wxgate:l:{storage key hex}` is a refresh lease (`SET NX PX`);
-//! `wxgate:v:{name}` a short-lived shared value (login single flights and used states, see
-//! `login::flight`). Multi-key
-//! changes are Lua scripts, so each is atomic. Standalone Redis (or a Sentinel-managed
-//! primary, found through the sentinels by `redis+sentinel://`, see `redis_link`); Redis Cluster
-//! is not supported.
+//! Keys:
+//! - `wxgate:s:<storage key hex>` holds the sealed record (see `encoding`) and expires
+//!   natively at the session's `expires_at` (`PXAT`/`PEXPIREAT`);
+//! - `wxgate:l:{wxgate:s:<storage key hex>}` is its refresh lease (`SET NX PX`). The braces
+//!   are a Redis Cluster hash tag naming the record's key, so the lease hashes to the
+//!   record's slot: a session's keys share one slot while the record keeps the name earlier
+//!   releases gave it (an upgrade logs nobody out);
+//! - `wxgate:u:<user tag hex>` is the set of one user's storage keys (for `delete_user`),
+//!   kept alive as long as its longest session;
+//! - `wxgate:v:<name>` a short-lived shared value (login single flights and used states, see
+//!   `login::flight`; JS-SDK credentials), `wxgate:nl:<name>` a named lease.
 //!
-//! One multiplexed connection, reconnected with backoff by `ConnectionManager`; every
-//! command is bounded by the store timeout, so a dead Redis costs a request that long at most.
+//! Every command and script touches one key, so the same code runs on a standalone Redis, a
+//! Sentinel-managed primary and a Redis Cluster (see `redis_link`). A user's index and their
+//! records live in different slots, so they are written in an order that never leaves a
+//! record out of its index: index first, then record (a record whose write failed leaves a
+//! member behind, which `delete_user` skips). A script reading a record is atomic on it.
+//!
+//! One multiplexed connection (per node on a cluster), reconnected by itself; every command
+//! is bounded by the store timeout, so a dead Redis costs a request that long at most.
 
 use std::time::{Duration, SystemTime};
 
@@ -34,57 +42,42 @@ const NAMED_LEASE_PREFIX: &str = "wxgate:nl:";
 /// Keys looked at per `SCAN` step when counting.
 const SCAN_BATCH: usize = 1000;
 
-/// Lua turning the user tag stored in a record (header bytes 17..32) into its set's key.
-const USER_KEY_OF_RECORD: &str = r"
-local function user_key(prefix, record_key)
-  local tag = redis.call('GETRANGE', record_key, 17, 32)
-  if #tag ~= 16 then return nil end
-  return prefix .. tag:gsub('.', function(c) return string.format('%02x', string.byte(c)) end)
-end
-";
-
-/// KEYS: record, user set. ARGV: record bytes, expires_at ms, storage key hex.
-const PUT: &str = r"
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('PEXPIREAT', KEYS[2], ARGV[2], 'NX')
-redis.call('PEXPIREAT', KEYS[2], ARGV[2], 'GT')
+/// KEYS: user set. ARGV: storage key hex, expires_at ms. The set lives as long as its
+/// longest session.
+const INDEX: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2], 'NX')
+redis.call('PEXPIREAT', KEYS[1], ARGV[2], 'GT')
 return 1
 ";
 
-/// KEYS: record. ARGV: clock bytes, expires_at ms, user prefix. Never revives a record.
+/// KEYS: record. ARGV: clock bytes, expires_at ms. Never revives a record; answers the
+/// record's user tag (header bytes 17..32), whose set the caller then keeps alive.
 const TOUCH: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('SETRANGE', KEYS[1], 1, ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
-local users = user_key(ARGV[3], KEYS[1])
-if users then redis.call('PEXPIREAT', users, ARGV[2], 'GT') end
-return 1
+return redis.call('GETRANGE', KEYS[1], 17, 32)
 ";
 
-/// KEYS: record. ARGV: user prefix, storage key hex.
+/// KEYS: record. Answers the removed record's user tag, or nil when there was none.
 const DELETE: &str = r"
-local users = user_key(ARGV[1], KEYS[1])
-local removed = redis.call('DEL', KEYS[1])
-if removed == 1 and users then redis.call('SREM', users, ARGV[2]) end
-return removed
+local tag = redis.call('GETRANGE', KEYS[1], 17, 32)
+if redis.call('DEL', KEYS[1]) == 0 then return false end
+return tag
 ";
 
-/// KEYS: user set. ARGV: record prefix.
-const DELETE_USER: &str = r"
-local removed = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  removed = removed + redis.call('DEL', ARGV[1] .. member)
-end
-redis.call('DEL', KEYS[1])
-return removed
-";
+/// Length of the user tag in a record's header.
+const USER_TAG_LEN: usize = 16;
 
 /// Why the Redis store cannot be set up (connecting happens later, on first use).
 #[derive(Debug, thiserror::Error)]
 pub enum RedisOpenError {
     /// The URL is never repeated: it may hold a password.
-    #[error("session.redis_url is not a usable redis://, rediss:// or redis+sentinel:// URL ({0})")]
+    #[error(
+        "session.redis_url is not a usable redis://, rediss://, redis+sentinel:// or \
+         redis+cluster:// URL ({0})"
+    )]
     BadUrl(String),
     #[error("the Redis store needs a running tokio runtime")]
     NoRuntime,
@@ -96,10 +89,9 @@ pub struct RedisStore {
     keys: RecordKeys,
     clock: Clock,
     timeout: Duration,
-    put: Script,
+    index: Script,
     touch: Script,
     delete: Script,
-    delete_user: Script,
 }
 
 impl RedisStore {
@@ -116,18 +108,18 @@ impl RedisStore {
         }
         let link = Link::open(url, timeout, category).map_err(|e| match e {
             LinkError::Redis(reason) => RedisOpenError::BadUrl(reason),
-            LinkError::BadSentinelUrl => RedisOpenError::BadUrl(e.to_string()),
+            LinkError::BadSentinelUrl | LinkError::BadClusterUrl => {
+                RedisOpenError::BadUrl(e.to_string())
+            }
         })?;
-        let with_user_key = |body: &str| Script::new(&format!("{USER_KEY_OF_RECORD}{body}"));
         Ok(RedisStore {
             link,
             keys,
             clock,
             timeout,
-            put: Script::new(PUT),
-            touch: with_user_key(TOUCH),
-            delete: with_user_key(DELETE),
-            delete_user: Script::new(DELETE_USER),
+            index: Script::new(INDEX),
+            touch: Script::new(TOUCH),
+            delete: Script::new(DELETE),
         })
     }
 
@@ -184,15 +176,23 @@ impl RedisStore {
         }
         let bytes = encoding::encode(&self.keys, key, session)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let expires_ms = encoding::to_ms(session.expires_at);
         let users = user_key(&self.keys.user_tag(&session.appid, &session.openid));
-        let mut call = self.put.prepare_invoke();
-        call.key(session_key(key))
-            .key(users)
-            .arg(bytes)
-            .arg(encoding::to_ms(session.expires_at))
-            .arg(key.to_string());
+        // The index first: a record that exists is always one `delete_user` finds.
+        let mut call = self.index.prepare_invoke();
+        call.key(users).arg(key.to_string()).arg(expires_ms);
         let _: i64 = self
             .bounded(call.invoke_async(&mut self.conn().await?))
+            .await?;
+        let _: String = self
+            .bounded(
+                ::redis::cmd("SET")
+                    .arg(session_key(key))
+                    .arg(bytes)
+                    .arg("PXAT")
+                    .arg(expires_ms)
+                    .query_async(&mut self.conn().await?),
+            )
             .await?;
         Ok(())
     }
@@ -203,62 +203,123 @@ impl RedisStore {
         last_seen: SystemTime,
         expires_at: SystemTime,
     ) -> Result<bool, StoreError> {
+        let expires_ms = encoding::to_ms(expires_at);
         let mut call = self.touch.prepare_invoke();
         call.key(session_key(key))
             .arg(encoding::clock_bytes(last_seen, expires_at).to_vec())
-            .arg(encoding::to_ms(expires_at))
-            .arg(USER_PREFIX);
-        let touched: i64 = self
+            .arg(expires_ms);
+        let tag: Option<Vec<u8>> = self
             .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
-        Ok(touched == 1)
+        let Some(tag) = tag else { return Ok(false) };
+        if tag.len() == USER_TAG_LEN {
+            // The index must outlive the record, or a revocation would miss it; a failure
+            // here is the touch's failure, and a later request touches again.
+            let _: i64 = self
+                .bounded(
+                    ::redis::cmd("PEXPIREAT")
+                        .arg(user_key(&tag))
+                        .arg(expires_ms)
+                        .arg("GT")
+                        .query_async(&mut self.conn().await?),
+                )
+                .await?;
+        }
+        Ok(true)
     }
 
     async fn delete_now(&self, key: &StorageKey) -> Result<bool, StoreError> {
         let mut call = self.delete.prepare_invoke();
-        call.key(session_key(key))
-            .arg(USER_PREFIX)
-            .arg(key.to_string());
-        let removed: i64 = self
+        call.key(session_key(key));
+        let tag: Option<Vec<u8>> = self
             .bounded(call.invoke_async(&mut self.conn().await?))
             .await?;
-        Ok(removed == 1)
-    }
-
-    async fn delete_user_now(&self, appid: &str, openid: &str) -> Result<u64, StoreError> {
-        let mut call = self.delete_user.prepare_invoke();
-        call.key(user_key(&self.keys.user_tag(appid, openid)))
-            .arg(SESSION_PREFIX);
-        let removed: u64 = self
-            .bounded(call.invoke_async(&mut self.conn().await?))
-            .await?;
-        Ok(removed)
-    }
-
-    /// Counts record keys with `SCAN`, a bounded step at a time: Redis keeps serving others
-    /// meanwhile, and keys it expires natively are not counted.
-    async fn count_now(&self) -> Result<u64, StoreError> {
-        let pattern = format!("{SESSION_PREFIX}*");
-        let mut cursor: u64 = 0;
-        let mut count = 0;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
+        let Some(tag) = tag else { return Ok(false) };
+        if tag.len() == USER_TAG_LEN {
+            // Only tidying: the logout itself is done, and a member without its record is
+            // skipped by `delete_user` and gone when the set expires.
+            let tidied: Result<i64, StoreError> = self
                 .bounded(
-                    ::redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_BATCH)
+                    ::redis::cmd("SREM")
+                        .arg(user_key(&tag))
+                        .arg(key.to_string())
+                        .query_async(&mut self.conn().await?),
+                )
+                .await;
+            if let Err(e) = tidied {
+                tracing::debug!(reason = %e, "a logged-out session stays in its user's index");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deletes each record the user's index names, one key at a time (on a cluster they live
+    /// on different masters). Only the members whose record it deleted leave the index: a
+    /// member without a record may be a login whose record is being written right now.
+    async fn delete_user_now(&self, appid: &str, openid: &str) -> Result<u64, StoreError> {
+        let users = user_key(&self.keys.user_tag(appid, openid));
+        let members: Vec<String> = self
+            .bounded(
+                ::redis::cmd("SMEMBERS")
+                    .arg(&users)
+                    .query_async(&mut self.conn().await?),
+            )
+            .await?;
+        let mut removed = Vec::new();
+        for member in members {
+            let Some(key) = parse_key(&member) else {
+                continue;
+            };
+            let deleted: i64 = self
+                .bounded(
+                    ::redis::cmd("DEL")
+                        .arg(session_key(&key))
                         .query_async(&mut self.conn().await?),
                 )
                 .await?;
-            count += keys.len() as u64;
-            if next == 0 {
-                return Ok(count);
+            if deleted == 1 {
+                removed.push(member);
             }
-            cursor = next;
         }
+        if !removed.is_empty() {
+            let _: i64 = self
+                .bounded(
+                    ::redis::cmd("SREM")
+                        .arg(&users)
+                        .arg(&removed)
+                        .query_async(&mut self.conn().await?),
+                )
+                .await?;
+        }
+        Ok(removed.len() as u64)
+    }
+
+    /// Counts record keys with `SCAN`, a bounded step at a time: Redis keeps serving others
+    /// meanwhile, and keys it expires natively are not counted. On a cluster each master is
+    /// walked in turn (a `SCAN` sees one server's keys); slots moving during the walk may
+    /// make the count a little off, as any count of a changing store is.
+    async fn count_now(&self) -> Result<u64, StoreError> {
+        let pattern = format!("{SESSION_PREFIX}*");
+        let primaries = match tokio::time::timeout(self.timeout, self.link.primaries()).await {
+            Ok(Ok(primaries)) => primaries,
+            Ok(Err(e)) => return Err(StoreError::Unavailable(format!("redis: {}", category(&e)))),
+            Err(_) => return Err(StoreError::Timeout(self.timeout)),
+        };
+        let mut count = 0;
+        for mut primary in primaries {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<Vec<u8>>) = self
+                    .bounded(primary.scan(cursor, &pattern, SCAN_BATCH))
+                    .await?;
+                count += keys.len() as u64;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(count)
     }
 
     async fn claim_now(&self, key: &StorageKey, lease: Duration) -> Result<bool, StoreError> {
@@ -266,7 +327,7 @@ impl RedisStore {
         let set: Option<String> = self
             .bounded(
                 ::redis::cmd("SET")
-                    .arg(format!("{LEASE_PREFIX}{key}"))
+                    .arg(lease_key(key))
                     .arg(1)
                     .arg("NX")
                     .arg("PX")
@@ -477,6 +538,12 @@ fn session_key(key: &StorageKey) -> String {
     format!("{SESSION_PREFIX}{key}")
 }
 
+/// The session's refresh lease: the record's whole key as the hash tag puts it in the
+/// record's Redis Cluster slot (a key without braces hashes whole).
+fn lease_key(key: &StorageKey) -> String {
+    format!("{LEASE_PREFIX}{{{}}}", session_key(key))
+}
+
 fn user_key(tag: &[u8]) -> String {
     format!("{USER_PREFIX}{}", hex::encode(tag))
 }
@@ -487,7 +554,9 @@ fn parse_key(hex_key: &str) -> Option<StorageKey> {
 }
 
 /// The record header's user tag sits where the Lua helper reads it.
-const _: () = assert!(CLOCK_OFFSET == 1 && encoding::HEADER_LEN == 33);
+const _: () = assert!(
+    CLOCK_OFFSET == 1 && encoding::HEADER_LEN == 33 && encoding::HEADER_LEN - 17 == USER_TAG_LEN
+);
 
 impl SessionStore for RedisStore {
     fn get<'a>(
@@ -597,5 +666,34 @@ impl SharedValues for RedisStore {
 
     fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         Box::pin(self.get_shared_now(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What Redis Cluster hashes: the text between the first `{` and the next `}`, if not
+    /// empty; else the whole key.
+    fn hashed(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.find('}')
+                    .filter(|&close| close > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn a_sessions_lease_hashes_to_its_records_slot_and_the_record_keeps_its_name() {
+        let key = StorageKey::from_bytes([0xab; 32]);
+        let record = session_key(&key);
+        assert_eq!(record, format!("wxgate:s:{}", "ab".repeat(32)));
+        assert_eq!(hashed(&record), record, "the record hashes whole");
+        let lease = lease_key(&key);
+        assert!(lease.starts_with("wxgate:l:"), "{lease}");
+        assert_eq!(hashed(&lease), record);
     }
 }
