@@ -316,7 +316,8 @@ async fn android_quirks(client: Client, demo: &Demo) {
     assert_eq!(
         repeats(demo).await,
         1,
-        "the frame's load and the page's: one repeat"
+        "the background load and the page's: one repeat\n{}",
+        login_metrics(demo).await
     );
     screenshot(&client, "10-android-double-load-base").await;
 
@@ -348,7 +349,26 @@ async fn mock_stats(demo: &Demo) -> serde_json::Value {
 
 /// Later loads of a callback the gateway answered with the first load's outcome.
 async fn repeats(demo: &Demo) -> u64 {
-    let metrics = reqwest::Client::builder()
+    let metrics = gateway_metrics(demo).await;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("wxgate_callback_repeats_total{result=\"settled\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the repeats counter")
+}
+
+/// The login counters, to show with a failed assertion.
+async fn login_metrics(demo: &Demo) -> String {
+    gateway_metrics(demo)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("wxgate_login") || l.starts_with("wxgate_callback"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn gateway_metrics(demo: &Demo) -> String {
+    reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
@@ -358,12 +378,7 @@ async fn repeats(demo: &Demo) -> u64 {
         .unwrap()
         .text()
         .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("wxgate_callback_repeats_total{result=\"settled\"} "))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("the repeats counter")
+        .unwrap()
 }
 
 /// Two tabs log in at once, the first lands on its exact URL with the nickname; refresh keeps

@@ -688,8 +688,8 @@ async fn with_wechat_prefetching_every_callback_each_login_lands_with_one_exchan
 
 #[tokio::test]
 async fn the_double_load_page_of_the_mock_lands_both_loads_with_one_exchange() {
-    // `mock-wechat --double-load concurrent`: the mock's answer loads the callback in a
-    // hidden frame and, at the same moment, in the page. Both loads are made here as the
+    // `mock-wechat --double-load concurrent`: the mock's answer loads the callback in the
+    // background and, at the same moment, in the page. Both loads are made here as the
     // browser makes them, at once.
     let w = world_with(|mock, _| {
         mock.faults.double_load = wxgate::mock::DoubleLoad::Concurrent;
@@ -706,10 +706,7 @@ async fn the_double_load_page_of_the_mock_lands_both_loads_with_one_exchange() {
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     let callback = double_load_target(&html);
-    assert!(
-        html.contains("document.body.appendChild(frame);go();"),
-        "{html}"
-    );
+    assert!(html.contains("first; go();"), "{html}");
     let (first, second) = tokio::join!(b.get(&callback).send(), b.get(&callback).send());
     for load in [first.unwrap(), second.unwrap()] {
         assert_eq!(load.status(), 302);
@@ -729,7 +726,7 @@ async fn the_double_load_page_of_the_mock_lands_both_loads_with_one_exchange() {
         .unwrap();
     assert_eq!(landed.status(), 200, "the session the two loads share");
 
-    // Sequential: the frame's load first, then the page's.
+    // Sequential: the background load first, then the page's.
     set_mock_faults(w.mock, serde_json::json!({"double_load": "sequential"})).await;
     let (b, _) = browser_with_jar(WECHAT_UA);
     let hop = b
@@ -745,7 +742,7 @@ async fn the_double_load_page_of_the_mock_lands_both_loads_with_one_exchange() {
         .text()
         .await
         .unwrap();
-    assert!(html.contains("frame.onload = go;"), "{html}");
+    assert!(html.contains("first.then(go, go);"), "{html}");
     let callback = double_load_target(&html);
     for _ in 0..2 {
         let load = b.get(&callback).send().await.unwrap();
@@ -753,6 +750,11 @@ async fn the_double_load_page_of_the_mock_lands_both_loads_with_one_exchange() {
         assert_eq!(load.headers()["location"], "/base/two");
     }
     assert_eq!(mock_stats(w.mock).await["/sns/oauth2/access_token"], 2);
+    let metrics = support::metrics(&w.gw).await;
+    assert!(
+        metrics.contains("wxgate_callback_repeats_total{result=\"settled\"} 2"),
+        "the later load, after the first cleared the state cookie, counts too: {metrics}"
+    );
     w.gw.shutdown().await;
 }
 

@@ -742,6 +742,8 @@ impl Login {
             if let Ok(Some(Outcome::Landed { cookie, url })) = landed {
                 let holds_it = cookies::read(headers, &self.cookie_name) == Some(cookie.as_str());
                 if holds_it && matches!(self.session_of(headers).await, Ok(Some(_))) {
+                    // The double load's later half, after the first cleared the state cookie.
+                    self.metrics.repeated("settled");
                     let mut r = redirect(&url);
                     r.headers_mut()
                         .insert("referrer-policy", HeaderValue::from_static("no-referrer"));

@@ -58,9 +58,9 @@ pub enum DoubleLoad {
     /// One 302, one load.
     #[default]
     Off,
-    /// A page that loads the callback (in a hidden frame) and, once that finished, again.
+    /// A page that loads the callback in the background and, once that was answered, again.
     Sequential,
-    /// A page that loads the callback in a hidden frame and, at the same moment, again.
+    /// A page that loads the callback in the background and, at the same moment, again.
     Concurrent,
 }
 

@@ -56,18 +56,19 @@ pub fn denied_page() -> String {
     page("微信网页授权", body)
 }
 
-/// The way back to the callback when the webview loads it twice: a hidden frame loads it,
-/// and the page itself goes there at the same moment (`concurrent`) or once the frame has
-/// loaded. A browser without JavaScript follows the `<noscript>` refresh: one load.
+/// The way back to the callback when the webview loads it twice: a background request
+/// (`fetch` with the page's cookies, `keepalive` so leaving the page does not cancel it)
+/// loads it, and the page itself goes there at the same moment (`concurrent`) or once that
+/// request is answered. A browser without JavaScript follows the `<noscript>` refresh: one load.
 pub fn double_load_page(location: &str, concurrent: bool) -> String {
     // The URL as a JS string that cannot close the script element.
     let target = serde_json::to_string(location)
         .unwrap_or_else(|_| "\"\"".into())
         .replace('<', "\\u003c");
-    let (before, after) = if concurrent {
-        ("", "go();")
+    let loads = if concurrent {
+        "first; go();"
     } else {
-        ("frame.onload = go;", "")
+        "first.then(go, go);"
     };
     format!(
         "<!DOCTYPE html>\n<html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
@@ -75,12 +76,8 @@ pub fn double_load_page(location: &str, concurrent: bool) -> String {
          <title>微信网页授权</title></head><body>\
          <script>var target = {target};\
          function go() {{ location.replace(target); }}\
-         var frame = document.createElement(\"iframe\");\
-         frame.style.display = \"none\";\
-         frame.src = target;\
-         {before}\
-         document.body.appendChild(frame);\
-         {after}</script></body></html>\n",
+         var first = fetch(target, {{ credentials: \"include\", mode: \"no-cors\", keepalive: true }});\
+         {loads}</script></body></html>\n",
         escape(location)
     )
 }
