@@ -262,7 +262,8 @@ pub(crate) fn parse_head(
         declared: Declared::default(),
     };
     let mut headers = HeaderMap::with_capacity(spans.len());
-    // `Connection` names a field to remove (beyond `keep-alive`): a second look, rarely.
+    // `Connection` names fields to remove (any element but `keep-alive`): looked for once the
+    // map is built, by text, so that nothing is allocated for them.
     let mut named = false;
     for &[name, name_len, value, value_len] in spans.iter() {
         let (name, value) = (name as usize, value as usize);
