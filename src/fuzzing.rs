@@ -185,11 +185,11 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// The server lane's request reading (`server::lane`): never panics; a request it serves
+/// The server lane's request reading (`http1::lane`): never panics; a request it serves
 /// is a complete bodiless HTTP/1.1 head taken whole from the front, with what follows left
 /// as it came; anything it does not serve leaves every byte to hyper, untouched.
 pub fn lane_request(data: &[u8]) {
-    use crate::server::lane::{Next, take_request};
+    use crate::http1::fuzz::{Next, take_request};
     let mut buf = bytes::BytesMut::from(data);
     match take_request(&mut buf, &mut Vec::new()) {
         Next::Serve { request, .. } => {
@@ -211,10 +211,10 @@ pub fn lane_request(data: &[u8]) {
 }
 
 /// The upstream client's response head parser and every body framing it reads
-/// (`proxy::wire`): never panics; no connection field reaches the client; a body is never
+/// (`http1::wire`, `http1::framing`): never panics; no connection field reaches the client; a body is never
 /// longer than the bytes after the head; a reused connection's body ended exactly.
 pub fn response(data: &[u8]) {
-    use crate::proxy::wire::{Step, framing, parse_head};
+    use crate::http1::fuzz::{Framing, Reader, Step, framing, parse_head};
     let mut buf = bytes::BytesMut::from(data);
     let head = match parse_head(&mut buf, &mut Vec::new()) {
         Ok(Some(head)) => head,
@@ -233,14 +233,14 @@ pub fn response(data: &[u8]) {
         assert!(!headers.contains_key(hop), "{hop} reached the client");
     }
     for method in [http::Method::GET, http::Method::HEAD] {
-        let Ok((mut body, reusable)) = framing(&head, &method) else {
+        let Ok((declared, reusable)) = framing(&head, &method) else {
             continue;
         };
         if headers.contains_key(http::header::CONTENT_LENGTH) && method == http::Method::GET {
             // A length beside a coding was refused above, whichever came first.
-            assert!(!matches!(body, crate::proxy::wire::Framing::Chunked(_)));
+            assert_ne!(declared, Framing::Chunked);
         }
-        let declared = body;
+        let mut body = Reader::new(declared);
         let mut rest = buf.clone();
         let before = rest.len();
         let mut data_len = 0;
@@ -257,7 +257,7 @@ pub fn response(data: &[u8]) {
             }
         };
         assert!(data_len <= before, "more body than bytes");
-        if let (true, crate::proxy::wire::Framing::Length(n)) = (ended, declared) {
+        if let (true, Framing::Length(n)) = (ended, declared) {
             assert_eq!(
                 data_len as u64, n,
                 "a length-framed body ended early or late"
@@ -266,7 +266,7 @@ pub fn response(data: &[u8]) {
         if ended && reusable {
             // A reused connection's next answer starts where this body ended: a body that
             // ends by the connection's close can never be one.
-            assert!(!matches!(declared, crate::proxy::wire::Framing::UntilClose));
+            assert_ne!(declared, Framing::UntilClose);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::body::ClientBody;
-use http::header::{CONTENT_LENGTH, HOST, ORIGIN, UPGRADE};
+use http::header::{HOST, ORIGIN, UPGRADE};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::Limited;
 use ipnet::IpNet;
@@ -332,10 +332,7 @@ impl Gate {
         if header_bytes > limits.max_header_bytes {
             return Err(Failure::HeadersTooLarge);
         }
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = crate::http1::content_length(headers);
         if declared.is_some_and(|len| len > limits.max_body_bytes) {
             return Err(Failure::PayloadTooLarge);
         }
@@ -523,11 +520,7 @@ fn record(series: &RouteSeries, response: &Response<Body>, elapsed: std::time::D
 /// gateway's own pages, whose length hyper writes only later). 0 for a body of unknown size
 /// (a streamed upstream body without a length).
 fn response_bytes(response: &Response<Body>) -> u64 {
-    response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    crate::http1::content_length(response.headers())
         .or_else(|| http_body::Body::size_hint(response.body()).exact())
         .unwrap_or(0)
 }

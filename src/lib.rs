@@ -17,7 +17,7 @@ pub mod doctor;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;
-pub mod head;
+pub(crate) mod http1;
 pub mod identity;
 pub mod jssdk;
 pub mod login;

@@ -1,5 +1,6 @@
-//! What of a request or response crosses the gateway: the fields that describe one
-//! connection go (RFC 9110 §7.6.1), a client's forwarding and identity claims go, and the
+//! What of a client's request crosses the gateway: the fields that describe one connection
+//! go (RFC 9110 §7.6.1; which fields those are is `http1::hop`'s to say, for requests,
+//! responses and trailers alike), a client's forwarding and identity claims go, and the
 //! gateway writes its own `X-Forwarded-*`.
 //!
 //! A client's request is cleaned in one pass over its field names ([`clean_request`]): each
@@ -12,27 +13,10 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
 use super::Peer;
+use crate::http1::hop::{self, Token};
 use crate::identity::folded_eq;
 
-/// Fields that describe one connection, never the message. `Trailer` is not among them:
-/// hyper only sends trailer fields that `Trailer` declares. Their index is their bit in
-/// `Cleaned::found`. A `static`, not a `const`: a const array of header names is built and dropped
-/// at each use.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    header::UPGRADE,
-    header::TE,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-];
-const CONNECTION: u16 = 1;
-const UPGRADE: u16 = 1 << 1;
-const TE: u16 = 1 << 2;
-/// Every hop-by-hop bit.
-const HOPS: u16 = (1 << 8) - 1;
+/// Bits of `Cleaned::found` beyond the hop-by-hop fields' own (`hop::bit`).
 const HOST: u16 = 1 << 8;
 const PRIOR_FOR: u16 = 1 << 9;
 const PRIOR_PROTO: u16 = 1 << 10;
@@ -91,15 +75,10 @@ enum Field {
 }
 
 fn field(name: &str, trusted: bool) -> Field {
+    if let Some(bit) = hop::bit(name) {
+        return Field::Found(bit);
+    }
     let bit = match name {
-        "connection" => CONNECTION,
-        "upgrade" => UPGRADE,
-        "te" => TE,
-        "keep-alive" => 1 << 3,
-        "proxy-authenticate" => 1 << 4,
-        "proxy-authorization" => 1 << 5,
-        "proxy-connection" => 1 << 6,
-        "transfer-encoding" => 1 << 7,
         "host" => HOST,
         "x-forwarded-for" if trusted => PRIOR_FOR,
         "x-forwarded-proto" if trusted => PRIOR_PROTO,
@@ -149,14 +128,17 @@ pub fn clean_request(
         }
     }
     let mut asks_upgrade = false;
-    if found & CONNECTION != 0 {
-        for token in list_tokens(headers, &header::CONNECTION) {
-            if token.eq_ignore_ascii_case("upgrade") {
-                asks_upgrade = true;
-            } else if !token.eq_ignore_ascii_case("keep-alive") && headers.contains_key(token) {
+    if found & hop::CONNECTION != 0 {
+        for value in headers.get_all(header::CONNECTION) {
+            for token in hop::connection(value.as_bytes()) {
+                if token == Token::Upgrade {
+                    asks_upgrade = true;
+                    continue;
+                }
                 // `contains_key` first: `close`, the usual option, names no field, and an
                 // owned name of it would be an allocation.
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                let named = token.names().filter(|named| headers.contains_key(*named));
+                if let Some(name) = named.and_then(|n| HeaderName::from_bytes(n.as_bytes()).ok()) {
                     if let Field::Found(bit) = field(name.as_str(), trusted) {
                         found &= !bit;
                     }
@@ -165,13 +147,16 @@ pub fn clean_request(
             }
         }
     }
-    let upgrade = asks_upgrade && found & UPGRADE != 0;
-    let wants_trailers = found & TE != 0
-        && list_tokens(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
+    let upgrade = asks_upgrade && found & hop::UPGRADE != 0;
+    let wants_trailers = found & hop::TE != 0
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|value| hop::accepts_trailers(value.as_bytes()));
     for name in doomed {
         headers.remove(name);
     }
-    remove_hops(headers, found & HOPS, upgrade);
+    hop::remove(headers, found & hop::ALL, upgrade);
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -179,44 +164,6 @@ pub fn clean_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     Cleaned { found, upgrade }
-}
-
-/// Fields that have no business in a trailer section (RFC 9110 §6.5.1): framing, routing,
-/// authentication, cookies, caching and the content's own description. An upstream's
-/// trailer with one of them is dropped, so a trailer cannot do what the header cleaning
-/// forbids (set the gateway's session cookie, reframe the body).
-static NOT_IN_TRAILERS: [HeaderName; 17] = [
-    header::TRAILER,
-    header::CONTENT_LENGTH,
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-    header::CONTENT_RANGE,
-    header::HOST,
-    header::SET_COOKIE,
-    header::COOKIE,
-    header::AUTHORIZATION,
-    header::WWW_AUTHENTICATE,
-    header::CACHE_CONTROL,
-    header::EXPIRES,
-    header::AGE,
-    header::DATE,
-    header::LOCATION,
-    header::VARY,
-    header::RETRY_AFTER,
-];
-
-/// Removes from an upstream's trailer fields every hop-by-hop field and every field a
-/// trailer may not carry (`NOT_IN_TRAILERS`). Nearly every trailer section is empty or one
-/// checksum, so this allocates only when something goes.
-pub fn clean_trailers(trailers: &mut HeaderMap) {
-    let doomed: Vec<HeaderName> = trailers
-        .keys()
-        .filter(|name| is_hop_by_hop(name) || NOT_IN_TRAILERS.contains(name))
-        .cloned()
-        .collect();
-    for name in doomed {
-        trailers.remove(name);
-    }
 }
 
 /// Joins several `Cookie` fields into one, with `"; "` (RFC 9113 §8.2.3): an HTTP/2 client
@@ -236,31 +183,6 @@ pub fn join_cookies(headers: &mut HeaderMap) {
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, value);
     }
-}
-
-/// A field that describes one connection only.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-}
-
-/// Removes the hop-by-hop fields whose bits are set; `Upgrade` stays when switching.
-fn remove_hops(headers: &mut HeaderMap, present: u16, switching: bool) {
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & 1 << i != 0 && !(switching && *name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-}
-
-/// The comma-separated elements of every value of a list field, trimmed, empty ones left out.
-fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
 }
 
 /// Writes the gateway's `X-Forwarded-For`, `-Proto` and `-Host` on a cleaned request: a
@@ -320,47 +242,10 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!values.is_empty()).then(|| values.join(", "))
 }
 
-/// Removes the hop-by-hop fields of a response from hyper's client, and every field its
-/// `Connection` names. A 101 keeps `Upgrade` and `Connection`, which the client needs to
-/// switch protocols. (Responses read by the gateway's own client are cleaned as they are
-/// parsed.)
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
-    let present = headers.keys().fold(0u16, |bits, name| {
-        match HOP_BY_HOP.iter().position(|hop| hop == name) {
-            Some(i) => bits | 1 << i,
-            None => bits,
-        }
-    });
-    if present == 0 {
-        return;
-    }
-    if present & CONNECTION != 0 {
-        // `keep-alive`, what nearly every upstream names, is in the fixed list anyway.
-        let named: Vec<HeaderName> = list_tokens(headers, &header::CONNECTION)
-            .filter(|token| !token.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(switching && name == header::UPGRADE) {
-                headers.remove(name);
-            }
-        }
-    }
-    let kept = if switching { CONNECTION } else { 0 };
-    remove_hops(headers, present & !kept, switching);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
+    use crate::http1::fields as map;
 
     /// A client at `ip`, trusted as a proxy or not, over TLS or not.
     fn peer(ip: [u8; 4], trusted: bool, tls: bool) -> Peer {
@@ -560,21 +445,5 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_text(ip), ip.to_string());
         }
-    }
-
-    #[test]
-    fn keep_alive_and_the_headers_connection_names_go_from_responses() {
-        let mut h = map(&[
-            ("connection", "keep-alive, X-Hop"),
-            ("keep-alive", "timeout=5"),
-            ("x-hop", "1"),
-            ("transfer-encoding", "chunked"),
-            ("x-kept", "yes"),
-        ]);
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(names(&h), ["x-kept"]);
-        let mut switching = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        strip_hop_by_hop(&mut switching, true);
-        assert_eq!(switching.len(), 2);
     }
 }

@@ -3,30 +3,24 @@
 //! tunnelled once the upstream has said 101.
 
 mod headers;
-mod pool;
-pub(crate) mod wire;
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::body::ClientBody;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{Either, Limited};
+use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+use crate::http1::{Pool, SendError};
+pub use crate::http1::{PooledBody, UpstreamBody};
 use crate::pages::Failure;
 use crate::route::Route;
-pub use headers::{Cleaned, clean_request, is_hop_by_hop};
-pub use pool::PooledBody;
-use pool::{Pool, SendError};
-
-/// The body sent upstream: the client's, cut off at `server.limits.max_body_bytes`.
-pub type UpstreamBody = Limited<ClientBody>;
+pub use headers::{Cleaned, clean_request};
 
 /// How the client reached the gateway, for the forwarded headers.
 #[derive(Debug, Clone, Copy)]

@@ -35,7 +35,6 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Handler;
 use super::idle::{Activity, InFlight, Tracked};
-use super::lane;
 use super::rewind::Rewind;
 #[cfg(test)]
 use super::signals::PARK_AFTER;
@@ -43,6 +42,7 @@ use super::signals::{Event, Rest, Signals, Verdict};
 use crate::body::{Body, ClientBody, Doubtful};
 use crate::config::LimitsConfig;
 use crate::gate::ConnInfo;
+use crate::http1::{Next, request_has_body, take_request, write_response};
 
 /// What the connection hook hears about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,7 +293,7 @@ impl<H: Handler> Conn<H> {
         let handler = Arc::new(self.handler.clone());
         let activity = activity.clone();
         service_fn(move |request: Request<Incoming>| {
-            let has_body = !request.body().is_end_stream();
+            let has_body = request_has_body(request.body());
             let in_flight = activity.request(has_body);
             let handler = handler.clone();
             // Watched only when there is a body: see `ClientBody`.
@@ -360,14 +360,14 @@ impl<H: Handler> Conn<H> {
                     }
                 }
             }
-            let (request, asked) = match lane::take_request(&mut buf, &mut spans) {
-                lane::Next::Serve { request, asked } => (request, asked),
-                lane::Next::Hyper => return LaneEnd::Hyper(buf.freeze()),
+            let (request, asked) = match take_request(&mut buf, &mut spans) {
+                Next::Serve { request, asked } => (request, asked),
+                Next::Hyper => return LaneEnd::Hyper(buf.freeze()),
                 // As long as hyper's buffer: hyper refuses it at once, with no second timeout.
-                lane::Next::Partial if buf.len() >= self.protocols.max_head => {
+                Next::Partial if buf.len() >= self.protocols.max_head => {
                     return LaneEnd::Hyper(buf.freeze());
                 }
-                lane::Next::Partial => {
+                Next::Partial => {
                     // The head's time runs from when it was first seen incomplete, however many
                     // reads it then takes.
                     let deadline = *head_deadline.get_or_insert_with(|| {
@@ -382,7 +382,7 @@ impl<H: Handler> Conn<H> {
             head_deadline = None;
             let answer = async {
                 let response = self.handler.call(request, info).await;
-                lane::write_response(io, &mut out, response, asked).await
+                write_response(io, &mut out, response, asked).await
             };
             let reusable = {
                 tokio::pin!(answer);

@@ -4,7 +4,6 @@
 mod admin;
 mod conn;
 mod idle;
-pub(crate) mod lane;
 // The plain HTTP loop of the mock WeChat and the demo upstream, dev tools only.
 #[cfg(feature = "dev-tools")]
 pub mod plain;

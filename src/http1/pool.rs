@@ -9,8 +9,8 @@
 //! same thread whose event loop drives it.
 //!
 //! A request without a body goes over a `Wire` (`wire.rs`), driven by the request's own
-//! task; one with a body, or one that asks to switch protocols, over hyper's client. Each
-//! kind keeps its own idle connections.
+//! task; one with a body (`framing::request_has_body`), or one that asks to switch
+//! protocols, over hyper's client. Each kind keeps its own idle connections.
 
 use std::error::Error as StdError;
 use std::future::poll_fn;
@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
@@ -30,12 +31,17 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::UpstreamBody;
+use super::framing::{Declared, request_has_body};
+use super::hop;
 use super::wire::{self, Answer, Io, Wire, WireBody, WireError};
+use crate::body::ClientBody;
 use crate::config::UpstreamConfig;
 use crate::route::Upstream;
 
 type Sender = SendRequest<UpstreamBody>;
+
+/// The body sent upstream: the client's, cut off at `server.limits.max_body_bytes`.
+pub type UpstreamBody = Limited<ClientBody>;
 
 /// Why a request got no response from its upstream.
 #[derive(Debug, thiserror::Error)]
@@ -123,8 +129,7 @@ impl Pool {
             shard: u32::try_from(worker % self.shards.len()).unwrap_or(0),
             upstream: u32::try_from(upstream.id).unwrap_or(u32::MAX),
         };
-        let bodiless = request.body().is_end_stream();
-        if bodiless && !upgrade && self.wire {
+        if !request_has_body(request.body()) && !upgrade && self.wire {
             return self.send_on_wire(home, upstream, request).await;
         }
         // Boxed: the rarer path, whose future would otherwise size every request's.
@@ -292,32 +297,17 @@ impl Pool {
 }
 
 /// A response from hyper's client without its connection fields, as the gateway's own
-/// client returns them. One that names both a length and a transfer coding, or lengths that
-/// are not one number, is refused, as the gateway's own client refuses it: hyper reads it chunked and would pass the length on
-/// (RFC 9112 §6.3 item 3: a sign of response splitting). Dropped, the response takes its
-/// connection with it.
+/// client returns them. Its framing fields are checked as the gateway's own client checks
+/// them (`framing::Declared::check`): hyper reads a length beside a coding as chunked and
+/// would pass the length on, and does not read the lengths of an answer to HEAD, nor of a
+/// 204 or 304, which, disagreeing, would make hyper's server drop the client's connection.
+/// Dropped, the response takes its connection with it.
 fn without_hops<B>(mut response: Response<B>) -> Result<Response<B>, SendError> {
-    let headers = response.headers();
-    if headers.contains_key(http::header::TRANSFER_ENCODING)
-        && headers.contains_key(http::header::CONTENT_LENGTH)
-    {
-        return Err(SendError::Wire(WireError::Malformed(
-            "both Transfer-Encoding and Content-Length",
-        )));
-    }
-    // hyper's client does not read the lengths of an answer to HEAD, nor of a 204 or 304:
-    // passed on, lengths that disagree make hyper's server drop the client's connection.
-    let lengths = headers
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .try_fold(None, |seen, value| {
-            crate::head::one_length(seen, value.as_bytes())
-        });
-    if let Err(e) = lengths {
+    if let Err(e) = Declared::of(response.headers()).check() {
         return Err(SendError::Wire(WireError::Malformed(e)));
     }
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    super::headers::strip_hop_by_hop(response.headers_mut(), switching);
+    hop::strip_response(response.headers_mut(), switching);
     Ok(response)
 }
 
@@ -466,11 +456,11 @@ impl HttpBody for PooledBody {
 }
 
 /// An upstream's trailer fields go through the same filter as its header fields, and more:
-/// see `headers::clean_trailers`.
+/// see `hop::clean_trailers`.
 fn clean_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
     match frame.into_trailers() {
         Ok(mut trailers) => {
-            super::headers::clean_trailers(&mut trailers);
+            hop::clean_trailers(&mut trailers);
             Frame::trailers(trailers)
         }
         Err(frame) => frame,

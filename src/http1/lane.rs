@@ -5,8 +5,9 @@
 //!
 //! Why: under callgrind hyper's server was a quarter of a logged-in request (its dispatcher,
 //! the per-request header-read timer, the boxed service future), and this is where wxgate's
-//! time went beyond nginx's. The head is parsed by httparse, as in hyper; what is written here
-//! is RFC 9112's framing of a response, and deciding which requests are simple enough.
+//! time went beyond nginx's. The head is parsed by httparse, as in hyper; what is decided here
+//! is which requests are simple enough, and the response is written with `framing`'s
+//! decisions and without `hop`'s fields.
 //!
 //! Request smuggling needs two readers to disagree about where a body ends. A request that
 //! names no length and no coding has none, to every reader; one that names either goes to
@@ -19,16 +20,14 @@ use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::framing::{self, Declared, Framing};
+use super::head::{MAX_FIELDS, Span, field_spans, offset};
+use super::hop::{self, Token};
 use crate::body::ClientBody;
-use crate::head::{Span, field_spans, lists, offset, one_length, tokens};
-
-/// Most fields a request head the lane serves may have; one with more goes to hyper, whose
-/// `max_headers` then decides.
-const MAX_FIELDS: usize = 100;
 
 /// Bytes of a response gathered before they are written: the head and every body frame
 /// ready at once go out in one write up to this size.
@@ -135,34 +134,21 @@ impl Asked {
     /// framing, an upgrade, or an `Expect`.
     fn note(&mut self, name: &[u8], value: &[u8]) -> bool {
         let is = |other: &HeaderName| name.eq_ignore_ascii_case(other.as_str().as_bytes());
-        if is(&header::CONTENT_LENGTH)
-            || is(&header::TRANSFER_ENCODING)
-            || is(&header::UPGRADE)
-            || is(&header::EXPECT)
-        {
+        if framing::frames_a_body(name) || is(&header::UPGRADE) || is(&header::EXPECT) {
             return false;
         }
         if is(&header::CONNECTION) {
-            for token in tokens(value) {
-                if token.eq_ignore_ascii_case(b"upgrade") {
+            for token in hop::connection(value) {
+                if token == Token::Upgrade {
                     return false;
                 }
-                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.close |= token == Token::Close;
             }
         } else if is(&header::TE) {
-            self.trailers |= lists(value, b"trailers");
+            self.trailers |= hop::accepts_trailers(value);
         }
         true
     }
-}
-
-/// How a response's body goes on the wire (RFC 9112 §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// No body: a `HEAD`'s answer, 1xx, 204 or 304.
-    None,
-    Length(u64),
-    Chunked,
 }
 
 /// Writes `response` for a request, and says whether the connection may carry another.
@@ -179,21 +165,22 @@ where
 {
     let (parts, body) = response.into_parts();
     let said = encode_fields(&parts, out);
-    let framing = framing(parts.status, asked.head, said.length, &body);
+    let body_size = body.size_hint().exact();
+    let framing = framing::of_own_answer(asked.head, parts.status, &said.declared, body_size);
     let close = asked.close || said.close;
     let length = match framing {
         Framing::Length(n) => Some(n),
-        Framing::Chunked => None,
-        Framing::None if no_body(parts.status) => None,
+        Framing::Chunked | Framing::UntilClose => None,
+        Framing::Empty if !framing::may_say_length(parts.status) => None,
         // A `HEAD`'s or 304's answer says the length a `GET` would get, as hyper's does.
-        Framing::None => match said.length {
-            Ok(None) if asked.head => body.size_hint().exact().filter(|&n| n > 0),
-            length => length.ok().flatten(),
-        },
+        Framing::Empty if asked.head && !said.declared.says_length() => {
+            body_size.filter(|&n| n > 0)
+        }
+        Framing::Empty => said.declared.length(),
     };
     end_head(framing, length, close, said.date, out);
     let whole = match framing {
-        Framing::None => true,
+        Framing::Empty => true,
         _ => {
             // Only fields the response declares in `Trailer`, as hyper sends them.
             let declared = (asked.trailers && said.trailer).then_some(&parts.headers);
@@ -209,8 +196,8 @@ where
 /// What a response's own fields said, noted while they were written.
 #[derive(Debug)]
 struct Said {
-    /// Its `Content-Length`: `Err` if a value was not a length or two disagreed.
-    length: Result<Option<u64>, &'static str>,
+    /// Its framing fields.
+    declared: Declared,
     /// `Connection: close`.
     close: bool,
     date: bool,
@@ -227,23 +214,20 @@ fn encode_fields(parts: &http::response::Parts, out: &mut BytesMut) -> Said {
     out.put_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
     let mut said = Said {
-        length: Ok(None),
+        declared: Declared::default(),
         close: false,
         date: false,
         trailer: false,
     };
     for (name, value) in &parts.headers {
-        if *name == header::CONTENT_LENGTH {
-            said.length = said
-                .length
-                .and_then(|seen| one_length(seen, value.as_bytes()));
+        if said.declared.note(name, value.as_bytes()) {
             continue;
         }
         if *name == header::CONNECTION {
-            said.close |= lists(value.as_bytes(), b"close");
+            said.close |= hop::connection(value.as_bytes()).any(|t| t == Token::Close);
             continue;
         }
-        if *name == header::TRANSFER_ENCODING || *name == header::TE || *name == header::UPGRADE {
+        if hop::is_hop_by_hop(name) {
             continue;
         }
         said.date |= *name == header::DATE;
@@ -254,28 +238,6 @@ fn encode_fields(parts: &http::response::Parts, out: &mut BytesMut) -> Said {
         out.put_slice(b"\r\n");
     }
     said
-}
-
-/// The response's framing: its own `Content-Length` when it has a valid one, else the
-/// body's known size, else chunked.
-fn framing<B: HttpBody>(
-    status: StatusCode,
-    head_request: bool,
-    length: Result<Option<u64>, &str>,
-    body: &B,
-) -> Framing {
-    if head_request || no_body(status) || status == StatusCode::NOT_MODIFIED {
-        return Framing::None;
-    }
-    match (length, body.size_hint().exact()) {
-        (Ok(Some(n)), _) | (_, Some(n)) => Framing::Length(n),
-        _ => Framing::Chunked,
-    }
-}
-
-/// A status whose answer never has a body, nor says a length (RFC 9110 §8.6).
-fn no_body(status: StatusCode) -> bool {
-    status.is_informational() || status == StatusCode::NO_CONTENT
 }
 
 /// The framing and connection fields, `Date` if the response had none, and the head's end.
@@ -372,15 +334,8 @@ where
                     return Ok(false);
                 }
             }
-            Framing::Chunked if !data.is_empty() => {
-                let mut size = [0u8; 16];
-                let size = hex(data.len(), &mut size);
-                out.put_slice(size);
-                out.put_slice(b"\r\n");
-                out.put_slice(&data);
-                out.put_slice(b"\r\n");
-            }
-            Framing::Chunked | Framing::None => {}
+            Framing::Chunked => framing::put_chunk(out, &data),
+            Framing::Empty | Framing::UntilClose => {}
         }
         if out.len() >= WRITE_AT {
             io.write_all(out).await?;
@@ -390,46 +345,11 @@ where
     Ok(match framing {
         Framing::Length(n) => sent == n,
         Framing::Chunked => {
-            out.put_slice(b"0\r\n");
-            if let (Some(declared), Some(trailers)) = (declared, trailers) {
-                put_trailers(out, declared, &trailers);
-            }
-            out.put_slice(b"\r\n");
+            framing::put_last_chunk(out, declared.zip(trailers.as_ref()));
             true
         }
-        Framing::None => true,
+        Framing::Empty | Framing::UntilClose => true,
     })
-}
-
-/// The trailer fields whose names the response's `Trailer` fields list.
-fn put_trailers(out: &mut BytesMut, response: &HeaderMap, trailers: &HeaderMap) {
-    let declared = |name: &HeaderName| {
-        response
-            .get_all(header::TRAILER)
-            .iter()
-            .any(|value| lists(value.as_bytes(), name.as_str().as_bytes()))
-    };
-    for (name, value) in trailers {
-        if declared(name) {
-            out.put_slice(name.as_str().as_bytes());
-            out.put_slice(b": ");
-            out.put_slice(value.as_bytes());
-            out.put_slice(b"\r\n");
-        }
-    }
-}
-
-/// `n` in lower-case hexadecimal, as a chunk size.
-fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
 
 #[cfg(test)]
@@ -713,13 +633,5 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"4\r\nlate\r\n0\r\n\r\n");
-    }
-
-    #[test]
-    fn chunk_sizes_are_lower_case_hex() {
-        let mut buf = [0u8; 16];
-        assert_eq!(hex(0, &mut buf), b"0");
-        assert_eq!(hex(255, &mut buf), b"ff");
-        assert_eq!(hex(0x1a2b3c, &mut buf), b"1a2b3c");
     }
 }

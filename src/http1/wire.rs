@@ -10,15 +10,16 @@
 //! hyper's client, which writes a body while it reads an early response and hands over the
 //! upgraded stream.
 //!
-//! Parsing is httparse's, as in hyper; what is written here is the framing of RFC 9112:
-//! which response has a body, how long it is, and when the connection may carry another.
+//! Parsing is httparse's, as in hyper; which response has a body and how long it is are
+//! `framing`'s to say, which fields go with the connection `hop`'s; what is decided here is
+//! when the connection may carry another request.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version, request};
 use http_body::Frame;
@@ -27,17 +28,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::head::{Span, field_spans, one_length, tokens};
+use super::framing::{self, Declared, Framing, Reader, Step};
+use super::head::{MAX_FIELDS, Span, field_spans};
+use super::hop;
 
 /// A connection as the connector opens it, with tokio's I/O traits.
 pub type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
 
-/// Most header fields a response head (or a chunked body's trailer) may carry, as hyper's.
-const MAX_FIELDS: usize = 100;
 /// Largest response head read; a longer one is refused as hyper's client refuses it.
 const MAX_HEAD: usize = 64 * 1024;
-/// Largest chunk-size line (with extensions) or trailer section waited for.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Room made in the read buffer before a read: enough for nearly every response head and
 /// small body at once. The buffer is reused by the next exchange once the bytes handed out
 /// of it are gone, so a small response costs no allocation.
@@ -94,31 +93,6 @@ pub struct Wire {
     /// Room made before the next body read.
     room: usize,
     spans: Vec<Span>,
-}
-
-/// How the body after a response head is delimited (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
-    /// No body: a `HEAD` request, 1xx, 204, 304.
-    Empty,
-    /// `Content-Length`: this many bytes remain.
-    Length(u64),
-    Chunked(Chunk),
-    /// Neither: the body ends when the upstream closes the connection.
-    UntilClose,
-    /// Read to its end.
-    Done,
-}
-
-/// Where a chunked body's reader is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Chunk {
-    Size,
-    /// This many bytes of the current chunk remain.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    Trailers,
 }
 
 /// A response head, with what it says of its body and of the connection.
@@ -235,9 +209,7 @@ pub fn encode_head(parts: &request::Parts) -> Vec<u8> {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    let needs_length = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
-        && !parts.headers.contains_key(header::CONTENT_LENGTH);
-    if needs_length {
+    if framing::needs_zero_length(&parts.method, &parts.headers) {
         head.extend_from_slice(b"content-length: 0\r\n");
     }
     head.extend_from_slice(b"\r\n");
@@ -252,11 +224,8 @@ pub(crate) struct Head {
     close: bool,
     /// `Connection: keep-alive`, which an HTTP/1.0 answer needs to be reused.
     keep_alive: bool,
-    /// With `Transfer-Encoding`: whether the last coding it names is `chunked`.
-    chunked_last: Option<bool>,
-    /// The one length all `Content-Length` values agree on (the field stays in the map).
-    /// Read only without `Transfer-Encoding`, so an error waits here until then.
-    length: Result<Option<u64>, &'static str>,
+    /// Its framing fields (`Content-Length` stays in the map).
+    declared: Declared,
 }
 
 /// A complete response head at the front of `buf`, taken out of it; `None` while it is
@@ -290,37 +259,39 @@ pub(crate) fn parse_head(
         response: Response::new(()),
         close: false,
         keep_alive: false,
-        chunked_last: None,
-        length: Ok(None),
+        declared: Declared::default(),
     };
     let mut headers = HeaderMap::with_capacity(spans.len());
-    // Fields the upstream's `Connection` names: nearly never any, so nearly never allocated.
-    let mut named: Vec<HeaderName> = Vec::new();
+    // `Connection` names fields to remove (any element but `keep-alive`): looked for once the
+    // map is built, by text, so that nothing is allocated for them.
+    let mut named = false;
     for &[name, name_len, value, value_len] in spans.iter() {
         let (name, value) = (name as usize, value as usize);
         let name = HeaderName::from_bytes(&bytes[name..name + name_len as usize])
             .map_err(|_| WireError::Malformed("bad field name"))?;
         let raw = &bytes[value..value + value_len as usize];
         if name == header::CONNECTION {
-            head.note_connection(raw, &mut named);
-            continue;
+            named |= head.note_connection(raw);
         }
-        if name == header::TRANSFER_ENCODING {
-            let last = raw.rsplit(|&b| b == b',').next().unwrap_or_default();
-            head.chunked_last = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            continue;
-        }
-        if name == header::CONTENT_LENGTH {
-            head.length = head.length.and_then(|seen| one_length(seen, raw));
-        } else if super::headers::is_hop_by_hop(&name) {
+        head.declared.note(&name, raw);
+        if hop::is_hop_by_hop(&name) {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(bytes.slice(value..value + value_len as usize))
             .map_err(|_| WireError::Malformed("bad field value"))?;
         headers.append(name, value);
     }
-    for name in named {
-        headers.remove(name);
+    if named {
+        for &[name, name_len, value, value_len] in spans.iter() {
+            let (name, value) = (name as usize, value as usize);
+            if bytes[name..name + name_len as usize].eq_ignore_ascii_case(b"connection") {
+                hop::remove_named(
+                    &mut headers,
+                    &bytes[value..value + value_len as usize],
+                    false,
+                );
+            }
+        }
     }
     *head.response.status_mut() = status;
     *head.response.version_mut() = version;
@@ -329,17 +300,18 @@ pub(crate) fn parse_head(
 }
 
 impl Head {
-    /// Reads one `Connection` value: its options, and the fields it names, to remove.
-    fn note_connection(&mut self, value: &[u8], named: &mut Vec<HeaderName>) {
-        for token in tokens(value) {
-            if token.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else if let Ok(name) = HeaderName::from_bytes(token) {
-                named.push(name);
+    /// Reads one `Connection` value's options; true if it names a field to remove.
+    fn note_connection(&mut self, value: &[u8]) -> bool {
+        let mut names = false;
+        for token in hop::connection(value) {
+            match token {
+                hop::Token::Close => self.close = true,
+                hop::Token::KeepAlive => self.keep_alive = true,
+                hop::Token::Upgrade | hop::Token::Other(_) => {}
             }
+            names |= token.names().is_some();
         }
+        names
     }
 }
 
@@ -350,41 +322,17 @@ pub(crate) fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), W
         Version::HTTP_11 => !head.close,
         _ => !head.close && head.keep_alive,
     };
-    // Checked whatever the method and status, as hyper's client path checks them
-    // (`pool::without_hops`): an upstream that frames a body two ways, or names lengths
-    // that disagree, is broken or splitting responses (RFC 9112 §6.3 items 3 and 5).
-    let length = head.length.map_err(WireError::Malformed)?;
-    if head.chunked_last.is_some() && length.is_some() {
-        return Err(WireError::Malformed(
-            "both Transfer-Encoding and Content-Length",
-        ));
-    }
     let status = head.response.status();
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((Framing::Empty, reusable));
-    }
-    if let Some(chunked) = head.chunked_last {
-        // Chunked last is the only coding with an end of its own; with any other the body
-        // ends at close and the connection with it.
-        return Ok(match chunked {
-            true => (Framing::Chunked(Chunk::Size), reusable),
-            false => (Framing::UntilClose, false),
-        });
-    }
-    match length {
-        Some(0) => Ok((Framing::Empty, reusable)),
-        Some(n) => Ok((Framing::Length(n), reusable)),
-        None => Ok((Framing::UntilClose, false)),
-    }
+    let framing = framing::of_upstream_answer(&head.declared, method, status)
+        .map_err(WireError::Malformed)?;
+    // A body that ends with the connection leaves none to reuse.
+    Ok((framing, reusable && framing != Framing::UntilClose))
 }
 
 /// A response body read from its connection by whoever polls it.
 pub struct WireBody {
     wire: Box<Wire>,
-    framing: Framing,
+    reader: Reader,
     reusable: bool,
 }
 
@@ -392,22 +340,18 @@ impl WireBody {
     pub fn new(wire: Box<Wire>, answer: Answer) -> (Response<()>, Self) {
         let body = WireBody {
             wire,
-            framing: answer.framing,
+            reader: Reader::new(answer.framing),
             reusable: answer.reusable,
         };
         (answer.response, body)
     }
 
     pub fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Empty | Framing::Done)
+        self.reader.is_done()
     }
 
     pub fn exact_len(&self) -> Option<u64> {
-        match self.framing {
-            Framing::Empty | Framing::Done => Some(0),
-            Framing::Length(n) => Some(n),
-            Framing::Chunked(_) | Framing::UntilClose => None,
-        }
+        self.reader.exact_len()
     }
 
     /// The connection, once the body has been read to its end and the upstream left it
@@ -429,14 +373,14 @@ impl WireBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
         loop {
-            match self.framing.step(&mut self.wire.buf) {
+            match self.reader.step(&mut self.wire.buf) {
                 Step::Done => return Poll::Ready(None),
                 Step::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
                 Step::Again => {}
                 Step::Read => match self.wire.poll_fill(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
-                        self.framing = Framing::Done;
+                    Poll::Ready(Ok(0)) if self.reader == Reader::UntilClose => {
+                        self.reader = Reader::Done;
                         self.reusable = false;
                     }
                     Poll::Ready(Ok(0)) => {
@@ -449,141 +393,13 @@ impl WireBody {
                         return Poll::Ready(Some(Err(e)));
                     }
                 },
-                Step::Fail(e) => {
+                Step::Fail(reason) => {
                     self.reusable = false;
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(Err(WireError::Malformed(reason))));
                 }
             }
         }
     }
-}
-
-impl Framing {
-    /// One look at `buf`, the bytes read after the head: a frame of the body, or what the
-    /// reader needs. The framing's one reader, shared by the connection and the fuzz target.
-    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Step {
-        match *self {
-            Framing::Empty | Framing::Done => {
-                *self = Framing::Done;
-                Step::Done
-            }
-            Framing::Length(remaining) => self.length_step(buf, remaining),
-            Framing::UntilClose => Self::until_close_step(buf),
-            Framing::Chunked(chunk) => self.chunk_step(buf, chunk),
-        }
-    }
-
-    /// Up to `n` buffered bytes, as a frame, and how many of the `n` are still to come.
-    /// `None` while nothing is buffered.
-    fn take(buf: &mut BytesMut, n: u64) -> Option<(Frame<Bytes>, u64)> {
-        let buffered = buf.len();
-        if buffered == 0 {
-            return None;
-        }
-        let taken = usize::try_from(n).map_or(buffered, |n| n.min(buffered));
-        let data = buf.split_to(taken).freeze();
-        Some((Frame::data(data), n - taken as u64))
-    }
-
-    fn length_step(&mut self, buf: &mut BytesMut, remaining: u64) -> Step {
-        let Some((frame, left)) = Self::take(buf, remaining) else {
-            return Step::Read;
-        };
-        *self = match left {
-            0 => Framing::Done,
-            n => Framing::Length(n),
-        };
-        Step::Frame(frame)
-    }
-
-    fn until_close_step(buf: &mut BytesMut) -> Step {
-        match Self::take(buf, u64::MAX) {
-            Some((frame, _)) => Step::Frame(frame),
-            None => Step::Read,
-        }
-    }
-
-    fn chunk_step(&mut self, buf: &mut BytesMut, chunk: Chunk) -> Step {
-        match chunk {
-            Chunk::Size => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    buf.advance(used);
-                    *self = Framing::Chunked(match size {
-                        0 => Chunk::Trailers,
-                        n => Chunk::Data(n),
-                    });
-                    Step::Again
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => Step::Read,
-                _ => Step::Fail(WireError::Malformed("bad chunk size line")),
-            },
-            Chunk::Data(remaining) => {
-                let Some((frame, left)) = Self::take(buf, remaining) else {
-                    return Step::Read;
-                };
-                *self = Framing::Chunked(match left {
-                    0 => Chunk::DataEnd,
-                    n => Chunk::Data(n),
-                });
-                Step::Frame(frame)
-            }
-            Chunk::DataEnd => match buf.get(..2) {
-                Some(b"\r\n") => {
-                    buf.advance(2);
-                    *self = Framing::Chunked(Chunk::Size);
-                    Step::Again
-                }
-                Some(_) => Step::Fail(WireError::Malformed("chunk data longer than its size")),
-                None => Step::Read,
-            },
-            Chunk::Trailers => self.trailers_step(buf),
-        }
-    }
-
-    /// The trailer section after the last chunk: empty (a bare CRLF) nearly always.
-    fn trailers_step(&mut self, buf: &mut BytesMut) -> Step {
-        if buf.starts_with(b"\n") {
-            // httparse would read a bare LF as the section's end; where the next answer starts
-            // is then in doubt.
-            return Step::Fail(WireError::Malformed("bare LF after the last chunk"));
-        }
-        if buf.starts_with(b"\r\n") {
-            buf.advance(2);
-            *self = Framing::Done;
-            return Step::Again;
-        }
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let (used, trailers) = match httparse::parse_headers(buf, &mut fields) {
-            Ok(httparse::Status::Complete((used, parsed))) => {
-                let mut trailers = HeaderMap::with_capacity(parsed.len());
-                for field in parsed {
-                    let name = HeaderName::from_bytes(field.name.as_bytes());
-                    let value = HeaderValue::from_bytes(field.value);
-                    if let (Ok(name), Ok(value)) = (name, value) {
-                        trailers.append(name, value);
-                    }
-                }
-                (used, trailers)
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => return Step::Read,
-            _ => return Step::Fail(WireError::Malformed("bad trailer section")),
-        };
-        buf.advance(used);
-        *self = Framing::Done;
-        Step::Frame(Frame::trailers(trailers))
-    }
-}
-
-/// What one look at the buffer found.
-pub(crate) enum Step {
-    /// The body has ended.
-    Done,
-    Frame(Frame<Bytes>),
-    /// The state moved; look again.
-    Again,
-    /// More bytes are needed.
-    Read,
-    Fail(WireError),
 }
 
 #[cfg(test)]
@@ -639,7 +455,10 @@ mod tests {
         names.sort_unstable();
         assert_eq!(names, ["set-cookie", "x-kept"]);
         assert!(parsed.keep_alive && !parsed.close);
-        assert_eq!(parsed.chunked_last, Some(true));
+        assert_eq!(
+            framing(&parsed, &Method::GET).unwrap(),
+            (Framing::Chunked, true)
+        );
         let parsed = head("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
         assert_eq!(parsed.response.headers()["content-length"], "2");
         assert!(parsed.close);
@@ -663,12 +482,12 @@ mod tests {
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Chunked(Chunk::Size),
+                Chunked,
                 true,
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                Chunked(Chunk::Size),
+                Chunked,
                 true,
             ),
             (
