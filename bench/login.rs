@@ -46,8 +46,8 @@ pub async fn login(
 ) -> Result<String, String> {
     let page = format!("{origin}{path}");
     let challenge = client.get(&page).send().await.map_err(|e| e.to_string())?;
-    let authorize = location(&challenge, "the protected page")?;
     let state_cookie = cookie_pair(&challenge, "wxgate_state")?;
+    let authorize = authorize_of(challenge).await?;
     // WeChat's `#wechat_redirect` is for the browser; the mock picks the user from the query.
     let mut authorize = authorize.split('#').next().unwrap_or_default().to_owned();
     if let Some(user) = user {
@@ -72,6 +72,17 @@ pub async fn login(
         ));
     }
     cookie_pair(&finished, "wxgate_session")
+}
+
+/// Where the gateway sends a WeChat page load without a session: the hash hop page's
+/// no-JavaScript refresh (a browser without JavaScript follows it), or a 302.
+async fn authorize_of(response: reqwest::Response) -> Result<String, String> {
+    if response.status() != reqwest::StatusCode::OK {
+        return location(&response, "the protected page");
+    }
+    let html = response.text().await.map_err(|e| e.to_string())?;
+    wxgate::pages::hop::refresh_target(&html)
+        .ok_or_else(|| "the protected page answered 200 without the hop page".to_owned())
 }
 
 fn location(response: &reqwest::Response, what: &str) -> Result<String, String> {
