@@ -223,16 +223,7 @@ async fn current(client: &Client) -> String {
 }
 
 async fn authorize_calls(demo: &Demo) -> u64 {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let stats: serde_json::Value = client
-        .get(format!("{}/_mock/stats", origin(demo.mock)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    stats["/connect/oauth2/authorize"]
+    mock_stats(demo).await["/connect/oauth2/authorize"]
         .as_u64()
         .expect("authorize counter")
 }
