@@ -14,6 +14,8 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::{self, PemObject};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -214,7 +216,6 @@ fn parse_private_key(
     let expected = algorithm.key_description();
     let rejected = |reason: &'static str| KeyFileProblem::WrongKeyType { expected, reason };
     match (algorithm, label) {
-        (_, "ENCRYPTED PRIVATE KEY") => Err(KeyFileProblem::Encrypted),
         (Algorithm::RS256, "PRIVATE KEY" | "RSA PRIVATE KEY") => {
             let pair = if label == "PRIVATE KEY" {
                 RsaKeyPair::from_pkcs8(der)
@@ -279,41 +280,29 @@ fn plain_reason(description: &'static str) -> &'static str {
     }
 }
 
-/// Finds the first PEM block whose label ends in `PRIVATE KEY` (a file may also hold a
-/// certificate) and returns its label and decoded DER.
+/// The first private key in the file (it may also hold a certificate) as its PEM label and
+/// DER, read by rustls-pki-types' PEM reader as the TLS listener reads its key.
 fn private_key_block(text: &str) -> Result<(String, Vec<u8>), KeyFileProblem> {
-    const BEGIN: &str = "-----BEGIN ";
-    const DASHES: &str = "-----";
-    let mut rest = text;
-    while let Some(start) = rest.find(BEGIN) {
-        let after_begin = &rest[start + BEGIN.len()..];
-        let Some(label_len) = after_begin.find(DASHES) else {
-            break;
-        };
-        let label = &after_begin[..label_len];
-        let body = &after_begin[label_len + DASHES.len()..];
-        let end_marker = format!("-----END {label}-----");
-        let Some(body_len) = body.find(&end_marker) else {
-            return Err(KeyFileProblem::BadPem);
-        };
-        if label.ends_with("PRIVATE KEY") {
-            return decode_pem_body(label, &body[..body_len]);
-        }
-        rest = &body[body_len + end_marker.len()..];
-    }
-    Err(KeyFileProblem::NoPrivateKey)
-}
-
-fn decode_pem_body(label: &str, body: &str) -> Result<(String, Vec<u8>), KeyFileProblem> {
-    // Legacy OpenSSL encryption puts `Proc-Type: 4,ENCRYPTED` headers inside the block.
-    if body.contains("ENCRYPTED") {
+    // Encrypted keys (PKCS#8 `ENCRYPTED PRIVATE KEY`, or OpenSSL's legacy `Proc-Type`
+    // header) are named as such: the reader would only see no usable key.
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || text.contains("Proc-Type: 4,ENCRYPTED")
+    {
         return Err(KeyFileProblem::Encrypted);
     }
-    let base64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    let der = STANDARD
-        .decode(base64)
-        .map_err(|_| KeyFileProblem::BadPem)?;
-    Ok((label.to_owned(), der))
+    match PrivateKeyDer::from_pem_slice(text.as_bytes()) {
+        Ok(PrivateKeyDer::Pkcs8(key)) => {
+            Ok(("PRIVATE KEY".into(), key.secret_pkcs8_der().to_vec()))
+        }
+        Ok(PrivateKeyDer::Pkcs1(key)) => {
+            Ok(("RSA PRIVATE KEY".into(), key.secret_pkcs1_der().to_vec()))
+        }
+        Ok(PrivateKeyDer::Sec1(key)) => {
+            Ok(("EC PRIVATE KEY".into(), key.secret_sec1_der().to_vec()))
+        }
+        Ok(_) | Err(pem::Error::NoItemsFound) => Err(KeyFileProblem::NoPrivateKey),
+        Err(_) => Err(KeyFileProblem::BadPem),
+    }
 }
 
 fn encode_pem(label: &str, der: &[u8]) -> String {
