@@ -27,7 +27,9 @@ pub mod mock;
 pub mod pages;
 pub mod proxy;
 pub mod route;
-pub mod secret;
+mod secret;
+/// Every secret in the configuration, redacted in `Debug` and logs: one type, one path.
+pub use secret::Secret;
 pub mod server;
 pub mod session;
 pub mod telemetry;

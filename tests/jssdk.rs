@@ -211,15 +211,13 @@ async fn gateway_on(
     let mut config: Config = support::config_with_routes(&[("/", up)]);
     config.server.public_url = Some(url::Url::parse(public_url).unwrap());
     config.wechat.appid = wxgate::mock::DEFAULT_APPID.into();
-    config.wechat.secret = wxgate::config::Secret::new(wxgate::mock::DEFAULT_SECRET);
+    config.wechat.secret = wxgate::Secret::new(wxgate::mock::DEFAULT_SECRET);
     config.wechat.api_base = url::Url::parse(&format!("http://{mock}")).unwrap();
     config.session.store = StoreKind::Redis;
-    config.session.redis_url = wxgate::config::Secret::new(redis_url);
-    config.session.secret =
-        wxgate::config::Secret::new("test-session-secret-0123456789-abcdefghij");
+    config.session.redis_url = wxgate::Secret::new(redis_url);
+    config.session.secret = wxgate::Secret::new("test-session-secret-0123456789-abcdefghij");
     config.identity.algorithm = wxgate::identity::Algorithm::HS256;
-    config.identity.secret =
-        wxgate::config::Secret::new("test-identity-secret-0123456789-abcdefghij");
+    config.identity.secret = wxgate::Secret::new("test-identity-secret-0123456789-abcdefghij");
     config.identity.key_file = None;
     support::start(&config).await
 }

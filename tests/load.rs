@@ -22,7 +22,7 @@ const IDENTITY_SECRET: &str = "load-identity-secret-0123456789-abcdefghij";
 async fn world() -> World {
     world_with(|_, config| {
         config.server.limits.login_rate = 0;
-        config.identity.secret = wxgate::config::Secret::new(IDENTITY_SECRET);
+        config.identity.secret = wxgate::Secret::new(IDENTITY_SECRET);
         let up = config.routes[0].upstream.socket_addrs(|| None).unwrap()[0];
         config
             .routes

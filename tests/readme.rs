@@ -118,9 +118,8 @@ fn readme_route_example_is_a_valid_configuration() {
     let end = start + section[start..].find("```").unwrap();
     let mut config: wxgate::config::Config = toml::from_str(&section[start..end]).unwrap();
     // What the example leaves to the environment and to `wxgate keygen`.
-    config.wechat.secret = wxgate::config::Secret::new("9a8b7c6d5e4f30211203f4e5d6c7b8a9");
-    config.session.secret =
-        wxgate::config::Secret::new("readme-session-secret-0123456789-abcdefghij");
+    config.wechat.secret = wxgate::Secret::new("9a8b7c6d5e4f30211203f4e5d6c7b8a9");
+    config.session.secret = wxgate::Secret::new("readme-session-secret-0123456789-abcdefghij");
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("identity.pem");
     let pem = wxgate::identity::generate_pem(wxgate::identity::Algorithm::ES256).unwrap();

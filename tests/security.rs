@@ -65,9 +65,9 @@ async fn world(tweak: impl FnOnce(&mut Config, &Upstream, &Upstream)) -> World {
     config.wechat.api_base = url::Url::parse(&format!("http://{mock}")).unwrap();
     config.session.store = wxgate::config::StoreKind::Memory;
     config.session.cookie_secure = false;
-    config.session.secret = wxgate::config::Secret::new(SESSION_SECRET);
+    config.session.secret = wxgate::Secret::new(SESSION_SECRET);
     config.identity.algorithm = wxgate::identity::Algorithm::HS256;
-    config.identity.secret = wxgate::config::Secret::new(IDENTITY_SECRET);
+    config.identity.secret = wxgate::Secret::new(IDENTITY_SECRET);
     config.identity.key_file = None;
     for path in ["/admin/", "/ws"] {
         let mut r = support::route(path, private.addr, Scope::SnsapiBase);
@@ -1598,7 +1598,7 @@ async fn t51_t54_identity_tokens_pin_alg_and_kid_and_survive_a_key_rotation() {
         let key = key.to_owned();
         move |c: &mut Config, _: &Upstream, _: &Upstream| {
             c.identity.algorithm = wxgate::identity::Algorithm::ES256;
-            c.identity.secret = wxgate::config::Secret::default();
+            c.identity.secret = wxgate::Secret::default();
             c.identity.key_file = Some(key);
         }
     };
@@ -1617,7 +1617,7 @@ async fn t51_t54_identity_tokens_pin_alg_and_kid_and_survive_a_key_rotation() {
             c.identity.previous_keys = vec![wxgate::config::PreviousKey {
                 algorithm: wxgate::identity::Algorithm::ES256,
                 key_file: Some(old_key),
-                secret: wxgate::config::Secret::default(),
+                secret: wxgate::Secret::default(),
             }];
         }
     };
@@ -1929,9 +1929,9 @@ fn security_keys_are_validated_with_their_key_path() {
             .unwrap();
     let mut base = wxgate::config::parse_toml(&example).unwrap();
     // The example's secrets are placeholders; an operator's environment replaces them.
-    base.wechat.secret = wxgate::config::Secret::new("3f9a2c7e1b4d6a8f0c2e4b6d8f1a3c5e");
-    base.session.secret = wxgate::config::Secret::new(SESSION_SECRET);
-    base.identity.secret = wxgate::config::Secret::new(IDENTITY_SECRET);
+    base.wechat.secret = wxgate::Secret::new("3f9a2c7e1b4d6a8f0c2e4b6d8f1a3c5e");
+    base.session.secret = wxgate::Secret::new(SESSION_SECRET);
+    base.identity.secret = wxgate::Secret::new(IDENTITY_SECRET);
     let problems = wxgate::config::validate(&base);
     assert!(problems.is_empty(), "{problems:?}");
     type Tweak = fn(&mut Config);

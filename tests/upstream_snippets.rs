@@ -289,8 +289,7 @@ async fn world() -> World {
     config.wechat.api_base = url::Url::parse(&format!("http://{mock}")).unwrap();
     config.session.store = wxgate::config::StoreKind::Memory;
     config.session.cookie_secure = false;
-    config.session.secret =
-        wxgate::config::Secret::new("test-session-secret-0123456789-abcdefghij");
+    config.session.secret = wxgate::Secret::new("test-session-secret-0123456789-abcdefghij");
     config.identity.algorithm = Algorithm::ES256;
     config.identity.key_file = Some(key_file);
     config.identity.issuer = ISSUER.into();

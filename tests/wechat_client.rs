@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use url::Url;
+use wxgate::Secret;
 use wxgate::mock::{MockConfig, MockWeChat, USERS};
-use wxgate::wechat::{ClientSettings, Errcode, ErrorKind, Secret, WeChatClient, WeChatError};
+use wxgate::wechat::{ClientSettings, Errcode, ErrorKind, WeChatClient, WeChatError};
 
 const SECRET: &str = "test-secret-7f3a9c2e51d84b60";
 const CALLBACK: &str = "http://127.0.0.1:8080/_wxgate/callback";

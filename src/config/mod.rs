@@ -14,7 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub use crate::secret::Secret;
+use crate::Secret;
 pub use load::{ConfigError, Problem, load, load_identity, parse_toml};
 pub use validate::validate;
 

@@ -451,7 +451,7 @@ fn nonzero(d: Duration, key: &str, p: &mut Vec<Problem>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::Secret;
 
     fn redis_url_problems(url: &str) -> Vec<String> {
         let mut config = Config::default();

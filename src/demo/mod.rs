@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, NonWeChat, RouteConfig, Secret, StoreKind};
+use crate::Secret;
+use crate::config::{Config, NonWeChat, RouteConfig, StoreKind};
 use crate::gate::Gate;
 use crate::identity::{Algorithm, KeySet, KeySource};
 use crate::mock::{MockConfig, MockWeChat, Quirks};

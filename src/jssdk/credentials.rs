@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
+use crate::Secret;
 use crate::session::{Clock, SessionStore, StoreError};
 use crate::wechat::{Errcode, ErrorKind, WeChatClient, WeChatError};
 

@@ -22,7 +22,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::wechat::Secret;
+use crate::Secret;
 
 pub use faults::{
     ContentTypeVariant, DoubleLoad, ErrmsgStyle, Escapes, Faults, Quirks, RefreshMode,

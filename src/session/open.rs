@@ -114,7 +114,7 @@ pub fn lifetimes(config: &SessionConfig) -> Lifetimes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::Secret;
     use crate::session::MAX_SHARED_STALENESS;
 
     fn config(store: StoreKind) -> SessionConfig {

@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use url::Url;
 
-use super::Secret;
 use super::error::{Endpoint, Errcode, Malformed, WeChatError};
 use super::model::{AppToken, JsapiTicket, TokenGrant, UserInfo};
 use super::parse::{self, Reply};
+use crate::Secret;
 
 const USER_AGENT: &str = concat!("wxgate/", env!("CARGO_PKG_VERSION"));
 /// WeChat's answers are a few hundred bytes; anything much larger is not WeChat.

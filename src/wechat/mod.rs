@@ -8,7 +8,6 @@ mod error;
 mod model;
 pub(crate) mod parse;
 
-pub use crate::secret::Secret;
 pub use client::{CallObserver, ClientSettings, WeChatClient};
 pub use error::{Endpoint, Errcode, ErrorKind, Malformed, WeChatError};
 pub use model::{AppToken, JsapiTicket, TokenGrant, UserInfo};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::Secret;
+use crate::Secret;
 
 /// The answer of `/sns/oauth2/access_token` and `/sns/oauth2/refresh_token`.
 #[derive(Debug, Clone)]

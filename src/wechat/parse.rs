@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::Secret;
 use super::error::Malformed;
 use super::model::{AppToken, JsapiTicket, TokenGrant, UserInfo};
+use crate::Secret;
 
 /// An answer that parsed: either a JSON object without a non-zero errcode, or an errcode.
 #[derive(Debug)]

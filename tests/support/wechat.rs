@@ -81,10 +81,9 @@ pub async fn world_with(tune: impl FnOnce(&mut MockConfig, &mut Config)) -> Worl
     config.wechat.api_base = url::Url::parse(&format!("http://{mock}")).unwrap();
     config.session.store = wxgate::config::StoreKind::Memory;
     config.session.cookie_secure = false;
-    config.session.secret =
-        wxgate::config::Secret::new("test-session-secret-0123456789-abcdefghij");
+    config.session.secret = wxgate::Secret::new("test-session-secret-0123456789-abcdefghij");
     config.identity.algorithm = wxgate::identity::Algorithm::HS256;
-    config.identity.secret = wxgate::config::Secret::new(IDENTITY_SECRET);
+    config.identity.secret = wxgate::Secret::new(IDENTITY_SECRET);
     config.identity.key_file = None;
     config.identity.plain_headers = true;
     config
