@@ -192,7 +192,8 @@ pub fn banner(demo: &Demo) -> String {
          \x20 admin        http://{admin}/metrics\n\
          \x20 identity     {verified}\n\
          \n\
-         \x20 Your browser is treated as WeChat (the demo adds \"MicroMessenger\" to its User-Agent).\n\
+         \x20 Your browser is treated as WeChat's Android or iOS webview (--webview; by default in turn: the demo adds\n\
+         \x20 \"MicroMessenger\" to its User-Agent, and Android's X-Requested-With: com.tencent.mm).\n\
          \x20 To see what a desktop visitor gets instead:  http://{gw}/_demo/view?as=desktop\n",
         url = demo.url,
         mock = demo.mock,
