@@ -266,7 +266,7 @@ pub struct WeChatConfig {
     pub access: Option<AccessConfig>,
 }
 
-/// The in-app browsers besides WeChat's own that count as WeChat (see `login::client`).
+/// The in-app browsers besides WeChat's own that count as WeChat (see `login::visitor`).
 /// One that does not count gets the route's `non_wechat` behaviour.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

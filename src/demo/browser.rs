@@ -236,7 +236,7 @@ fn switch(query: Option<&str>, headers: &HeaderMap) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::login::client::{Browser, browser_from_user_agent};
+    use crate::login::visitor::{Browser, browser_from_user_agent};
 
     const CHROME: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
 

@@ -21,7 +21,7 @@ use crate::login::ledger::LoginLedger;
 use crate::login::refresh::{Freshness, ProfileRefresher, freshness, profile_of};
 use crate::login::throttle::{ClientIp, retry_after_secs};
 use crate::login::{
-    AuthScope, ClientSettings, CookieSpec, Pending, PendingLogins, ReturnUrl, StateKey, cookies,
+    AuthScope, BrowserPolicy, CookieSpec, Pending, PendingLogins, ReturnUrl, StateKey, cookies,
     is_well_formed_state,
 };
 use crate::metrics::{LoginMetrics, MeteredStore, Metrics};
@@ -119,7 +119,7 @@ pub struct Login {
     /// under another configuration are minted again after a reload.
     signer: u64,
     plain_headers: bool,
-    clients: ClientSettings,
+    browsers: BrowserPolicy,
     /// The `[[apps]]` entry served, if not `[wechat]`.
     app: Option<String>,
     /// Who may pass forward-auth: the app's `access` list; `None`: everyone.
@@ -240,7 +240,7 @@ impl Login {
             identity_ttl: config.identity.ttl,
             signer,
             plain_headers: config.identity.plain_headers,
-            clients: ClientSettings::from_config(&config.wechat.browsers),
+            browsers: BrowserPolicy::from_config(&config.wechat.browsers),
             app: app.map(str::to_owned),
             access,
         })
@@ -351,7 +351,7 @@ impl Login {
                 false
             }
             Freshness::Reauthorize => {
-                let client = self.clients.classify(request.method(), request.headers());
+                let client = self.browsers.classify(request.method(), request.headers());
                 client.is_wechat_browser && !client.wants_json
             }
         }
@@ -367,7 +367,7 @@ impl Login {
         return_url: ReturnUrl,
         departure: Departure,
     ) -> Access {
-        let client = self.clients.classify(request.method(), request.headers());
+        let client = self.browsers.classify(request.method(), request.headers());
         if client.wants_json {
             return Access::respond(self.login_required(request.headers(), None, scope));
         }

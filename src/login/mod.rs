@@ -3,7 +3,6 @@
 //! pending-login cookie, the authorize scopes and client classification.
 
 pub mod apps;
-pub mod client;
 pub mod cookies;
 pub mod flight;
 pub mod flow;
@@ -14,9 +13,10 @@ pub mod return_url;
 pub mod scope;
 pub mod state;
 pub mod throttle;
+pub mod visitor;
 
-pub use client::{Browser, Client, ClientKind, ClientSettings};
 pub use cookies::CookieSpec;
 pub use return_url::{RedirectError, ReturnUrl};
 pub use scope::AuthScope;
 pub use state::{Pending, PendingLogins, StateError, StateKey, is_well_formed_state};
+pub use visitor::{Browser, BrowserPolicy, Visitor, VisitorKind};

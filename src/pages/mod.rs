@@ -164,10 +164,10 @@ pub fn render(failure: &Failure, as_json: bool) -> Response<Body> {
 }
 
 /// True for XHR/fetch and API clients, by the gate's own rule
-/// ([`crate::login::client::is_script_call`]): a page load from Android's WebView, which
+/// ([`crate::login::visitor::is_script_call`]): a page load from Android's WebView, which
 /// sends `X-Requested-With: com.tencent.mm`, gets a page.
 pub fn wants_json(headers: &HeaderMap) -> bool {
-    crate::login::client::is_script_call(headers)
+    crate::login::visitor::is_script_call(headers)
 }
 
 fn json(failure: &Failure) -> Response<Body> {

@@ -23,7 +23,7 @@ pub enum Browser {
 
 /// Which WeChat relatives go through WeChat's authorize page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientSettings {
+pub struct BrowserPolicy {
     /// WeCom shares the authorize URL with WeChat; an Official Account appid may still be
     /// refused there, so operators of WeCom-only audiences may turn this off.
     pub wecom_is_wechat: bool,
@@ -33,9 +33,9 @@ pub struct ClientSettings {
     pub desktop_is_wechat: bool,
 }
 
-impl Default for ClientSettings {
+impl Default for BrowserPolicy {
     fn default() -> Self {
-        ClientSettings {
+        BrowserPolicy {
             wecom_is_wechat: true,
             mini_program_is_wechat: true,
             desktop_is_wechat: true,
@@ -45,7 +45,7 @@ impl Default for ClientSettings {
 
 /// The visitor as the gate sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Client {
+pub struct Visitor {
     pub browser: Browser,
     /// Whether a navigation from this client should go to WeChat's authorize page.
     pub is_wechat_browser: bool,
@@ -54,9 +54,9 @@ pub struct Client {
     pub wants_json: bool,
 }
 
-/// A one-word summary of [`Client`] for logs and metrics; `Xhr` wins over the browser.
+/// A one-word summary of [`Visitor`] for logs and metrics; `Xhr` wins over the browser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientKind {
+pub enum VisitorKind {
     WeChat,
     WeCom,
     MiniProgram,
@@ -64,9 +64,9 @@ pub enum ClientKind {
     OtherBrowser,
 }
 
-impl ClientSettings {
+impl BrowserPolicy {
     pub fn from_config(browsers: &crate::config::BrowsersConfig) -> Self {
-        ClientSettings {
+        BrowserPolicy {
             wecom_is_wechat: browsers.wecom,
             mini_program_is_wechat: browsers.mini_program,
             desktop_is_wechat: browsers.desktop,
@@ -74,9 +74,9 @@ impl ClientSettings {
     }
 
     /// Classifies a request from its method and headers.
-    pub fn classify(&self, method: &Method, headers: &HeaderMap) -> Client {
+    pub fn classify(&self, method: &Method, headers: &HeaderMap) -> Visitor {
         let browser = browser_from_headers(headers);
-        Client {
+        Visitor {
             browser,
             is_wechat_browser: self.counts_as_wechat(browser),
             wants_json: wants_json(method, headers),
@@ -94,16 +94,16 @@ impl ClientSettings {
     }
 }
 
-impl Client {
-    pub fn kind(&self) -> ClientKind {
+impl Visitor {
+    pub fn kind(&self) -> VisitorKind {
         if self.wants_json {
-            return ClientKind::Xhr;
+            return VisitorKind::Xhr;
         }
         match self.browser {
-            Browser::WeChat | Browser::WeChatDesktop => ClientKind::WeChat,
-            Browser::WeCom => ClientKind::WeCom,
-            Browser::MiniProgram => ClientKind::MiniProgram,
-            Browser::Other => ClientKind::OtherBrowser,
+            Browser::WeChat | Browser::WeChatDesktop => VisitorKind::WeChat,
+            Browser::WeCom => VisitorKind::WeCom,
+            Browser::MiniProgram => VisitorKind::MiniProgram,
+            Browser::Other => VisitorKind::OtherBrowser,
         }
     }
 }
@@ -271,15 +271,15 @@ mod tests {
 
     #[test]
     fn a_missing_user_agent_is_another_browser() {
-        let client = ClientSettings::default().classify(&Method::GET, &HeaderMap::new());
+        let client = BrowserPolicy::default().classify(&Method::GET, &HeaderMap::new());
         assert_eq!(client.browser, Browser::Other);
         assert!(!client.is_wechat_browser);
-        assert_eq!(client.kind(), ClientKind::OtherBrowser);
+        assert_eq!(client.kind(), VisitorKind::OtherBrowser);
     }
 
     #[test]
     fn by_default_the_whole_wechat_family_goes_to_authorize() {
-        let settings = ClientSettings::default();
+        let settings = BrowserPolicy::default();
         for ua in [
             IOS_WECHAT,
             ANDROID_X5,
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn settings_can_exclude_wecom_mini_programs_and_desktop() {
-        let strict = ClientSettings {
+        let strict = BrowserPolicy {
             wecom_is_wechat: false,
             mini_program_is_wechat: false,
             desktop_is_wechat: false,
@@ -387,7 +387,7 @@ mod tests {
             (&[("accept", "text/plain")], false),
         ];
         for (pairs, want) in cases {
-            let client = ClientSettings::default().classify(&Method::GET, &headers(pairs));
+            let client = BrowserPolicy::default().classify(&Method::GET, &headers(pairs));
             assert_eq!(client.wants_json, *want, "{pairs:?}");
         }
     }
@@ -403,29 +403,29 @@ mod tests {
             (Method::DELETE, true),
             (Method::OPTIONS, true),
         ] {
-            let client = ClientSettings::default().classify(&method, &wechat);
+            let client = BrowserPolicy::default().classify(&method, &wechat);
             assert_eq!(client.wants_json, want, "{method}");
         }
     }
 
     #[test]
     fn kind_puts_script_calls_first() {
-        let settings = ClientSettings::default();
-        let cases: &[(&str, Headers, ClientKind)] = &[
-            (IOS_WECHAT, &[], ClientKind::WeChat),
-            (WECHAT_MAC, &[], ClientKind::WeChat),
-            (WECOM_IOS, &[], ClientKind::WeCom),
-            (ANDROID_MINIPROGRAM_WEBVIEW, &[], ClientKind::MiniProgram),
-            (DESKTOP_CHROME, &[], ClientKind::OtherBrowser),
+        let settings = BrowserPolicy::default();
+        let cases: &[(&str, Headers, VisitorKind)] = &[
+            (IOS_WECHAT, &[], VisitorKind::WeChat),
+            (WECHAT_MAC, &[], VisitorKind::WeChat),
+            (WECOM_IOS, &[], VisitorKind::WeCom),
+            (ANDROID_MINIPROGRAM_WEBVIEW, &[], VisitorKind::MiniProgram),
+            (DESKTOP_CHROME, &[], VisitorKind::OtherBrowser),
             (
                 IOS_WECHAT,
                 &[("x-requested-with", "XMLHttpRequest")],
-                ClientKind::Xhr,
+                VisitorKind::Xhr,
             ),
             (
                 DESKTOP_CHROME,
                 &[("accept", "application/json")],
-                ClientKind::Xhr,
+                VisitorKind::Xhr,
             ),
         ];
         for (ua, extra, want) in cases {
@@ -445,7 +445,7 @@ mod tests {
         let mut ua = b"Mozilla/5.0 \xff\xfe MicroMessenger/8.0.49".to_vec();
         map.insert(USER_AGENT, HeaderValue::from_bytes(&ua).unwrap());
         assert_eq!(
-            ClientSettings::default()
+            BrowserPolicy::default()
                 .classify(&Method::GET, &map)
                 .browser,
             Browser::WeChat
@@ -453,7 +453,7 @@ mod tests {
         ua.truncate(5);
         map.insert(USER_AGENT, HeaderValue::from_bytes(&ua).unwrap());
         assert_eq!(
-            ClientSettings::default()
+            BrowserPolicy::default()
                 .classify(&Method::GET, &map)
                 .browser,
             Browser::Other
