@@ -127,20 +127,6 @@ pub struct Login {
 }
 
 impl Login {
-    /// Built when the configuration has a WeChat route; `validate` has checked the keys.
-    pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, LoginSetupError> {
-        Login::with_sessions(config, metrics, None)
-    }
-
-    /// The same, over `sessions` when given (a reload keeps the store and its cache).
-    pub fn with_sessions(
-        config: &Config,
-        metrics: &Metrics,
-        sessions: Option<Arc<SessionCache>>,
-    ) -> Result<Self, LoginSetupError> {
-        Login::for_app(config, metrics, sessions, None, None)
-    }
-
     /// The login of `[[apps]]` entry `app` (`None`: `[wechat]`), whose settings `config`
     /// carries in `[wechat]` (see `Config::for_app`). An app has its own callback
     /// (`/_wxgate/callback/<name>`) and cookies (`<cookie_name>_<name>`), so a visitor may be
@@ -254,11 +240,6 @@ impl Login {
     /// The sessions, to hand on to the gate of a reloaded configuration.
     pub fn sessions(&self) -> &Arc<SessionCache> {
         &self.sessions
-    }
-
-    /// The header the identity JWT travels in; clients' copies of it are always stripped.
-    pub fn identity_header(&self) -> &HeaderName {
-        &self.identity_header
     }
 
     /// Takes the gateway's own cookies (session and pending logins) out of a request bound
