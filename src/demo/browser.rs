@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::body::ClientBody;
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE, USER_AGENT};
+use http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::body::{Body, full};
@@ -142,14 +142,7 @@ impl<H: Handler> Handler for SimulatedWeChat<H> {
 
 /// The view the demo cookie names, if any.
 pub fn view_of(headers: &HeaderMap) -> Option<View> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|line| line.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(name, _)| *name == VIEW_COOKIE)
-        .find_map(|(_, value)| View::from_cookie_value(value))
+    crate::login::cookies::read(headers, VIEW_COOKIE).and_then(View::from_cookie_value)
 }
 
 /// Makes the request look like `view`'s browser. A real WeChat browser (a phone on the LAN)

@@ -75,15 +75,13 @@ pub fn read<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     let mut found = None;
     for header in headers.get_all(COOKIE) {
         let Ok(text) = header.to_str() else { continue };
-        for pair in text.split(';') {
-            let Some((k, v)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            if k.trim() == name {
+        // The `cookie` crate splits and trims the pairs; one without `=` is skipped.
+        for cookie in Cookie::split_parse(text).flatten() {
+            if cookie.name_raw() == Some(name) {
                 if found.is_some() {
                     return None;
                 }
-                found = Some(v.trim());
+                found = cookie.value_raw();
             }
         }
     }

@@ -204,21 +204,10 @@ fn pick_user(shared: &Shared, params: &Params, headers: &HeaderMap) -> (MockUser
     let from_query = params.get("mock_user").and_then(|id| users.find(id));
     let chosen_by_query = from_query.is_some();
     let user = from_query
-        .or_else(|| cookie_value(headers, USER_COOKIE).and_then(|id| users.find(&id)))
+        .or_else(|| crate::login::cookies::read(headers, USER_COOKIE).and_then(|id| users.find(id)))
         .or_else(|| users.find(&shared.config.default_user))
         .unwrap_or(MockUser::Fixture(&USERS[0]));
     (user, chosen_by_query)
-}
-
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|line| line.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.to_owned())
 }
 
 /// Where a granted login goes back to, and the browser that asked.
