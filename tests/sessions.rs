@@ -245,6 +245,38 @@ async fn me_json(origin: &str, cookie: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// A gateway on the Redis at `url` with a visitor logged in on `/base/` (its session cookie
+/// value), ready; the mock WeChat and the upstream are returned to keep them alive.
+async fn logged_in_on(url: &str) -> (WeChat, Upstream, Running, String, String) {
+    let wechat = WeChat::start().await;
+    let up = Upstream::start().await;
+    let config = gateway_config(&wechat, up.addr, free_port(), Store::Redis(url));
+    let origin = origin(&config);
+    let gw = support::start(&config).await;
+    let cookie = login(&origin, "/base/page").await;
+    assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
+    assert_eq!(readyz(&gw).await, 200);
+    (wechat, up, gw, origin, cookie)
+}
+
+/// After an outage the store is back, empty (no persistence): the gateway is ready again
+/// within `patience`, and the visitor is sent to log in again, never refused.
+async fn recovers_empty(gw: &Running, origin: &str, cookie: &str, patience: Duration) {
+    eventually("/readyz recovers", patience, || async {
+        readyz(gw).await == 200
+    })
+    .await;
+    let after = visit(origin, "/base/page", cookie).await;
+    assert!(
+        support::wechat::authorize_target(after)
+            .await
+            .contains("/connect/oauth2/authorize?"),
+        "sent to log in again, not refused"
+    );
+    let cookie = login(origin, "/base/page").await;
+    assert_eq!(visit(origin, "/base/page", &cookie).await.status(), 200);
+}
+
 async fn readyz(gw: &Running) -> u16 {
     support::client()
         .get(format!("http://{}/readyz", gw.admin_addr))
@@ -640,15 +672,7 @@ async fn a_state_used_on_one_gateway_is_refused_by_the_other() {
 async fn a_redis_outage_fails_protected_routes_closed_and_service_resumes_by_itself() {
     need_redis!();
     let mut redis = RedisServer::start().await;
-    let url = redis.url();
-    let wechat = WeChat::start().await;
-    let up = Upstream::start().await;
-    let config = gateway_config(&wechat, up.addr, free_port(), Store::Redis(&url));
-    let origin = origin(&config);
-    let gw = support::start(&config).await;
-    let cookie = login(&origin, "/base/page").await;
-    assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
-    assert_eq!(readyz(&gw).await, 200);
+    let (_wechat, _up, gw, origin, cookie) = logged_in_on(&redis.url()).await;
 
     redis.kill();
     eventually(
@@ -675,20 +699,7 @@ async fn a_redis_outage_fails_protected_routes_closed_and_service_resumes_by_its
     .await;
 
     redis.restart().await;
-    eventually("/readyz recovers", Duration::from_secs(15), || async {
-        readyz(&gw).await == 200
-    })
-    .await;
-    // The restarted Redis is empty (no persistence): the visitor logs in again, no 503.
-    let after = visit(&origin, "/base/page", &cookie).await;
-    assert!(
-        support::wechat::authorize_target(after)
-            .await
-            .contains("/connect/oauth2/authorize?"),
-        "sent to log in again, not refused"
-    );
-    let cookie = login(&origin, "/base/page").await;
-    assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
+    recovers_empty(&gw, &origin, &cookie, Duration::from_secs(15)).await;
     gw.shutdown().await;
 }
 
@@ -696,15 +707,7 @@ async fn a_redis_outage_fails_protected_routes_closed_and_service_resumes_by_its
 async fn a_redis_cluster_outage_fails_protected_routes_closed_and_service_resumes_by_itself() {
     need_redis_cluster!();
     let mut cluster = RedisCluster::start().await;
-    let url = cluster.url();
-    let wechat = WeChat::start().await;
-    let up = Upstream::start().await;
-    let config = gateway_config(&wechat, up.addr, free_port(), Store::Redis(&url));
-    let origin = origin(&config);
-    let gw = support::start(&config).await;
-    let cookie = login(&origin, "/base/page").await;
-    assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
-    assert_eq!(readyz(&gw).await, 200);
+    let (_wechat, _up, gw, origin, cookie) = logged_in_on(&cluster.url()).await;
 
     cluster.kill();
     // Every answer comes within the client's patience: 503, never a hang.
@@ -740,20 +743,7 @@ async fn a_redis_cluster_outage_fails_protected_routes_closed_and_service_resume
     .await;
 
     cluster.restart().await;
-    eventually("/readyz recovers", Duration::from_secs(20), || async {
-        readyz(&gw).await == 200
-    })
-    .await;
-    // The restarted nodes are empty (no persistence): the visitor logs in again, no 503.
-    let after = visit(&origin, "/base/page", &cookie).await;
-    assert!(
-        support::wechat::authorize_target(after)
-            .await
-            .contains("/connect/oauth2/authorize?"),
-        "sent to log in again, not refused"
-    );
-    let cookie = login(&origin, "/base/page").await;
-    assert_eq!(visit(&origin, "/base/page", &cookie).await.status(), 200);
+    recovers_empty(&gw, &origin, &cookie, Duration::from_secs(20)).await;
     gw.shutdown().await;
 }
 

@@ -179,7 +179,7 @@ impl RouteTable {
         }
         // An upstream that keeps `;` parameters reads the path as it is: `/admin/;/open/x`
         // is `/admin/open/x` to a servlet container but under `/admin/` to nginx.
-        let literal = (*bare != *path).then_some(path);
+        let literal = matches!(bare, std::borrow::Cow::Owned(_)).then_some(path);
         if let Some(protected) = literal
             .and_then(|literal| self.find(host, literal))
             .filter(|r| is_protected(r))

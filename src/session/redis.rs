@@ -130,13 +130,7 @@ impl RedisStore {
         openid: &str,
     ) -> Result<Vec<Session>, StoreError> {
         let users = user_key(&self.keys.user_tag(appid, openid));
-        let members: Vec<String> = self
-            .bounded(
-                ::redis::cmd("SMEMBERS")
-                    .arg(&users)
-                    .query_async(&mut self.conn().await?),
-            )
-            .await?;
+        let members = self.members(&users).await?;
         let mut found = Vec::new();
         for member in members {
             let Some(key) = parse_key(&member) else {
@@ -147,6 +141,16 @@ impl RedisStore {
             }
         }
         Ok(found)
+    }
+
+    /// The members of a user's index set: the storage keys of their sessions.
+    async fn members(&self, users: &str) -> Result<Vec<String>, StoreError> {
+        self.bounded(
+            ::redis::cmd("SMEMBERS")
+                .arg(users)
+                .query_async(&mut self.conn().await?),
+        )
+        .await
     }
 
     async fn get_now(&self, key: &StorageKey) -> Result<Option<Session>, StoreError> {
@@ -258,13 +262,7 @@ impl RedisStore {
     /// member without a record may be a login whose record is being written right now.
     async fn delete_user_now(&self, appid: &str, openid: &str) -> Result<u64, StoreError> {
         let users = user_key(&self.keys.user_tag(appid, openid));
-        let members: Vec<String> = self
-            .bounded(
-                ::redis::cmd("SMEMBERS")
-                    .arg(&users)
-                    .query_async(&mut self.conn().await?),
-            )
-            .await?;
+        let members = self.members(&users).await?;
         let mut removed = Vec::new();
         for member in members {
             let Some(key) = parse_key(&member) else {

@@ -8,7 +8,12 @@ use std::time::Duration;
 /// Whether `redis-server` can be run here. Without it a test skips with a printed reason,
 /// except under `CI=true`, where a missing tool is a failure.
 pub fn available() -> bool {
-    let found = Command::new("redis-server")
+    tool("redis-server")
+}
+
+/// Whether `command --version` runs; if not, a printed skip, or a failure under `CI=true`.
+fn tool(command: &str) -> bool {
+    let found = Command::new(command)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -16,9 +21,9 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success());
     if !found {
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("redis-server not found, and CI=true: install it (scripts/test does)");
+            panic!("{command} not found, and CI=true: install it (scripts/test does)");
         }
-        eprintln!("skipping: redis-server not found");
+        eprintln!("skipping: {command} not found");
     }
     found
 }
@@ -129,22 +134,7 @@ pub fn free_port() -> u16 {
 /// Whether a Redis Cluster can be built here: `redis-server` and `redis-cli` (which joins
 /// the nodes). Skips or fails as [`available`] does.
 pub fn cluster_available() -> bool {
-    if !available() {
-        return false;
-    }
-    let found = Command::new("redis-cli")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("redis-cli not found, and CI=true: install it (scripts/test does)");
-        }
-        eprintln!("skipping: redis-cli not found");
-    }
-    found
+    available() && tool("redis-cli")
 }
 
 /// A real Redis Cluster of three masters (no replicas) on free loopback ports, persistence
