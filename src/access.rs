@@ -8,14 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Response, StatusCode};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use crate::body::Body;
 use crate::config::{Config, Problem, Scope};
-use crate::pages;
 
 /// `access = { … }` of a route, of `[wechat]` or of an `[[apps]]` entry. Present: only the
 /// visitors named here (by either list) are let in; an empty one lets nobody in.
@@ -101,32 +97,6 @@ impl AccessRule {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// The answer to a visitor who is logged in but not on the list: 403, with their openid so
-/// that they can send it to whoever runs the gateway, who adds it to the list. JSON for
-/// scripts (`error: "not_admitted"`), a page for browsers. Nothing reaches the upstream.
-pub fn refusal(openid: &str, as_json: bool) -> Response<Body> {
-    let status = StatusCode::FORBIDDEN;
-    if as_json {
-        let body = serde_json::json!({
-            "error": "not_admitted",
-            "status": status.as_u16(),
-            "message": "This WeChat account is not on this page's access list.",
-            "openid": openid,
-        });
-        return pages::build(status, "application/json", Bytes::from(body.to_string()));
-    }
-    let body = pages::page(
-        "无访问权限 · Not on the access list",
-        &format!(
-            "<p class=\"code\">403</p><h1>无访问权限</h1><h2>This WeChat account is not on the access list</h2>\
-<p>如需访问，请将下面的编号发给管理员。<br>To be let in, send this id to whoever runs this site.</p>\
-<p><code id=\"openid\" style=\"user-select:all;word-break:break-all\">{}</code></p>",
-            pages::escape(openid)
-        ),
-    );
-    pages::build(status, "text/html; charset=utf-8", Bytes::from(body))
 }
 
 /// Builds rules, reading each list file once however many routes name it.

@@ -8,22 +8,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::body::ClientBody;
 use http::header::{HOST, ORIGIN, UPGRADE};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::Limited;
 use ipnet::IpNet;
 
-use crate::app::Lasting;
+use crate::app::{self, Lasting};
 use crate::body::Body;
 use crate::config::{Config, LimitsConfig, Scope};
+use crate::failure::Failure;
+use crate::http1::ClientBody;
 use crate::identity::{is_foreign_identity_header, is_identity_header};
 use crate::jssdk::Jssdk;
-use crate::login::apps::Logins;
-use crate::login::flow::{Access, LoginSetupError};
-use crate::login::throttle::ClientIp;
+use crate::login::{Decision, LoginSetupError, Logins, Visitor};
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
-use crate::pages::{self, Failure};
+use crate::pages;
 use crate::proxy::{self, Peer, Proxy};
 use crate::route::{self, Route, RouteTable, path::NormalPath};
 
@@ -38,27 +37,25 @@ pub struct ConnInfo {
     pub worker: usize,
 }
 
-/// Everything a request needs, built once from the configuration.
+/// Everything a request needs, built once from the configuration by `app::assemble`.
 pub struct Gate {
     /// What outlives this gate's configuration: metrics, sessions, the logins' ledger.
-    lasting: Arc<Lasting>,
-    routes: RouteTable,
-    proxy: Proxy,
-    metrics: Arc<Metrics>,
-    route_metrics: RouteMetrics,
-    limits: LimitsConfig,
-    trusted_proxies: Vec<IpNet>,
-    access_log: bool,
+    pub(crate) lasting: Arc<Lasting>,
+    pub(crate) routes: RouteTable,
+    pub(crate) proxy: Proxy,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) route_metrics: RouteMetrics,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) access_log: bool,
     /// Present when some route needs a WeChat login: `[wechat]`'s and each `[[apps]]`'.
-    logins: Option<Logins>,
+    pub(crate) logins: Option<Logins>,
     /// The configured identity header, stripped from every client request.
-    identity_header: String,
+    pub(crate) identity_header: String,
     /// Origins whose pages may open a WebSocket to a protected route.
-    websocket_origins: Vec<url::Origin>,
+    pub(crate) websocket_origins: Vec<url::Origin>,
     /// `/_wxgate/jssdk` and `/_wxgate/jssdk.js`, when some account has its AppSecret here.
-    jssdk: Option<Jssdk>,
-    /// The session store with its cache, shared by logins and the JS-SDK; a reload keeps it.
-    sessions: Option<Arc<crate::session::SessionCache>>,
+    pub(crate) jssdk: Option<Jssdk>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +64,8 @@ pub enum GateError {
     Route(#[from] route::RouteError),
     #[error(transparent)]
     Login(#[from] LoginSetupError),
+    #[error("session store: {0}")]
+    Store(crate::session::StoreOpenError),
     #[error("JS-SDK: {0}")]
     Jssdk(#[from] crate::wechat::WeChatError),
 }
@@ -84,55 +83,13 @@ enum Target<'a> {
 
 impl Gate {
     pub fn new(config: &Config) -> Result<Self, GateError> {
-        Gate::build(config, Lasting::new(config))
+        app::assemble(config, Lasting::new(config))
     }
 
     /// A gate for a changed configuration that keeps this one's metrics and sessions: a
     /// reload logs nobody out. The caller has checked that `session.*` did not change.
     pub fn reloaded(&self, config: &Config) -> Result<Self, GateError> {
-        Gate::build(config, self.lasting.clone())
-    }
-
-    fn build(config: &Config, lasting: Arc<Lasting>) -> Result<Self, GateError> {
-        let routes = RouteTable::from_config(config)?;
-        let logins = Logins::build(config, &lasting)?;
-        let metrics = lasting.metrics.clone();
-        // Opened once, and kept across reloads by `lasting`, for logins and the JS-SDK's
-        // shared ticket alike.
-        let sessions = if config.needs_login() || Jssdk::wanted(config) {
-            Some(lasting.sessions(config)?)
-        } else {
-            None
-        };
-        let jssdk = match &sessions {
-            Some(sessions) => Jssdk::build(config, &metrics, sessions.store().clone())?,
-            None => None,
-        };
-        Ok(Self {
-            lasting,
-            proxy: Proxy::new(
-                &config.upstream,
-                config.server.worker_count(),
-                config.server.http1_fast_paths,
-            ),
-            route_metrics: metrics.for_routes(&routes),
-            metrics,
-            routes,
-            limits: config.server.limits.clone(),
-            trusted_proxies: config.server.trusted_proxies.clone(),
-            access_log: config.log.access_log,
-            logins,
-            identity_header: config.identity.header.clone(),
-            websocket_origins: config
-                .server
-                .public_url
-                .iter()
-                .chain(&config.server.websocket_origins)
-                .map(url::Url::origin)
-                .collect(),
-            jssdk,
-            sessions,
-        })
+        app::assemble(config, self.lasting.clone())
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -140,8 +97,8 @@ impl Gate {
     }
 
     /// The session store, when some route needs a login: `/readyz` depends on it.
-    pub fn session_store(&self) -> Option<&Arc<dyn crate::session::SessionStore>> {
-        self.sessions.as_ref().map(|sessions| sessions.store())
+    pub fn session_store(&self) -> Option<Arc<dyn crate::session::SessionStore>> {
+        self.lasting.store()
     }
 
     /// Answers one request; never fails, every failure becomes a page or JSON.
@@ -150,9 +107,10 @@ impl Gate {
         let method = request.method().clone();
         // Kept before the request moves on: the log line and the error's format need them.
         let path = self.access_log.then(|| request.uri().path().to_owned());
-        let json_errors = pages::wants_json(request.headers());
-        let (target, result) = self.respond_boxed(request, conn).await;
-        let response = result.unwrap_or_else(|failure| pages::render(&failure, json_errors));
+        // Read once: failures and the login's answers are JSON for scripts, pages otherwise.
+        let script = pages::wants_json(request.headers());
+        let (target, result) = self.respond_boxed(request, conn, script).await;
+        let response = result.unwrap_or_else(|failure| pages::render(&failure, script));
         let elapsed = started.elapsed();
         let (series, label) = match target {
             Target::Route(route) => (self.route_metrics.route(route.index), route.label.as_str()),
@@ -181,14 +139,20 @@ impl Gate {
     /// (rustc keeps an awaited future's bytes beside the caller's own), allocated and copied
     /// at every level on every request; boxed here, the futures above it stay small enough
     /// for the allocator's per-thread cache.
-    fn respond_boxed(&self, request: Request<ClientBody>, conn: ConnInfo) -> Responding<'_> {
-        Box::pin(self.respond(request, conn))
+    fn respond_boxed(
+        &self,
+        request: Request<ClientBody>,
+        conn: ConnInfo,
+        script: bool,
+    ) -> Responding<'_> {
+        Box::pin(self.respond(request, conn, script))
     }
 
     async fn respond(
         &self,
         mut request: Request<ClientBody>,
         conn: ConnInfo,
+        script: bool,
     ) -> (Target<'_>, Result<Response<Body>, Failure>) {
         if let Err(failure) = self.check_limits(&request) {
             return (Target::Unrouted, Err(failure));
@@ -216,43 +180,20 @@ impl Gate {
         // Before anything reads them: a client must never pose as an identity, nor say where
         // it came from unless it is a trusted proxy. A proxy in front that asks
         // `/_wxgate/auth` or `/_wxgate/start` names the page to return to in X-Forwarded-Uri;
-        // believed from trusted peers only, never forwarded.
-        let keeps_return_page = peer.trusted && path.as_str().starts_with("/_wxgate/");
+        // believed from trusted peers only, and only on the gateway's own endpoints, which
+        // forward nothing.
+        let endpoint = path.as_str().starts_with("/_wxgate/");
+        let keeps_return_page = peer.trusted && endpoint;
         let configured = self.identity_header.as_str();
         let cleaned = proxy::clean_request(request.headers_mut(), peer.trusted, |name| {
             !(keeps_return_page && name == X_FORWARDED_URI.as_str())
                 && (is_identity_header(name, configured) || is_foreign_identity_header(name))
         });
-        let return_page = keeps_return_page
-            .then(|| request.headers_mut().remove(&X_FORWARDED_URI))
-            .flatten();
-        if let Some(jssdk) = self.jssdk.as_ref().filter(|_| Jssdk::serves(path.as_str())) {
+        if endpoint {
             return (
                 Target::Endpoint,
-                Ok(Box::pin(jssdk.endpoint(path.as_str(), &request)).await),
+                self.endpoint(&path, &request, peer, script).await,
             );
-        }
-        if path.as_str().starts_with("/_wxgate/") {
-            let login = self
-                .logins
-                .as_ref()
-                .and_then(|logins| logins.for_endpoint(path.as_str(), request.uri().query()));
-            return match login {
-                Some(login) => {
-                    if let Some(page) = return_page {
-                        request.headers_mut().insert(X_FORWARDED_URI.clone(), page);
-                    }
-                    self.tag_client(&mut request, peer);
-                    (
-                        Target::Endpoint,
-                        // Boxed: the login endpoints' futures (code exchange, profile, store)
-                        // are large, and unboxed they would size every proxied request's
-                        // future, which is moved and copied as a whole.
-                        Ok(Box::pin(login.endpoint(path.as_str(), &request)).await),
-                    )
-                }
-                None => (Target::Endpoint, Err(Failure::NoRoute)),
-            };
         }
         let Some(route) = self.routes.route_for(Some(&host), path.as_str()) else {
             return (Target::Unrouted, Err(Failure::NoRoute));
@@ -264,16 +205,19 @@ impl Gate {
             let Some(login) = self.logins.as_ref().and_then(|l| l.for_route(route)) else {
                 return (Target::Route(route), Err(Failure::Unavailable));
             };
-            self.tag_client(&mut request, peer);
-            match login.authenticate(&request, route).await {
-                Access::Granted(identity) => {
+            let ip = self.client_ip(peer, request.headers());
+            let visitor = Visitor::new(ip, request.method(), request.headers(), script);
+            match login.authenticate(&visitor, &request, route).await {
+                Decision::Grant(identity) => {
                     let headers = request.headers_mut();
                     for (name, value) in identity {
                         headers.insert(name, value);
                     }
                 }
-                Access::Anonymous => {}
-                Access::Respond(response) => return (Target::Route(route), Ok(*response)),
+                Decision::Anonymous => {}
+                Decision::Answer(answer) => {
+                    return (Target::Route(route), Ok(pages::answer(*answer, script)));
+                }
             }
         }
         for login in self.logins.iter().flat_map(Logins::all) {
@@ -303,13 +247,41 @@ impl Gate {
                 },
                 client_upgrade,
             )
-            .await;
+            .await
+            .map_err(Failure::from);
         if let Ok(response) = &mut result {
             for login in self.logins.iter().flat_map(Logins::all) {
                 login.strip_own_cookies(response.headers_mut());
             }
         }
         (Target::Route(route), result)
+    }
+
+    /// The gateway's own endpoints under `/_wxgate/`: the JS-SDK's, and the login's of the
+    /// account the request names.
+    async fn endpoint(
+        &self,
+        path: &NormalPath,
+        request: &Request<ClientBody>,
+        peer: Peer,
+        script: bool,
+    ) -> Result<Response<Body>, Failure> {
+        let path = path.as_str();
+        if let Some(jssdk) = self.jssdk.as_ref().filter(|_| Jssdk::serves(path)) {
+            return Ok(Box::pin(jssdk.endpoint(path, request)).await);
+        }
+        let login = self
+            .logins
+            .as_ref()
+            .and_then(|logins| logins.for_endpoint(path, request.uri().query()))
+            .ok_or(Failure::NoRoute)?;
+        let ip = self.client_ip(peer, request.headers());
+        let visitor = Visitor::new(ip, request.method(), request.headers(), script);
+        // Boxed: the login endpoints' futures (code exchange, profile, store) are large, and
+        // unboxed they would size every proxied request's future, which is moved and copied
+        // as a whole.
+        let answer = Box::pin(login.endpoint(path, &visitor, request)).await;
+        Ok(pages::answer(answer, script))
     }
 
     fn check_limits(&self, request: &Request<ClientBody>) -> Result<(), Failure> {
@@ -370,13 +342,6 @@ impl Gate {
                 "This page may not open a connection here.",
             ))
         }
-    }
-
-    /// Tells the login flow who the client is (its rate limit is per client); only requests
-    /// that may start or finish a login carry it.
-    fn tag_client(&self, request: &mut Request<ClientBody>, peer: Peer) {
-        let client = ClientIp(self.client_ip(peer, request.headers()));
-        request.extensions_mut().insert(client);
     }
 
     /// The client behind the connection: the peer, or when the peer is a trusted proxy the

@@ -13,6 +13,7 @@ pub mod config;
 #[cfg(feature = "dev-tools")]
 pub mod demo;
 pub mod doctor;
+pub mod failure;
 #[cfg(feature = "dev-tools")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -217,6 +217,17 @@ impl WeChatMetrics {
             .get_or_create(&EndpointLabel { endpoint })
             .observe(elapsed);
     }
+
+    /// What a WeChat client reports each call to: these families.
+    pub fn observer(&self) -> crate::wechat::CallObserver {
+        let metrics = self.clone();
+        std::sync::Arc::new(move |endpoint, outcome, elapsed| {
+            let label = outcome.map_or_else(crate::wechat::WeChatError::metric_label, |()| {
+                "0".to_owned()
+            });
+            metrics.call(endpoint.path(), label, elapsed);
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

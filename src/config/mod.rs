@@ -266,6 +266,19 @@ pub struct WeChatConfig {
     pub access: Option<AccessConfig>,
 }
 
+impl WeChatConfig {
+    /// What the WeChat client of this account needs: where, as which app, how long.
+    pub fn client_settings(&self) -> crate::wechat::ClientSettings {
+        crate::wechat::ClientSettings {
+            api_base: self.api_base.clone(),
+            appid: self.appid.clone(),
+            secret: self.secret.clone(),
+            timeout: self.timeout,
+            lang: self.lang.clone(),
+        }
+    }
+}
+
 /// The in-app browsers besides WeChat's own that count as WeChat (see `login::visitor`).
 /// One that does not count gets the route's `non_wechat` behaviour.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]

@@ -24,10 +24,10 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::ClientBody;
 use super::framing::{self, Declared, Framing};
 use super::head::{MAX_FIELDS, Span, field_spans, offset};
 use super::hop::{self, Token};
-use crate::body::ClientBody;
 
 /// Bytes of a response gathered before they are written: the head and every body frame
 /// ready at once go out in one write up to this size.

@@ -15,6 +15,7 @@
 //! the wire, and hyper's paths alike. The rest of the gateway sees only what is re-exported
 //! below.
 
+mod client_body;
 mod framing;
 mod head;
 pub(crate) mod hop;
@@ -31,6 +32,8 @@ pub(crate) use framing::content_length;
 // The proxy: the upstream client, whichever of the wire or hyper's client it uses, and the
 // bodies it sends and returns. The proxy's request cleaning also reads `hop`.
 pub use pool::{Pool, PooledBody, SendError, UpstreamBody};
+// The request body every part of the gateway passes on.
+pub use client_body::{ClientBody, ClientBodyError, Doubtful};
 
 /// A field map from name and value pairs, for the tests of the modules that read one.
 #[cfg(test)]

@@ -31,10 +31,10 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::ClientBody;
 use super::framing::{Declared, request_has_body};
 use super::hop;
 use super::wire::{self, Answer, Io, Wire, WireBody, WireError};
-use crate::body::ClientBody;
 use crate::config::UpstreamConfig;
 use crate::route::Upstream;
 

@@ -18,7 +18,7 @@ use crate::body::{Body, full};
 use crate::config::Config;
 use crate::metrics::{JssdkMetrics, Metrics};
 use crate::session::{Clock, SessionStore};
-use crate::wechat::{CallObserver, ClientSettings, WeChatClient, WeChatError};
+use crate::wechat::{WeChatClient, WeChatError};
 
 pub use credentials::{Cause, CredentialError, Credentials, Fetched};
 pub use signature::{PageUrl, SignedOrigins, UrlRefused, sign};
@@ -151,20 +151,9 @@ impl Account {
         metrics: &Metrics,
         store: Arc<dyn SessionStore>,
     ) -> Result<Self, WeChatError> {
-        let calls = metrics.wechat.clone();
-        let observer: CallObserver = Arc::new(move |endpoint, outcome, elapsed| {
-            let label = outcome.map_or_else(WeChatError::metric_label, |()| "0".to_owned());
-            calls.call(endpoint.path(), label, elapsed);
-        });
         let wechat = WeChatClient::observed(
-            ClientSettings {
-                api_base: config.wechat.api_base.clone(),
-                appid: config.wechat.appid.clone(),
-                secret: config.wechat.secret.clone(),
-                timeout: config.wechat.timeout,
-                lang: config.wechat.lang.clone(),
-            },
-            Some(observer),
+            config.wechat.client_settings(),
+            Some(metrics.wechat.observer()),
         )?;
         let fetches = metrics.jssdk.clone();
         let credentials = Credentials::new(

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use crate::app::Lasting;
 use crate::config::Config;
-use crate::login::flow::{Login, LoginSetupError};
+use crate::login::{Login, LoginSetupError, Shared};
 use crate::route::Route;
-use crate::session::SessionCache;
 
 /// Every login the configuration asks for.
 pub struct Logins {
@@ -17,21 +16,24 @@ pub struct Logins {
 }
 
 impl Logins {
-    /// `None` when no route needs a login and no app is configured. The sessions and the
-    /// ledger are the gateway's lasting ones, shared by every login.
+    /// `None` when no route needs a login and no app is configured. Every login shares one
+    /// [`Shared`] over the gateway's lasting sessions and ledger.
     pub fn build(config: &Config, lasting: &Lasting) -> Result<Option<Self>, LoginSetupError> {
         if !config.needs_login() {
             return Ok(None);
         }
-        let sessions = lasting.sessions(config)?;
         let metrics = &lasting.metrics;
-        let ledger = &lasting.ledger;
+        let shared = Arc::new(Shared::new(
+            config,
+            lasting.sessions(config)?,
+            lasting.ledger.clone(),
+            metrics.login.clone(),
+        )?);
         let default = if config.default_app_needed() {
             Some(Login::for_app(
                 config,
-                metrics,
-                Some(sessions.clone()),
-                Some(ledger.clone()),
+                shared.clone(),
+                &metrics.wechat,
                 None,
             )?)
         } else {
@@ -44,9 +46,8 @@ impl Logins {
             };
             apps.push(Login::for_app(
                 &app_config,
-                metrics,
-                Some(sessions.clone()),
-                Some(ledger.clone()),
+                shared.clone(),
+                &metrics.wechat,
                 Some(&app.name),
             )?);
         }
@@ -83,10 +84,5 @@ impl Logins {
     /// Every login, `[wechat]`'s first.
     pub fn all(&self) -> impl Iterator<Item = &Login> {
         self.default.iter().chain(&self.apps)
-    }
-
-    /// The sessions they share.
-    pub fn sessions(&self) -> Option<&Arc<SessionCache>> {
-        self.all().next().map(Login::sessions)
     }
 }

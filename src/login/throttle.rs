@@ -11,12 +11,6 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The client a request came from, as the gate resolved it (the peer, or the forwarded
-/// client address when the peer is a trusted proxy). The gate puts it in the request's
-/// extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
-
 /// Clients tracked at once; beyond that, new clients share the overflow bucket.
 const MAX_CLIENTS: usize = 65_536;
 /// A full map is swept for idle buckets at most this often, so a flood of new addresses

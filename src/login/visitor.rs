@@ -1,9 +1,11 @@
 //! Who is asking: the WeChat family of in-app browsers (by User-Agent, see wechat-api.md §8)
 //! and whether the request is a page navigation or a script call that wants JSON.
-//! The gate uses this to choose between a 302 to authorize, a 401 JSON and the non-WeChat page.
+//! The login uses this to choose between a 302 to authorize, a 401 JSON and the non-WeChat page.
+
+use std::net::IpAddr;
 
 use http::header::{ACCEPT, USER_AGENT};
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 
 /// The browser family, read from the User-Agent only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,15 +45,19 @@ impl Default for BrowserPolicy {
     }
 }
 
-/// The visitor as the gate sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Visitor {
-    pub browser: Browser,
-    /// Whether a navigation from this client should go to WeChat's authorize page.
-    pub is_wechat_browser: bool,
-    /// Not a navigation: a script call, a non-GET method, or a client asking for JSON.
-    /// Such requests get a 401 JSON body, never a redirect.
+/// The visitor as the gate hands it to the login: where the request comes from, which
+/// browser sent it, and whether the answer must be JSON. Built once per request by the gate.
+#[derive(Debug, Clone, Copy)]
+pub struct Visitor<'a> {
+    /// The client: the peer, or behind trusted proxies the address they name. Login limits
+    /// count per address.
+    pub ip: IpAddr,
+    /// A page's script or an API client ([`is_script_call`]): failures are JSON.
+    pub script: bool,
+    /// Not a navigation a redirect could bring back: a script call, a non-GET method or a
+    /// protocol upgrade. Such requests get a 401 JSON body, never a redirect.
     pub wants_json: bool,
+    user_agent: Option<&'a HeaderValue>,
 }
 
 /// A one-word summary of [`Visitor`] for logs and metrics; `Xhr` wins over the browser.
@@ -73,18 +79,9 @@ impl BrowserPolicy {
         }
     }
 
-    /// Classifies a request from its method and headers.
-    pub fn classify(&self, method: &Method, headers: &HeaderMap) -> Visitor {
-        let browser = browser_from_headers(headers);
-        Visitor {
-            browser,
-            is_wechat_browser: self.counts_as_wechat(browser),
-            wants_json: wants_json(method, headers),
-        }
-    }
-
-    fn counts_as_wechat(&self, browser: Browser) -> bool {
-        match browser {
+    /// Whether a navigation from this visitor goes to WeChat's authorize page.
+    pub fn is_wechat(&self, visitor: &Visitor<'_>) -> bool {
+        match visitor.browser() {
             Browser::WeChat => true,
             Browser::WeChatDesktop => self.desktop_is_wechat,
             Browser::WeCom => self.wecom_is_wechat,
@@ -94,24 +91,35 @@ impl BrowserPolicy {
     }
 }
 
-impl Visitor {
+impl<'a> Visitor<'a> {
+    /// `script`: [`is_script_call`] of these headers, which the gate has already read.
+    pub fn new(ip: IpAddr, method: &Method, headers: &'a HeaderMap, script: bool) -> Self {
+        Visitor {
+            ip,
+            script,
+            wants_json: script || !is_replayable(method, headers),
+            user_agent: headers.get(USER_AGENT),
+        }
+    }
+
+    /// The browser family, read from the User-Agent when asked (it costs a scan of it, and a
+    /// logged-in visitor's request never asks).
+    pub fn browser(&self) -> Browser {
+        self.user_agent
+            .map_or(Browser::Other, |ua| browser_from_user_agent(ua.as_bytes()))
+    }
+
     pub fn kind(&self) -> VisitorKind {
         if self.wants_json {
             return VisitorKind::Xhr;
         }
-        match self.browser {
+        match self.browser() {
             Browser::WeChat | Browser::WeChatDesktop => VisitorKind::WeChat,
             Browser::WeCom => VisitorKind::WeCom,
             Browser::MiniProgram => VisitorKind::MiniProgram,
             Browser::Other => VisitorKind::OtherBrowser,
         }
     }
-}
-
-fn browser_from_headers(headers: &HeaderMap) -> Browser {
-    headers
-        .get(USER_AGENT)
-        .map_or(Browser::Other, |ua| browser_from_user_agent(ua.as_bytes()))
 }
 
 /// Order matters: WeCom and mini-program UAs also contain `MicroMessenger`.
@@ -137,11 +145,11 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|window| window.eq_ignore_ascii_case(needle))
 }
 
-fn wants_json(method: &Method, headers: &HeaderMap) -> bool {
-    // A redirect to authorize and back would lose a POST body; only GET/HEAD navigate.
-    let replayable = method == Method::GET || method == Method::HEAD;
-    // A protocol upgrade (WebSocket handshake) is never a page the browser shows.
-    !replayable || headers.contains_key(http::header::UPGRADE) || is_script_call(headers)
+/// Whether a redirect to authorize and back can bring this request back as it was: a POST
+/// body would be lost, and a protocol upgrade (WebSocket handshake) is never a page.
+fn is_replayable(method: &Method, headers: &HeaderMap) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && !headers.contains_key(http::header::UPGRADE)
 }
 
 /// Whether the request comes from a page's script (XHR, fetch) or an API client rather than
@@ -215,7 +223,6 @@ fn is_zero_quality(param: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     const IOS_WECHAT: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.49(0x18003135) NetType/WIFI Language/zh_CN";
     const IOS_WECHAT_EN: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 16_3 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.42(0x18002a2d) NetType/WIFI Language/en";
@@ -269,9 +276,38 @@ mod tests {
         }
     }
 
+    /// What the login reads of a visitor, the way its policy reads it.
+    struct Classified {
+        browser: Browser,
+        is_wechat_browser: bool,
+        wants_json: bool,
+        kind: VisitorKind,
+    }
+
+    impl Classified {
+        fn kind(&self) -> VisitorKind {
+            self.kind
+        }
+    }
+
+    fn classify(policy: &BrowserPolicy, method: &Method, headers: &HeaderMap) -> Classified {
+        let visitor = Visitor::new(
+            IpAddr::from([192, 0, 2, 1]),
+            method,
+            headers,
+            is_script_call(headers),
+        );
+        Classified {
+            browser: visitor.browser(),
+            is_wechat_browser: policy.is_wechat(&visitor),
+            wants_json: visitor.wants_json,
+            kind: visitor.kind(),
+        }
+    }
+
     #[test]
     fn a_missing_user_agent_is_another_browser() {
-        let client = BrowserPolicy::default().classify(&Method::GET, &HeaderMap::new());
+        let client = classify(&BrowserPolicy::default(), &Method::GET, &HeaderMap::new());
         assert_eq!(client.browser, Browser::Other);
         assert!(!client.is_wechat_browser);
         assert_eq!(client.kind(), VisitorKind::OtherBrowser);
@@ -288,12 +324,12 @@ mod tests {
             WECHAT_WINDOWS,
             WECHAT_MAC,
         ] {
-            let client = settings.classify(&Method::GET, &headers(&[("user-agent", ua)]));
+            let client = classify(&settings, &Method::GET, &headers(&[("user-agent", ua)]));
             assert!(client.is_wechat_browser, "{ua}");
             assert!(!client.wants_json, "{ua}");
         }
         for ua in [DESKTOP_CHROME, IOS_SAFARI, QQ_BROWSER] {
-            let client = settings.classify(&Method::GET, &headers(&[("user-agent", ua)]));
+            let client = classify(&settings, &Method::GET, &headers(&[("user-agent", ua)]));
             assert!(!client.is_wechat_browser, "{ua}");
         }
     }
@@ -316,7 +352,7 @@ mod tests {
             (WECHAT_MAC, false),
         ];
         for (ua, want) in cases {
-            let client = strict.classify(&Method::GET, &headers(&[("user-agent", ua)]));
+            let client = classify(&strict, &Method::GET, &headers(&[("user-agent", ua)]));
             assert_eq!(client.is_wechat_browser, *want, "{ua}");
         }
     }
@@ -387,7 +423,7 @@ mod tests {
             (&[("accept", "text/plain")], false),
         ];
         for (pairs, want) in cases {
-            let client = BrowserPolicy::default().classify(&Method::GET, &headers(pairs));
+            let client = classify(&BrowserPolicy::default(), &Method::GET, &headers(pairs));
             assert_eq!(client.wants_json, *want, "{pairs:?}");
         }
     }
@@ -403,7 +439,7 @@ mod tests {
             (Method::DELETE, true),
             (Method::OPTIONS, true),
         ] {
-            let client = BrowserPolicy::default().classify(&method, &wechat);
+            let client = classify(&BrowserPolicy::default(), &method, &wechat);
             assert_eq!(client.wants_json, want, "{method}");
         }
     }
@@ -432,7 +468,7 @@ mod tests {
             let mut map = headers(extra);
             map.insert(USER_AGENT, HeaderValue::from_str(ua).unwrap());
             assert_eq!(
-                settings.classify(&Method::GET, &map).kind(),
+                classify(&settings, &Method::GET, &map).kind(),
                 *want,
                 "{ua} {extra:?}"
             );
@@ -445,17 +481,13 @@ mod tests {
         let mut ua = b"Mozilla/5.0 \xff\xfe MicroMessenger/8.0.49".to_vec();
         map.insert(USER_AGENT, HeaderValue::from_bytes(&ua).unwrap());
         assert_eq!(
-            BrowserPolicy::default()
-                .classify(&Method::GET, &map)
-                .browser,
+            classify(&BrowserPolicy::default(), &Method::GET, &map).browser,
             Browser::WeChat
         );
         ua.truncate(5);
         map.insert(USER_AGENT, HeaderValue::from_bytes(&ua).unwrap());
         assert_eq!(
-            BrowserPolicy::default()
-                .classify(&Method::GET, &map)
-                .browser,
+            classify(&BrowserPolicy::default(), &Method::GET, &map).browser,
             Browser::Other
         );
     }

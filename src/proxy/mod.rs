@@ -18,7 +18,6 @@ use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::http1::{Pool, SendError};
 pub use crate::http1::{PooledBody, UpstreamBody};
-use crate::pages::Failure;
 use crate::route::Route;
 pub use headers::{Cleaned, clean_request};
 
@@ -40,6 +39,33 @@ pub struct Client {
     pub cleaned: Cleaned,
 }
 
+/// Why a request got no answer from its upstream: the proxy's part of the one error path
+/// (`crate::failure` turns it into what the visitor sees).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// CONNECT asks for a tunnel, which the gateway does not open.
+    #[error("a CONNECT tunnel was asked for")]
+    Tunnel,
+    /// The normalised target cannot be written as a request line.
+    #[error("the request target cannot be forwarded")]
+    Target,
+    /// No connection could be opened.
+    #[error("the upstream cannot be reached")]
+    Unreachable,
+    /// The upstream took longer than the route's timeout.
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    /// The upstream broke the exchange (reset, malformed answer, an unasked-for 101).
+    #[error("the upstream broke off the exchange")]
+    Broken,
+    /// The client's body is over the limit.
+    #[error("the request body is over the limit")]
+    BodyTooLarge,
+    /// The client's body is malformed or ended early.
+    #[error("the request body is malformed or incomplete")]
+    BadBody,
+}
+
 pub struct Proxy {
     pool: Arc<Pool>,
 }
@@ -56,7 +82,7 @@ impl Proxy {
     }
 
     /// Sends `request`, cleaned by [`clean_request`], to the route's upstream and returns its
-    /// response, or the failure to show. `client_upgrade` is the client's side of an upgrade
+    /// response, or why it could not. `client_upgrade` is the client's side of an upgrade
     /// the gateway lets through.
     pub async fn forward(
         &self,
@@ -65,7 +91,7 @@ impl Proxy {
         path: &str,
         client: Client,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Result<Response<Body>, Failure> {
+    ) -> Result<Response<Body>, ProxyError> {
         if !client.cleaned.has_host() {
             // HTTP/2 carries the host in the URI's authority, and an HTTP/1.0 client may send
             // none; upstreams speak HTTP/1.1, which requires `Host`.
@@ -80,7 +106,7 @@ impl Proxy {
         if request.method() == http::Method::CONNECT {
             // A tunnel is not a request an origin answers; the gate refuses it first, and
             // it never reaches an upstream connection that other visitors share.
-            return Err(Failure::MethodNotAllowed);
+            return Err(ProxyError::Tunnel);
         }
         headers::join_cookies(request.headers_mut());
         // The client's trailer fields are dropped (`ClientBody`), so none is announced.
@@ -96,7 +122,7 @@ impl Proxy {
             .send(&route.upstream, client.worker, request, upgrade);
         let sent = tokio::time::timeout(route.timeout, sending).await;
         let mut response = match sent {
-            Err(_elapsed) => return Err(Failure::UpstreamTimeout),
+            Err(_elapsed) => return Err(ProxyError::Timeout),
             Ok(Err(e)) => return Err(classify(&e)),
             Ok(Ok(response)) => response,
         };
@@ -104,7 +130,7 @@ impl Proxy {
             match client_upgrade {
                 Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut response)),
                 // A 101 to a request that asked for no upgrade breaks HTTP framing.
-                None => return Err(Failure::UpstreamFailed),
+                None => return Err(ProxyError::Broken),
             }
         }
         Ok(response.map(Either::Left))
@@ -113,7 +139,7 @@ impl Proxy {
 
 /// The normalised path and the query exactly as the client sent it, in origin form
 /// (`/path?query`): what an HTTP/1.1 request line to an origin server carries.
-fn origin_form(path: &str, original: &Uri) -> Result<Uri, Failure> {
+fn origin_form(path: &str, original: &Uri) -> Result<Uri, ProxyError> {
     let unchanged = original.authority().is_none() && original.path() == path;
     if unchanged {
         // Nearly every request: its target is already normal, so no new string is built.
@@ -123,7 +149,7 @@ fn origin_form(path: &str, original: &Uri) -> Result<Uri, Failure> {
         Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
         None => PathAndQuery::try_from(path),
     }
-    .map_err(|_| Failure::BadRequest("The request target cannot be forwarded."))?;
+    .map_err(|_| ProxyError::Target)?;
     Ok(Uri::from(path_and_query))
 }
 
@@ -145,23 +171,23 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade
     });
 }
 
-/// Maps a client error to what the visitor sees; an over-long or malformed body is the
+/// Tells the upstream's failures from the client's: an over-long or malformed body is the
 /// client's fault.
-fn classify(error: &SendError) -> Failure {
+fn classify(error: &SendError) -> ProxyError {
     let error = match error {
-        SendError::Connect(_) => return Failure::UpstreamUnreachable,
-        SendError::Wire(_) => return Failure::UpstreamFailed,
+        SendError::Connect(_) => return ProxyError::Unreachable,
+        SendError::Wire(_) => return ProxyError::Broken,
         SendError::Http(error) => error,
     };
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
-            return Failure::PayloadTooLarge;
+            return ProxyError::BodyTooLarge;
         }
-        if e.is::<crate::body::ClientBodyError>() {
-            return Failure::BadRequest("The request body is malformed or incomplete.");
+        if e.is::<crate::http1::ClientBodyError>() {
+            return ProxyError::BadBody;
         }
         source = e.source();
     }
-    Failure::UpstreamFailed
+    ProxyError::Broken
 }

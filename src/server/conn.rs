@@ -39,9 +39,10 @@ use super::rewind::Rewind;
 #[cfg(test)]
 use super::signals::PARK_AFTER;
 use super::signals::{Event, Rest, Signals, Verdict};
-use crate::body::{Body, ClientBody, Doubtful};
+use crate::body::Body;
 use crate::config::LimitsConfig;
 use crate::gate::ConnInfo;
+use crate::http1::{ClientBody, Doubtful};
 use crate::http1::{Next, request_has_body, take_request, write_response};
 
 /// What the connection hook hears about.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::body::ClientBody;
+use crate::http1::ClientBody;
 use http::{Request, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -139,7 +139,7 @@ pub async fn start_with<H: Handler>(
         running: std::sync::Mutex::new(config.clone()),
     });
     // Reloads keep the session store (session.* changes need a restart): probe this one.
-    let store = gate.current().session_store().cloned();
+    let store = gate.current().session_store();
     let handler = Arc::new(wrap(gate));
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let addr = local_addr("server.listen", &listener)?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::body::ClientBody;
+use crate::http1::ClientBody;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use rustls::server::{ClientHello, ResolvesServerCert};
