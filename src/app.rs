@@ -62,9 +62,9 @@ impl Lasting {
 }
 
 /// Builds the gate `config` describes over what lasts.
-pub fn assemble(config: &Config, lasting: Arc<Lasting>) -> Result<Gate, GateError> {
+pub fn assemble(config: &Config, lasting: &Lasting) -> Result<Gate, GateError> {
     let routes = RouteTable::from_config(config)?;
-    let logins = Logins::build(config, &lasting)?;
+    let logins = Logins::build(config, lasting)?;
     let metrics = lasting.metrics.clone();
     // The JS-SDK's shared ticket lives in the same store as the sessions.
     let jssdk = if Jssdk::wanted(config) {
@@ -95,7 +95,6 @@ pub fn assemble(config: &Config, lasting: Arc<Lasting>) -> Result<Gate, GateErro
             .map(url::Url::origin)
             .collect(),
         jssdk,
-        lasting,
     })
 }
 

@@ -13,9 +13,8 @@ use http::{HeaderMap, Request, Response, Version};
 use http_body_util::Limited;
 use ipnet::IpNet;
 
-use crate::app::{self, Lasting};
 use crate::body::Body;
-use crate::config::{Config, LimitsConfig, Scope};
+use crate::config::{LimitsConfig, Scope};
 use crate::failure::Failure;
 use crate::http1::ClientBody;
 use crate::identity::{is_foreign_identity_header, is_identity_header};
@@ -39,8 +38,6 @@ pub struct ConnInfo {
 
 /// Everything a request needs, built once from the configuration by `app::assemble`.
 pub struct Gate {
-    /// What outlives this gate's configuration: metrics, sessions, the logins' ledger.
-    pub(crate) lasting: Arc<Lasting>,
     pub(crate) routes: RouteTable,
     pub(crate) proxy: Proxy,
     pub(crate) metrics: Arc<Metrics>,
@@ -82,25 +79,6 @@ enum Target<'a> {
 }
 
 impl Gate {
-    pub fn new(config: &Config) -> Result<Self, GateError> {
-        app::assemble(config, Lasting::new(config))
-    }
-
-    /// A gate for a changed configuration that keeps this one's metrics and sessions: a
-    /// reload logs nobody out. The caller has checked that `session.*` did not change.
-    pub fn reloaded(&self, config: &Config) -> Result<Self, GateError> {
-        app::assemble(config, self.lasting.clone())
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// The session store, when some route needs a login: `/readyz` depends on it.
-    pub fn session_store(&self) -> Option<Arc<dyn crate::session::SessionStore>> {
-        self.lasting.store()
-    }
-
     /// Answers one request; never fails, every failure becomes a page or JSON.
     pub async fn handle(&self, request: Request<ClientBody>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();

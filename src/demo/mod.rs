@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Secret;
+use crate::app::{self, Lasting};
 use crate::config::{Config, NonWeChat, RouteConfig, StoreKind};
-use crate::gate::Gate;
 use crate::identity::{Algorithm, KeySet, KeySource};
 use crate::mock::{MockConfig, MockWeChat, Quirks};
 use crate::server::{self, Running};
@@ -117,12 +117,13 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(DemoError::Config(text.join("; ")));
     }
-    let gate = Gate::new(&config).map_err(server::StartError::from)?;
+    let lasting = Lasting::new(&config);
+    let gate = app::assemble(&config, &lasting).map_err(server::StartError::from)?;
     // The gate holds the key in memory now; nothing of it stays on disk.
     drop(key_dir);
     let simulation = Simulation::new(args.webview);
     let seen_by_gateway = Arc::clone(&simulation);
-    let gateway = server::start_with(&config, gate, gateway_listener, move |gate| {
+    let gateway = server::start_with(&config, (gate, lasting), gateway_listener, move |gate| {
         SimulatedWeChat::new(gate, seen_by_gateway)
     })
     .await?;

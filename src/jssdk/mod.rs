@@ -10,11 +10,10 @@ pub mod signature;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::RETRY_AFTER;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::body::{Body, full};
+use crate::body::Body;
 use crate::config::Config;
 use crate::metrics::{JssdkMetrics, Metrics};
 use crate::session::{Clock, SessionStore};
@@ -357,16 +356,7 @@ impl Cause {
 
 /// JSON the browser must not keep: a signature is for one page view.
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    response
+    crate::pages::json_response(status, value)
 }
 
 /// Why `wxgate jssdk refresh --force` did not refresh.

@@ -12,10 +12,12 @@
 //! on any failure (no `wx`, the gateway refused, `wx.error`); `wxgateJssdk.configure()` signs
 //! again after a single-page app changed its URL.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, Response};
+use bytes::Bytes;
+use http::header::CACHE_CONTROL;
+use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::{Body, full};
+use crate::body::Body;
+use crate::pages;
 
 /// XMLHttpRequest and ES5 only: WeChat's older Android webviews (X5) lack fetch and arrows.
 const SCRIPT: &str = r##"(function (w, d) {
@@ -72,20 +74,15 @@ const SCRIPT: &str = r##"(function (w, d) {
 "##;
 
 pub fn response() -> Response<Body> {
-    let mut response = Response::new(full(SCRIPT));
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/javascript; charset=utf-8"),
+    let mut response = pages::build(
+        StatusCode::OK,
+        "application/javascript; charset=utf-8",
+        Bytes::from_static(SCRIPT.as_bytes()),
     );
     // The script is the same for every page; a short cache spares a request per page view.
-    headers.insert(
+    response.headers_mut().insert(
         CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
-    );
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
     );
     response
 }

@@ -97,3 +97,114 @@ fn jwks_response(jwks: Bytes) -> Response<Body> {
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::login::{Refusal, flight};
+
+    fn every_reply() -> Vec<Reply> {
+        vec![
+            Reply::Authorize {
+                location: "https://open.weixin.qq.com/connect/oauth2/authorize?x".into(),
+                fragment_report: Some("/_wxgate/fragment?state=s".into()),
+            },
+            Reply::Authorize {
+                location: "https://open.weixin.qq.com/connect/oauth2/authorize?x".into(),
+                fragment_report: None,
+            },
+            Reply::Redirect {
+                location: "/page".into(),
+            },
+            Reply::LoginRequired {
+                login_url: "/_wxgate/start?rd=%2F".into(),
+            },
+            Reply::OpenInWeChat {
+                page: "https://m.example.com/".into(),
+            },
+            Reply::Identity(vec![(
+                http::HeaderName::from_static("x-wechat-identity"),
+                HeaderValue::from_static("jwt"),
+            )]),
+            Reply::Me(serde_json::json!({"openid": "o1"})),
+            Reply::Jwks(Bytes::from_static(b"{\"keys\":[]}")),
+            Reply::Refuse(Refusal::Snapshot),
+            Reply::Refuse(Refusal::StaleLogin),
+            Reply::Refuse(Refusal::NotAdmitted {
+                openid: "o1".into(),
+            }),
+            Reply::Refuse(Refusal::Callback {
+                failure: flight::Failure::WeChatTimeout,
+                retry: "/page".into(),
+            }),
+        ]
+    }
+
+    /// Issue 18: the login's pages were built apart from the rest and lacked `nosniff`.
+    #[test]
+    fn every_login_answer_carries_the_gateways_security_headers() {
+        for as_json in [false, true] {
+            for reply in every_reply() {
+                let label = format!("{reply:?}");
+                let response = answer(reply.into(), as_json);
+                let headers = response.headers();
+                assert_eq!(headers["x-content-type-options"], "nosniff", "{label}");
+                assert_eq!(headers["x-frame-options"], "DENY", "{label}");
+                assert!(headers.contains_key(CACHE_CONTROL), "{label}");
+            }
+        }
+    }
+
+    /// Issue 18: a refused 快照页 visitor's script got an HTML page it cannot read.
+    #[test]
+    fn refusals_follow_the_json_or_page_rule() {
+        for refusal in [
+            Refusal::Snapshot,
+            Refusal::NotWeChat,
+            Refusal::Unnamed,
+            Refusal::StaleLogin,
+            Refusal::CallbackMethod,
+            Refusal::WeChatBudget(std::time::Duration::from_secs(3)),
+        ] {
+            let label = format!("{refusal:?}");
+            let json = answer(refusal.clone().into(), true);
+            assert_eq!(json.headers()[CONTENT_TYPE], "application/json", "{label}");
+            let page = answer(refusal.into(), false);
+            assert_eq!(
+                page.headers()[CONTENT_TYPE],
+                "text/html; charset=utf-8",
+                "{label}"
+            );
+            assert_eq!(json.status(), page.status(), "{label}");
+        }
+    }
+
+    #[test]
+    fn cookies_and_the_referrer_policy_ride_on_any_answer() {
+        let cookie = cookie::Cookie::new("wxgate_state", "sealed");
+        let answer_ = Answer::from(Reply::Refuse(Refusal::StaleLogin))
+            .with_cookie(cookie)
+            .without_referrer();
+        let response = answer(answer_, false);
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[SET_COOKIE], "wxgate_state=sealed");
+        assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+    }
+
+    #[tokio::test]
+    async fn a_callback_failure_page_links_back_to_its_page() {
+        let refusal = Refusal::Callback {
+            failure: flight::Failure::Declined,
+            retry: "/lottery?id=<1>".into(),
+        };
+        let response = answer(refusal.into(), false);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.contains("href=\"/lottery?id=&lt;1&gt;\""), "{body}");
+        assert!(body.contains("你已拒绝授权"), "{body}");
+    }
+}

@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::http1::ClientBody;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response, StatusCode};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
 
-use crate::body::{Body, full};
+use crate::body::Body;
+use crate::http1::ClientBody;
 use crate::metrics::Metrics;
+use crate::pages;
 use crate::session::StoreHealth;
 
 pub struct Admin {
@@ -27,16 +28,11 @@ impl Admin {
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readiness().await,
-            "/metrics" => {
-                let mut response = Response::new(full(self.metrics.encode()));
-                response.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                response
-            }
+            "/metrics" => pages::build(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                Bytes::from(self.metrics.encode()),
+            ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -62,11 +58,9 @@ impl Admin {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    pages::build(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
 }

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::app::{self, Lasting};
 use crate::body::Body;
 use crate::config::{Config, LimitsConfig};
 use crate::gate::{ConnInfo, Gate, GateError};
@@ -109,9 +110,10 @@ impl Running {
 
 /// Binds both listeners and starts serving; returns once they accept connections.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let gate = Gate::new(config)?;
+    let lasting = Lasting::new(config);
+    let gate = app::assemble(config, &lasting)?;
     let listener = bind("server.listen", config.server.listen).await?;
-    start_with(config, gate, listener, |gate| gate).await
+    start_with(config, (gate, lasting), listener, |gate| gate).await
 }
 
 /// `start` on a main listener the caller bound, with `wrap` in front of the (reloadable)
@@ -119,11 +121,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 /// way, without a production setting for either.
 pub async fn start_with<H: Handler>(
     config: &Config,
-    gate: Gate,
+    (gate, lasting): (Gate, Arc<Lasting>),
     listener: TcpListener,
     wrap: impl FnOnce(Arc<LiveGate>) -> H,
 ) -> Result<Running, StartError> {
-    let gate = Arc::new(LiveGate::new(gate));
+    let gate = Arc::new(LiveGate::new(gate, lasting));
     let cert = match &config.server.tls {
         Some(tls) => Some(LiveCert::load(tls)?),
         None => None,
@@ -132,14 +134,14 @@ pub async fn start_with<H: Handler>(
         Some(cert) => Some(TlsAcceptor::from(tls::server_config(cert.clone())?)),
         None => None,
     };
-    let metrics = gate.current().metrics().clone();
+    let metrics = gate.lasting().metrics.clone();
     let reloader = Arc::new(Reloader {
         gate: gate.clone(),
         cert,
         running: std::sync::Mutex::new(config.clone()),
     });
     // Reloads keep the session store (session.* changes need a restart): probe this one.
-    let store = gate.current().session_store();
+    let store = gate.lasting().store();
     let handler = Arc::new(wrap(gate));
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let addr = local_addr("server.listen", &listener)?;

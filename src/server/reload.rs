@@ -16,6 +16,7 @@ use rustls::sign::CertifiedKey;
 
 use super::Handler;
 use super::tls::{self, TlsError};
+use crate::app::{self, Lasting};
 use crate::body::Body;
 use crate::config::{self, Config};
 use crate::gate::{ConnInfo, Gate, GateError};
@@ -33,16 +34,24 @@ pub enum ReloadError {
     Tls(#[from] TlsError),
 }
 
-/// The gate requests go through now.
+/// The gate requests go through now, and what every gate it becomes is built over.
 pub struct LiveGate {
     current: ArcSwap<Gate>,
+    lasting: Arc<Lasting>,
 }
 
 impl LiveGate {
-    pub fn new(gate: Gate) -> Self {
+    /// `gate` was assembled over `lasting`.
+    pub fn new(gate: Gate, lasting: Arc<Lasting>) -> Self {
         LiveGate {
             current: ArcSwap::from_pointee(gate),
+            lasting,
         }
+    }
+
+    /// What outlives every configuration: metrics, sessions, the logins' ledger.
+    pub fn lasting(&self) -> &Arc<Lasting> {
+        &self.lasting
     }
 
     pub fn current(&self) -> Arc<Gate> {
@@ -127,7 +136,8 @@ impl Reloader {
         if let Some(key) = restart_only_change(&running, &next) {
             return Err(ReloadError::NeedsRestart { key });
         }
-        let gate = self.gate.current().reloaded(&next)?;
+        // Over the same lasting part: a reload logs nobody out.
+        let gate = app::assemble(&next, &self.gate.lasting)?;
         let cert = match (&self.cert, &next.server.tls) {
             (Some(_), Some(tls)) => Some(tls::certified_key(tls)?),
             _ => None,
@@ -142,7 +152,7 @@ impl Reloader {
     }
 
     fn report(&self, result: &Result<(), ReloadError>) {
-        let metrics = self.gate.current().metrics().clone();
+        let metrics = &self.gate.lasting.metrics;
         match result {
             Ok(()) => {
                 metrics.reloaded("ok");
