@@ -616,11 +616,6 @@ fn default_true() -> bool {
 }
 
 impl Config {
-    /// True when some route needs a WeChat login, so the WeChat and session keys must be set.
-    pub fn has_protected_routes(&self) -> bool {
-        self.routes.iter().any(|r| r.scope != Scope::Public)
-    }
-
     /// Whether the gateway runs the WeChat login: for its own protected routes, or, with
     /// `wechat.appid` set, for a proxy in front that asks `/_wxgate/auth` (forward-auth).
     pub fn needs_login(&self) -> bool {
