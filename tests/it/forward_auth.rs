@@ -2,7 +2,7 @@
 //! `deploy/nginx/wxgate-auth-request.conf`, asks wxgate `/_wxgate/auth` for every protected
 //! request; the login itself goes through nginx to the gateway and the mock WeChat.
 
-mod support;
+use crate::support;
 
 use support::nginx::{self, Nginx};
 use support::wechat::{
@@ -11,7 +11,7 @@ use support::wechat::{
 
 /// The deploy example with this test's addresses in place of the documented ones.
 fn example_config(w: &World, listen: std::net::SocketAddr) -> String {
-    let example = include_str!("../deploy/nginx/wxgate-auth-request.conf");
+    let example = include_str!("../../deploy/nginx/wxgate-auth-request.conf");
     for documented in [
         "127.0.0.1:8080",
         "127.0.0.1:9000",
@@ -47,7 +47,7 @@ async fn nginx_in_front_with(
     .await;
     let include = (
         "wxgate-identity.conf",
-        include_str!("../deploy/nginx/wxgate-identity.conf"),
+        include_str!("../../deploy/nginx/wxgate-identity.conf"),
     );
     let ng = Nginx::start(&binary, listen, &example_config(&w, listen), &[include]).await;
     Some((w, ng))

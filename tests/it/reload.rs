@@ -3,7 +3,7 @@
 //! with the key named and the old one keeps serving — in process and through the real
 //! binary's SIGHUP and file watch.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

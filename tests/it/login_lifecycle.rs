@@ -2,7 +2,7 @@
 //! refresh_token, dead grants, snapshot visitors, WeChat failing or hanging, WeChat's double
 //! callback load, parallel tabs, stolen codes, and secrets that must never leave the server.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! mock WeChat per account. Each app logs its visitors in on its own, with its own appid in
 //! the identity, its own callback and cookie, over the one session store.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 

@@ -1,7 +1,7 @@
 //! The Prometheus metrics an operator watches move through a real login: logins started,
 //! completed and failed, WeChat calls by endpoint and errcode, session store calls.
 
-mod support;
+use crate::support;
 
 use support::wechat::{WECHAT_UA, World, browser, follow, world_with};
 

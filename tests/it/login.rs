@@ -1,7 +1,7 @@
 //! The WeChat login end to end through real sockets: gateway, mock WeChat, and an upstream
 //! that records what reached it.
 
-mod support;
+use crate::support;
 
 use support::wechat::{
     DESKTOP_UA, WECHAT_UA, authorize_target, browser, browser_with_jar, follow, mock_stats,

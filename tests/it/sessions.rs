@@ -2,7 +2,7 @@
 //! restart, several gateways sharing a real `redis-server`, a Redis outage and its end,
 //! expiry, encryption at rest, and `wxgate sessions` run as the built binary.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::net::SocketAddr;
