@@ -4,7 +4,7 @@
 //! that a filter picks it: `cargo test --test it -- security::` runs the attack tables.
 //!
 //! The shared world (gateway, mock WeChat, recording upstreams, real nginx, Redis and
-//! HAProxy) lives in `support`; the data the tests read in `tests/data/`.
+//! HAProxy) and the login dance live in `support`; the data the tests read in `tests/data/`.
 
 mod support;
 
