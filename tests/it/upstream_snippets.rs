@@ -4,7 +4,7 @@
 //! signature was tampered with, one minted for another audience, an expired one and an
 //! unsigned (`alg: none`) one. A missing toolchain skips its test, except under `CI=true`.
 
-mod support;
+use crate::support;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,9 @@
 //! The Prometheus metrics an operator watches move through a real login: logins started,
 //! completed and failed, WeChat calls by endpoint and errcode, session store calls.
 
-mod support;
+use crate::support;
 
-use support::wechat::{WECHAT_UA, World, browser, follow, world_with};
+use support::wechat::{Login, WECHAT_UA, World, browser, log_in, world_with};
 
 async fn scrape(w: &World) -> String {
     let admin = w.gw.admin_addr;
@@ -47,8 +47,11 @@ async fn a_login_moves_the_login_wechat_and_store_metrics() {
         assert!(before.contains(family), "{family} missing:\n{before}");
     }
 
-    let b = browser(WECHAT_UA);
-    let (_, last) = follow(&b, &format!("{}/vip/page", w.origin)).await;
+    let Login {
+        browser: b,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/vip/page").await;
     assert_eq!(last.status(), 200);
     let forged = b
         .get(format!("{}/_wxgate/callback?code=x&state=forged", w.origin))

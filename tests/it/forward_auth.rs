@@ -2,16 +2,17 @@
 //! `deploy/nginx/wxgate-auth-request.conf`, asks wxgate `/_wxgate/auth` for every protected
 //! request; the login itself goes through nginx to the gateway and the mock WeChat.
 
-mod support;
+use crate::support;
 
 use support::nginx::{self, Nginx};
 use support::wechat::{
-    DESKTOP_UA, WECHAT_UA, World, browser, follow, free_port, verify_identity, world_with,
+    DESKTOP_UA, Login, WECHAT_UA, World, browser, follow, free_port, log_in, verify_identity,
+    world_with,
 };
 
 /// The deploy example with this test's addresses in place of the documented ones.
 fn example_config(w: &World, listen: std::net::SocketAddr) -> String {
-    let example = include_str!("../deploy/nginx/wxgate-auth-request.conf");
+    let example = include_str!("../../deploy/nginx/wxgate-auth-request.conf");
     for documented in [
         "127.0.0.1:8080",
         "127.0.0.1:9000",
@@ -47,7 +48,7 @@ async fn nginx_in_front_with(
     .await;
     let include = (
         "wxgate-identity.conf",
-        include_str!("../deploy/nginx/wxgate-identity.conf"),
+        include_str!("../../deploy/nginx/wxgate-identity.conf"),
     );
     let ng = Nginx::start(&binary, listen, &example_config(&w, listen), &[include]).await;
     Some((w, ng))
@@ -63,12 +64,16 @@ async fn a_login_through_nginx_reaches_the_app_with_a_verified_identity() {
     let Some((w, ng)) = nginx_in_front().await else {
         return;
     };
-    let b = browser(WECHAT_UA);
-    let page = format!(
-        "{}/activity/spring.html?from=singlemessage&isappinstalled=0",
-        ng.origin()
-    );
-    let (hops, last) = follow(&b, &page).await;
+    let Login {
+        browser: b,
+        hops,
+        landing: last,
+        ..
+    } = log_in(
+        &ng.origin(),
+        "/activity/spring.html?from=singlemessage&isappinstalled=0",
+    )
+    .await;
     assert_eq!(last.status(), 200, "{hops:?}");
     assert!(
         hops.iter().any(|h| h.contains("scope=snsapi_userinfo")),
@@ -317,8 +322,11 @@ async fn through_nginx_a_visitor_off_the_list_never_reaches_the_app() {
     else {
         return;
     };
-    let b = browser(WECHAT_UA);
-    let (hops, last) = follow(&b, &format!("{}/activity/spring.html", ng.origin())).await;
+    let Login {
+        hops,
+        landing: last,
+        ..
+    } = log_in(&ng.origin(), "/activity/spring.html").await;
     assert!(
         hops.iter().any(|h| h.contains("/connect/oauth2/authorize")),
         "the visitor logged in: {hops:?}"

@@ -2,12 +2,13 @@
 //! refresh_token, dead grants, snapshot visitors, WeChat failing or hanging, WeChat's double
 //! callback load, parallel tabs, stolen codes, and secrets that must never leave the server.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
 use support::wechat::{
-    WECHAT_UA, World, browser, follow, last_identity, mock_stats, world, world_with,
+    Login, WECHAT_UA, World, browser, follow, last_identity, log_in, mock_stats, until_callback,
+    world, world_with,
 };
 use wxgate::config::Scope;
 use wxgate::identity::Algorithm;
@@ -56,8 +57,11 @@ async fn let_the_profile_go_stale() {
 #[tokio::test]
 async fn a_stale_profile_is_refreshed_once_through_the_refresh_token() {
     let w = quickly_stale_world().await;
-    let b = browser(WECHAT_UA);
-    let (_, last) = follow(&b, &format!("{}/vip/index.html", w.origin)).await;
+    let Login {
+        browser: b,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/vip/index.html").await;
     assert_eq!(last.status(), 200);
     let login_iat = last_identity(&w).iat;
     let after_login = mock_stats(w.mock).await;
@@ -105,8 +109,7 @@ async fn a_stale_profile_is_refreshed_once_through_the_refresh_token() {
 #[tokio::test]
 async fn a_refresh_never_holds_up_the_request_that_noticed() {
     let w = quickly_stale_world().await;
-    let b = browser(WECHAT_UA);
-    follow(&b, &format!("{}/vip/index.html", w.origin)).await;
+    let Login { browser: b, .. } = log_in(&w.origin, "/vip/index.html").await;
     let_the_profile_go_stale().await;
     // WeChat hangs (the gateway would wait up to 30 s per call): the page still comes.
     mock_post(&w, "/_mock/faults", serde_json::json!({"hang_next": 10})).await;
@@ -124,8 +127,7 @@ async fn a_refresh_never_holds_up_the_request_that_noticed() {
 #[tokio::test]
 async fn a_dead_refresh_token_sends_the_next_navigation_through_authorize() {
     let w = quickly_stale_world().await;
-    let b = browser(WECHAT_UA);
-    follow(&b, &format!("{}/vip/index.html", w.origin)).await;
+    let Login { browser: b, .. } = log_in(&w.origin, "/vip/index.html").await;
     // 31 days on WeChat's clock: the refresh_token is dead (42002).
     mock_post(
         &w,
@@ -187,8 +189,12 @@ async fn snapshot_visitors_get_a_marked_session_and_strict_routes_refuse_them() 
             config.routes.push(strict);
         })
         .await;
-        let b = browser(WECHAT_UA);
-        let (hops, last) = follow(&b, &format!("{}/vip/x", w.origin)).await;
+        let Login {
+            browser: b,
+            hops,
+            landing: last,
+            ..
+        } = log_in(&w.origin, "/vip/x").await;
         assert_eq!(last.status(), 200, "{hops:?}");
         let claims = last_identity(&w);
         assert_eq!(claims.snapshot, Some(true));
@@ -208,8 +214,11 @@ async fn one_busy_answer_from_wechat_is_retried_into_a_successful_login() {
         mock.faults.fail_errcode = -1;
     })
     .await;
-    let b = browser(WECHAT_UA);
-    let (hops, last) = follow(&b, &format!("{}/base/x?y=1", w.origin)).await;
+    let Login {
+        hops,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/base/x?y=1").await;
     assert_eq!(last.status(), 200, "{hops:?}");
     assert_eq!(w.up.last().uri, "/base/x?y=1");
     assert_eq!(
@@ -226,11 +235,18 @@ async fn a_hanging_wechat_gets_a_504_page_within_the_timeout_and_the_retry_link_
         mock.faults.hang_next = 5;
     })
     .await;
-    let b = browser(WECHAT_UA);
     let start = format!("{}/base/deal?id=7", w.origin);
-    let (hops, last) = tokio::time::timeout(Duration::from_secs(15), follow(&b, &start))
-        .await
-        .expect("the gateway answers, it does not hang with WeChat");
+    let Login {
+        browser: b,
+        hops,
+        landing: last,
+        ..
+    } = tokio::time::timeout(
+        Duration::from_secs(15),
+        log_in(&w.origin, "/base/deal?id=7"),
+    )
+    .await
+    .expect("the gateway answers, it does not hang with WeChat");
     assert_eq!(last.status(), 504, "{hops:?}");
     let page = last.text().await.unwrap();
     assert!(
@@ -245,15 +261,6 @@ async fn a_hanging_wechat_gets_a_504_page_within_the_timeout_and_the_retry_link_
     w.gw.shutdown().await;
 }
 
-/// Walks one login to the callback URL WeChat sends the browser to, without loading it.
-async fn callback_url(w: &World, b: &reqwest::Client, path: &str) -> String {
-    let first = b.get(format!("{}{path}", w.origin)).send().await.unwrap();
-    let authorize = support::wechat::authorize_target(first).await;
-    let consent = b.get(&authorize).send().await.unwrap();
-    assert_eq!(consent.status(), 302, "the mock consents by itself");
-    consent.headers()["location"].to_str().unwrap().to_owned()
-}
-
 fn location(resp: &reqwest::Response) -> &str {
     resp.headers()["location"].to_str().unwrap()
 }
@@ -262,7 +269,9 @@ fn location(resp: &reqwest::Response) -> &str {
 async fn the_callback_loaded_twice_lands_on_the_page_both_times() {
     let w = world().await;
     let b = browser(WECHAT_UA);
-    let callback = callback_url(&w, &b, "/base/p?from=timeline").await;
+    let callback = until_callback(&b, &w.origin, "/base/p?from=timeline")
+        .await
+        .callback;
     let first = b.get(&callback).send().await.unwrap();
     assert_eq!(first.status(), 302);
     assert_eq!(location(&first), "/base/p?from=timeline");
@@ -294,7 +303,9 @@ async fn concurrent_loads_of_one_callback_land_with_one_exchange_and_one_session
     // WeChat takes a while to answer: the second load arrives while the first exchanges.
     mock_post(&w, "/_mock/faults", serde_json::json!({"latency_ms": 300})).await;
     let b = browser(WECHAT_UA);
-    let callback = callback_url(&w, &b, "/base/p?from=timeline").await;
+    let callback = until_callback(&b, &w.origin, "/base/p?from=timeline")
+        .await
+        .callback;
     let (first, second) = tokio::join!(b.get(&callback).send(), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         b.get(&callback).send().await
@@ -333,7 +344,7 @@ async fn a_second_load_of_a_failed_callback_shows_the_same_failure_without_a_sec
     )
     .await;
     let b = browser(WECHAT_UA);
-    let callback = callback_url(&w, &b, "/base/x").await;
+    let callback = until_callback(&b, &w.origin, "/base/x").await.callback;
     let (first, second) = tokio::join!(b.get(&callback).send(), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         b.get(&callback).send().await
@@ -357,7 +368,7 @@ async fn parallel_tabs_each_log_in_and_land_on_their_own_page() {
     // Every tab reaches WeChat before any comes back.
     let mut callbacks = Vec::new();
     for tab in tabs {
-        callbacks.push(callback_url(&w, &b, tab).await);
+        callbacks.push(until_callback(&b, &w.origin, tab).await.callback);
     }
     for (tab, callback) in tabs.iter().zip(&callbacks) {
         let back = b.get(callback).send().await.unwrap();
@@ -374,7 +385,7 @@ async fn a_code_carried_to_another_browser_is_never_exchanged() {
     let w = world().await;
     let victim = browser(WECHAT_UA);
     let attacker = browser(WECHAT_UA);
-    let callback = callback_url(&w, &victim, "/base/x").await;
+    let callback = until_callback(&victim, &w.origin, "/base/x").await.callback;
     let stolen = attacker.get(&callback).send().await.unwrap();
     assert_eq!(stolen.status(), 400);
     assert!(
@@ -515,8 +526,11 @@ async fn an_es256_identity_verifies_with_the_published_jwks() {
         config.identity.secret = Default::default();
     })
     .await;
-    let b = browser(WECHAT_UA);
-    let (_, last) = follow(&b, &format!("{}/vip/me", w.origin)).await;
+    let Login {
+        browser: b,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/vip/me").await;
     assert_eq!(last.status(), 200);
     let token = w.up.last().headers["x-wechat-identity"]
         .to_str()
@@ -590,8 +604,11 @@ async fn refusing_consent_shows_a_page_with_a_way_back_and_no_loop() {
         mock.faults.deny_redirect = true;
     })
     .await;
-    let b = browser(WECHAT_UA);
-    let (hops, last) = follow(&b, &format!("{}/vip/gift?id=3", w.origin)).await;
+    let Login {
+        hops,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/vip/gift?id=3").await;
     assert_eq!(last.status(), 403, "{hops:?}");
     let page = last.text().await.unwrap();
     assert!(page.contains("拒绝授权"), "{page:.300}");

@@ -2,11 +2,13 @@
 //! mock WeChat per account. Each app logs its visitors in on its own, with its own appid in
 //! the identity, its own callback and cookie, over the one session store.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 
-use support::wechat::{WECHAT_UA, World, browser, follow, last_identity, world_with};
+use support::wechat::{
+    Login, WECHAT_UA, World, browser, follow, last_identity, log_in, world_with,
+};
 use wxgate::config::{AppConfig, Scope};
 use wxgate::mock::{MockConfig, MockWeChat};
 
@@ -53,9 +55,12 @@ async fn two_apps() -> (World, SocketAddr) {
 #[tokio::test]
 async fn each_app_logs_its_visitors_in_with_its_own_account() {
     let (w, mock_b) = two_apps().await;
-    let b = browser(WECHAT_UA);
 
-    let (_, last) = follow(&b, &format!("{}/vip/a", w.origin)).await;
+    let Login {
+        browser: b,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/vip/a").await;
     assert_eq!(last.status(), 200);
     let a = last_identity(&w);
     assert_eq!(a.appid, wxgate::mock::MockConfig::default().appid);
@@ -105,20 +110,10 @@ async fn each_app_logs_its_visitors_in_with_its_own_account() {
 #[tokio::test]
 async fn one_apps_session_cookie_is_no_session_for_another() {
     let (w, _) = two_apps().await;
-    let (b, jar) = support::wechat::browser_with_jar(WECHAT_UA);
-    follow(&b, &format!("{}/vip/a", w.origin)).await;
-    let session = {
-        use reqwest::cookie::CookieStore;
-        let held = jar
-            .cookies(&reqwest::Url::parse(&w.origin).unwrap())
-            .unwrap();
-        held.to_str()
-            .unwrap()
-            .split("; ")
-            .find_map(|c| c.strip_prefix("wxgate_session="))
-            .unwrap()
-            .to_owned()
-    };
+    let session = log_in(&w.origin, "/vip/a")
+        .await
+        .cookie("wxgate_session")
+        .unwrap();
     let thief = browser(WECHAT_UA);
     let resp = thief
         .get(format!("{}/b/page", w.origin))

@@ -1,7 +1,7 @@
 //! What operators rely on: `wxgate check`, environment overrides, the admin endpoints, and a
 //! graceful drain on SIGTERM of the real binary.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -740,7 +740,7 @@ async fn authorize_errors_are_200_weui_pages_with_wechats_errcode() {
     assert_eq!(mock.calls("codes_issued").await, 0);
 }
 
-/// Collects every log line of this test binary.
+/// Collects every log line of this module's tests.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -754,22 +754,41 @@ impl Write for Captured {
     }
 }
 
-/// The log of the whole binary, from a process-wide subscriber installed on first use.
+/// The log of this module's tests, from a process-wide subscriber installed on first use.
 ///
 /// Not a per-thread `set_default`: a call site that another test's thread registers while
 /// such a subscriber is being installed can cache an interest computed without it, and its
 /// events then never reach the test (seen once in a few dozen CI runs, even with the
 /// interest cache rebuilt). A global subscriber is part of every interest computed after it
 /// is set, and the rebuild below repairs any computed while it was being set.
+///
+/// The test binary holds every integration test: the subscriber keeps what happens on the
+/// threads of this module's tests (libtest names each thread after its test,
+/// `wechat_client::…`; their current-thread runtimes run the mock and the client there
+/// too), which is what it kept when this module was a binary of its own. The filter is
+/// asked per event (a dynamic filter caches no interest), so other tests' events are
+/// dropped before they are formatted.
 fn binary_log() -> &'static Captured {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter};
+
     static LOG: OnceLock<Captured> = OnceLock::new();
     LOG.get_or_init(|| {
         let captured = Captured::default();
         let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
+        let ours = filter::filter_fn(|_| {
+            std::thread::current()
+                .name()
+                .is_some_and(|name| name.starts_with("wechat_client::"))
+        });
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .with_filter(ours),
+            )
             .init();
         tracing::callsite::rebuild_interest_cache();
         captured
@@ -807,7 +826,7 @@ async fn log_lines_name_endpoint_and_errcode_but_no_secret_code_or_token() {
             .any(|line| line.contains("/sns/oauth2/access_token") && line.contains("40163")),
         "{logs}"
     );
-    // Every line of the binary, not only ours: no test may log a secret.
+    // Every line of this module's tests, not only ours: no test may log a secret.
     for secret in [SECRET, code.as_str(), &token, grant.refresh_token.expose()] {
         assert!(
             !logs.contains(secret),

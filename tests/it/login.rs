@@ -1,11 +1,11 @@
 //! The WeChat login end to end through real sockets: gateway, mock WeChat, and an upstream
 //! that records what reached it.
 
-mod support;
+use crate::support;
 
 use support::wechat::{
-    DESKTOP_UA, WECHAT_UA, authorize_target, browser, browser_with_jar, follow, mock_stats,
-    set_mock_faults, verify_identity, world, world_with,
+    DESKTOP_UA, Login, WECHAT_UA, authorize_target, browser, browser_with_jar, follow, log_in,
+    log_in_with, mock_stats, set_mock_faults, until_callback, verify_identity, world, world_with,
 };
 
 #[tokio::test]
@@ -82,7 +82,12 @@ async fn a_nickname_with_a_lone_surrogate_logs_in_with_it_repaired() {
     let (b, jar) = browser_with_jar(WECHAT_UA);
     let mock_url = url::Url::parse(&format!("http://{}/", w.mock)).unwrap();
     jar.add_cookie_str("mock_user=xiaohong", &mock_url);
-    let (hops, last) = follow(&b, &format!("{}/vip/index.html", w.origin)).await;
+    let Login {
+        browser: b,
+        hops,
+        landing: last,
+        ..
+    } = log_in_with((b, jar), &w.origin, "/vip/index.html").await;
     assert_eq!(last.status(), 200, "{hops:?}");
     let me: serde_json::Value = b
         .get(format!("{}/_wxgate/me", w.origin))
@@ -103,8 +108,11 @@ async fn a_nickname_with_a_lone_surrogate_logs_in_with_it_repaired() {
 #[tokio::test]
 async fn userinfo_login_carries_the_profile_and_me_shows_it_without_tokens() {
     let w = world().await;
-    let b = browser(WECHAT_UA);
-    let (_, last) = follow(&b, &format!("{}/vip/index.html", w.origin)).await;
+    let Login {
+        browser: b,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/vip/index.html").await;
     assert_eq!(last.status(), 200);
     let seen = w.up.last();
     let nickname = seen.headers["x-wechat-nickname"].to_str().unwrap();
@@ -127,8 +135,7 @@ async fn userinfo_login_carries_the_profile_and_me_shows_it_without_tokens() {
 #[tokio::test]
 async fn base_session_is_upgraded_on_a_userinfo_route() {
     let w = world().await;
-    let b = browser(WECHAT_UA);
-    follow(&b, &format!("{}/base/x", w.origin)).await;
+    let Login { browser: b, .. } = log_in(&w.origin, "/base/x").await;
     let resp = b.get(format!("{}/vip/x", w.origin)).send().await.unwrap();
     assert!(
         authorize_target(resp)
@@ -238,8 +245,9 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 #[tokio::test]
 async fn logout_revokes_a_copied_cookie() {
     let w = world().await;
-    let (b, jar) = browser_with_jar(WECHAT_UA);
-    follow(&b, &format!("{}/base/x", w.origin)).await;
+    let Login {
+        browser: b, jar, ..
+    } = log_in(&w.origin, "/base/x").await;
     let me = b
         .get(format!("{}/_wxgate/me", w.origin))
         .send()
@@ -511,9 +519,12 @@ async fn hash_routes_survive_the_login_for_both_scopes_and_an_upgrade() {
 #[tokio::test]
 async fn without_javascript_the_login_still_lands_on_the_page() {
     let w = world().await;
-    let b = browser(WECHAT_UA);
     // `follow` reads the hop page as a browser without scripts: its <noscript> refresh.
-    let (hops, last) = follow(&b, &format!("{}/vip/nojs?a=1", w.origin)).await;
+    let Login {
+        hops,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/vip/nojs?a=1").await;
     assert_eq!(last.status(), 200, "{hops:?}");
     assert!(hops[0].contains("/connect/oauth2/authorize?"), "{hops:?}");
     assert_eq!(hops.last().unwrap(), "/vip/nojs?a=1");
@@ -588,8 +599,11 @@ async fn scripts_and_start_never_ask_for_more_than_the_route_needs() {
 #[tokio::test]
 async fn snapshot_visitors_are_marked_and_their_virtual_unionid_is_not_a_unionid() {
     let w = support::wechat::world_with(|mock, _| mock.faults.snapshot = true).await;
-    let b = browser(WECHAT_UA);
-    let (_, last) = follow(&b, &format!("{}/vip/page", w.origin)).await;
+    let Login {
+        browser: b,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/vip/page").await;
     assert_eq!(last.status(), 200);
     let seen = w.up.last();
     assert_eq!(seen.headers["x-wechat-snapshot"], "1");
@@ -614,14 +628,7 @@ async fn snapshot_visitors_are_marked_and_their_virtual_unionid_is_not_a_unionid
 async fn a_prefetch_without_cookies_burns_no_code() {
     let w = world().await;
     let b = browser(WECHAT_UA);
-    let hop = b
-        .get(format!("{}/base/p?x=1", w.origin))
-        .send()
-        .await
-        .unwrap();
-    let authorize = authorize_target(hop).await;
-    let wechat = b.get(&authorize).send().await.unwrap();
-    let callback = wechat.headers()["location"].to_str().unwrap().to_owned();
+    let callback = until_callback(&b, &w.origin, "/base/p?x=1").await.callback;
     let prefetch = browser(WECHAT_UA).get(&callback).send().await.unwrap();
     assert_eq!(prefetch.status(), 400);
     assert_eq!(mock_stats(w.mock).await["/sns/oauth2/access_token"], 0);
@@ -667,8 +674,11 @@ async fn with_wechat_prefetching_every_callback_each_login_lands_with_one_exchan
     // login would spend the code and fail the visitor's own load with 40163.
     let w = world_with(|mock, _| mock.faults.prefetch = true).await;
     for (n, path) in ["/base/a?x=1", "/vip/b"].into_iter().enumerate() {
-        let b = browser(WECHAT_UA);
-        let (hops, last) = follow(&b, &format!("{}{path}", w.origin)).await;
+        let Login {
+            hops,
+            landing: last,
+            ..
+        } = log_in(&w.origin, path).await;
         assert_eq!(last.status(), 200, "{path}: {hops:?}");
         assert_eq!(hops.last().unwrap(), path);
         let stats = mock_stats(w.mock).await;
@@ -778,7 +788,11 @@ async fn escaped_and_cut_emoji_nicknames_log_in() {
         let (b, jar) = browser_with_jar(WECHAT_UA);
         let mock_url = url::Url::parse(&format!("http://{}/", w.mock)).unwrap();
         jar.add_cookie_str("mock_user=hanmeimei", &mock_url);
-        let (hops, last) = follow(&b, &format!("{}/vip/index.html", w.origin)).await;
+        let Login {
+            hops,
+            landing: last,
+            ..
+        } = log_in_with((b, jar), &w.origin, "/vip/index.html").await;
         assert_eq!(last.status(), 200, "{escapes}: {hops:?}");
         assert_eq!(
             support::wechat::last_identity(&w).nickname.as_deref(),
@@ -831,8 +845,12 @@ async fn a_visitor_off_the_list_sees_their_openid_and_gets_in_once_listed() {
     })
     .await;
     let mut config = config.unwrap();
-    let b = browser(WECHAT_UA);
-    let (hops, refused) = follow(&b, &format!("{}/base/report.html", w.origin)).await;
+    let Login {
+        browser: b,
+        hops,
+        landing: refused,
+        ..
+    } = log_in(&w.origin, "/base/report.html").await;
     assert_eq!(refused.status(), 403, "{hops:?}");
     let page = refused.text().await.unwrap();
     let openid = openid_on_refusal_page(&page);

@@ -2,6 +2,9 @@
 //! consent), a recording upstream, and the gateway in front with routes of every scope.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use reqwest::cookie::{CookieStore, Jar};
 
 use super::upstream::Upstream;
 use wxgate::config::{Config, NonWeChat, Scope};
@@ -121,8 +124,8 @@ pub fn browser(ua: &str) -> reqwest::Client {
 }
 
 /// The same, with its cookie jar in hand (to read what the browser holds).
-pub fn browser_with_jar(ua: &str) -> (reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>) {
-    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+pub fn browser_with_jar(ua: &str) -> (reqwest::Client, Arc<Jar>) {
+    let jar = Arc::new(Jar::default());
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .cookie_provider(jar.clone())
@@ -144,6 +147,20 @@ pub fn browser_with_jar(ua: &str) -> (reqwest::Client, std::sync::Arc<reqwest::c
         other => builder.user_agent(other),
     };
     (builder.build().unwrap(), jar)
+}
+
+/// A browser that is exactly `ua`, `WECHAT_UA` included (always iOS, no extra headers), with
+/// its cookie jar and no automatic redirects: for tests that pin the browser.
+pub fn plain_browser_with_jar(ua: &str) -> (reqwest::Client, Arc<Jar>) {
+    let jar = Arc::new(Jar::default());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_provider(jar.clone())
+        .user_agent(ua)
+        .no_proxy()
+        .build()
+        .unwrap();
+    (client, jar)
 }
 
 /// WeChat's two webviews.
@@ -174,8 +191,12 @@ pub fn next_webview() -> Webview {
         state.1 += 1;
         state.1 - 1
     });
-    // FNV-1a of the test's name: stable across runs and platforms.
-    let seed = test.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    // FNV-1a of the test's name without its module (`login::foo` hashes as `foo`, as it did
+    // when each module was a test binary of its own): stable across runs and platforms.
+    let name = test
+        .split_once("::")
+        .map_or(test.as_str(), |(_, name)| name);
+    let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
     let webview = if (seed + handed) % 2 == 0 {
@@ -213,6 +234,93 @@ pub async fn follow(client: &reqwest::Client, start: &str) -> (Vec<String>, reqw
         url = next.to_string();
     }
     panic!("redirect loop: {seen:?}");
+}
+
+/// A login walked end to end, as WeChat's browser makes it: the protected page, the
+/// gateway's hash hop page, the mock WeChat's authorize (automatic consent in the test
+/// worlds), the gateway's callback, and the page again, now with a session.
+pub struct Login {
+    /// The browser that logged in: it holds the session.
+    pub browser: reqwest::Client,
+    /// Its cookies.
+    pub jar: Arc<Jar>,
+    /// Every Location on the way, as [`follow`] lists them: the authorize URL, the callback,
+    /// the page (empty when the page was served at once).
+    pub hops: Vec<String>,
+    /// Where the walk ended: the page, or the answer that ended the login (a 403, a 504…).
+    pub landing: reqwest::Response,
+}
+
+impl Login {
+    /// The value of the browser's cookie `name` for the site it landed on.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        let held = self.jar.cookies(self.landing.url())?;
+        held.to_str()
+            .unwrap()
+            .split("; ")
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    }
+}
+
+/// The login dance: a new WeChat browser (Android's or iOS's webview, see [`browser`]) opens
+/// `origin` + `path` and follows every step until it lands.
+pub async fn log_in(origin: &str, path: &str) -> Login {
+    log_in_with(browser_with_jar(WECHAT_UA), origin, path).await
+}
+
+/// The same dance in a browser the test made: another User-Agent, a mock user chosen by
+/// cookie first, a pinned webview ([`plain_browser_with_jar`]), or one already logged in.
+pub async fn log_in_with(
+    (browser, jar): (reqwest::Client, Arc<Jar>),
+    origin: &str,
+    path: &str,
+) -> Login {
+    let (hops, landing) = follow(&browser, &format!("{origin}{path}")).await;
+    Login {
+        browser,
+        jar,
+        hops,
+        landing,
+    }
+}
+
+/// A login walked until WeChat sends the browser back with a code: the callback is not
+/// loaded yet, for the tests that load it themselves (twice, at once, from another browser,
+/// after a reload).
+pub struct Pending {
+    /// Where the gateway sent the browser on to WeChat.
+    pub authorize: String,
+    /// The gateway's callback with WeChat's code and the login's state.
+    pub callback: String,
+    /// The state cookie the gateway set when the login started (`name=value`).
+    pub state_cookie: String,
+}
+
+/// Walks `browser` from `origin` + `path` to WeChat's answer; see [`Pending`].
+pub async fn until_callback(browser: &reqwest::Client, origin: &str, path: &str) -> Pending {
+    let start = browser.get(format!("{origin}{path}")).send().await.unwrap();
+    let state_cookie = start
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.split('=').next().unwrap().ends_with("wxgate_state"))
+        .expect("the login sets its state cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The hash hop page (or a 302) names the authorize URL.
+    let authorize = authorize_target(start).await;
+    let consent = browser.get(&authorize).send().await.unwrap();
+    assert_eq!(consent.status(), 302, "the mock consents by itself");
+    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+    Pending {
+        authorize,
+        callback,
+        state_cookie,
+    }
 }
 
 /// The no-JavaScript target of the gateway's hash hop page (the authorize URL), if `resp`

@@ -6,7 +6,7 @@
 //! upstream here is a raw TCP server that counts its connections and answers each request
 //! from its path.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

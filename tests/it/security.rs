@@ -3,7 +3,7 @@
 //! asserts the status the attacker gets and what (if anything) reached an upstream.
 //! Test names carry the plan's T-numbers where one applies.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! What clients see when something goes wrong: dead or slow upstreams, oversized or
 //! malformed requests. Each failure is a clear status, and the gateway keeps serving.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! identity of exactly the visitor who sent it. Speed is the bench's business (`bench/`);
 //! this only counts and compares.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! `HTTP1_REPORT=FILE` writes the harness's table (on, off and, where nginx is
 //! installed, nginx in front of the same upstream) to FILE; docs/http1.md has it.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! restart, several gateways sharing a real `redis-server`, a Redis outage and its end,
 //! expiry, encryption at rest, and `wxgate sessions` run as the built binary.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use support::redis_server::{self, RedisCluster, RedisServer, free_port};
 use support::upstream::Upstream;
+use support::wechat::{Pending, log_in_with, plain_browser_with_jar, until_callback};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wxgate::Secret;
@@ -177,44 +178,14 @@ fn origin(config: &Config) -> String {
 
 /// Logs in through the mock as a WeChat browser; returns the session cookie's value.
 async fn login(origin: &str, path: &str) -> String {
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .user_agent(WECHAT_UA)
-        .no_proxy()
-        .build()
-        .unwrap();
-    let mut url = format!("{origin}{path}");
-    let mut session = None;
-    for _ in 0..10 {
-        let response = browser.get(&url).send().await.unwrap();
-        for set in response.headers().get_all("set-cookie") {
-            let set = set.to_str().unwrap();
-            if let Some(value) = set.strip_prefix(&format!("{COOKIE}=")) {
-                let value = value.split(';').next().unwrap();
-                if !value.is_empty() {
-                    session = Some(value.to_owned());
-                }
-            }
-        }
-        // The hash hop page goes on as a browser without JavaScript does.
-        let (response, hop) = support::wechat::through_hop(response).await;
-        let location = match (response, hop) {
-            (_, Some(target)) => target,
-            (Some(response), None) if !response.status().is_redirection() => {
-                assert_eq!(response.status(), 200, "login through {path} failed");
-                return session.expect("a session cookie was set");
-            }
-            (Some(response), None) => response.headers()["location"].to_str().unwrap().to_owned(),
-            (None, None) => unreachable!(),
-        };
-        url = reqwest::Url::parse(&url)
-            .unwrap()
-            .join(&location)
-            .unwrap()
-            .to_string();
-    }
-    panic!("redirect loop logging in through {path}");
+    let login = log_in_with(plain_browser_with_jar(WECHAT_UA), origin, path).await;
+    assert_eq!(
+        login.landing.status(),
+        200,
+        "login through {path} failed: {:?}",
+        login.hops
+    );
+    login.cookie(COOKIE).expect("a session cookie was set")
 }
 
 /// A WeChat browser request carrying only the session cookie.
@@ -487,30 +458,6 @@ fn bare_browser() -> reqwest::Client {
         .unwrap()
 }
 
-/// Starts a login at `origin` and walks it through the mock's consent: the authorize URL,
-/// the callback URL WeChat sends the browser to (not loaded yet), and the state cookie.
-async fn pending_login(origin: &str, path: &str) -> (String, String, String) {
-    let browser = bare_browser();
-    let start = browser.get(format!("{origin}{path}")).send().await.unwrap();
-    let state_cookie = start
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .find(|v| v.starts_with("wxgate_state="))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    // The hash hop page (or a 302) names the authorize URL.
-    let authorize = support::wechat::authorize_target(start).await;
-    let consent = browser.get(&authorize).send().await.unwrap();
-    assert_eq!(consent.status(), 302, "the mock consents by itself");
-    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
-    (authorize, callback, state_cookie)
-}
-
 /// `callback` (a URL at the public origin) loaded at `origin` with `cookie`.
 async fn load_at(origin: &str, callback: &str, cookie: &str) -> reqwest::Response {
     let url = reqwest::Url::parse(callback).unwrap();
@@ -589,7 +536,11 @@ async fn a_split_double_load_lands_both_times_with_one_exchange(url: &str) {
     let ((gw_a, a), (gw_b, b)) = two_gateways(&wechat, up.addr, url).await;
     // WeChat is slow: the second load reaches B while A is still exchanging the code.
     wechat_faults(&wechat, serde_json::json!({"latency_ms": 300})).await;
-    let (_, callback, state) = pending_login(&a, "/base/page?x=1").await;
+    let Pending {
+        callback,
+        state_cookie: state,
+        ..
+    } = until_callback(&bare_browser(), &a, "/base/page?x=1").await;
     let (first, second) = tokio::join!(load_at(&a, &callback, &state), async {
         tokio::time::sleep(Duration::from_millis(60)).await;
         load_at(&b, &callback, &state).await
@@ -627,7 +578,11 @@ async fn a_state_used_on_one_gateway_is_refused_by_the_other() {
     let wechat = WeChat::start().await;
     let up = Upstream::start().await;
     let ((gw_a, a), (gw_b, b)) = two_gateways(&wechat, up.addr, &redis.url()).await;
-    let (authorize, callback, state) = pending_login(&a, "/base/page").await;
+    let Pending {
+        authorize,
+        callback,
+        state_cookie: state,
+    } = until_callback(&bare_browser(), &a, "/base/page").await;
     let landed = load_at(&a, &callback, &state).await;
     assert_eq!(landed.status(), 302);
     assert_eq!(wechat_stat(&wechat, "codes_exchanged").await, 1);
@@ -1587,7 +1542,11 @@ async fn three_gateways_behind_haproxy_behave_as_one() {
     // WeChat's double load, both loads through the balancer (so on two gateways), while
     // WeChat is slow to answer the first.
     wechat_faults(&wechat, serde_json::json!({"latency_ms": 300})).await;
-    let (_, callback, state) = pending_login(&front, "/base/double").await;
+    let Pending {
+        callback,
+        state_cookie: state,
+        ..
+    } = until_callback(&bare_browser(), &front, "/base/double").await;
     let (first, second) = tokio::join!(load_at(&front, &callback, &state), async {
         tokio::time::sleep(Duration::from_millis(60)).await;
         load_at(&front, &callback, &state).await

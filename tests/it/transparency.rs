@@ -1,7 +1,7 @@
 //! The gateway as a plain reverse proxy on public routes: what the client sends reaches the
 //! upstream intact, and what the upstream answers reaches the client intact.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

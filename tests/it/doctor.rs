@@ -3,7 +3,7 @@
 //! `--ca-file`), the mock WeChat as WeChat's API, and a file server for `MP_verify_*.txt`;
 //! each check is shown passing, then failing with its fix.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -4,9 +4,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 
-use reqwest::cookie::{CookieStore, Jar};
+use reqwest::cookie::CookieStore;
+
+use crate::support::wechat::{follow, plain_browser_with_jar, through_hop};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wxgate");
 const WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 \
@@ -76,59 +77,9 @@ fn start_demo_with(extra: &[&str]) -> DemoProcess {
     }
 }
 
+/// A browser of exactly this User-Agent (the demo is tried in iOS WeChat), with cookies.
 fn browser(ua: &str) -> reqwest::Client {
-    browser_with_jar(ua, Arc::new(Jar::default()))
-}
-
-fn browser_with_jar(ua: &str, jar: Arc<Jar>) -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_provider(jar)
-        .user_agent(ua)
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
-/// Follows redirects by hand (reqwest would send `#wechat_redirect` nowhere, like a browser),
-/// returning every Location and the final response.
-async fn follow(client: &reqwest::Client, start: &str) -> (Vec<String>, reqwest::Response) {
-    let mut url = reqwest::Url::parse(start).unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..10 {
-        let response = client.get(url.clone()).send().await.unwrap();
-        let (response, hop) = through_hop(response).await;
-        if let Some(target) = hop {
-            url = url.join(&target).unwrap();
-            seen.push(target);
-            continue;
-        }
-        let Some(response) = response else {
-            unreachable!()
-        };
-        if !response.status().is_redirection() {
-            return (seen, response);
-        }
-        let location = response.headers()["location"].to_str().unwrap().to_owned();
-        url = url.join(&location).unwrap();
-        seen.push(location);
-    }
-    panic!("redirect loop: {seen:?}");
-}
-
-/// The gateway's hash hop page is followed as a browser without JavaScript does: the
-/// `<noscript>` refresh's target (the authorize URL). Anything else comes back untouched.
-async fn through_hop(response: reqwest::Response) -> (Option<reqwest::Response>, Option<String>) {
-    let hop_page = response.status() == 200
-        && response
-            .headers()
-            .get("content-security-policy")
-            .is_some_and(|v| wxgate::pages::hop::is_hop_policy(v.to_str().unwrap()));
-    if !hop_page {
-        return (Some(response), None);
-    }
-    let html = response.text().await.unwrap();
-    (None, wxgate::pages::hop::refresh_target(&html))
+    plain_browser_with_jar(ua).0
 }
 
 /// The authorize URL behind a hop page.
@@ -194,8 +145,7 @@ async fn the_printed_url_sends_a_wechat_browser_to_the_mock_authorize_page() {
 #[tokio::test]
 async fn the_whole_login_completes_over_http_and_the_page_shows_the_nickname() {
     let demo = start_demo();
-    let jar = Arc::new(Jar::default());
-    let client = browser_with_jar(WECHAT_UA, jar.clone());
+    let (client, jar) = plain_browser_with_jar(WECHAT_UA);
     let page = format!("{}?from=singlemessage&isappinstalled=0", demo.url);
     let (landed, html) = log_in(&demo, &client, &page, "hanmeimei").await;
     assert_eq!(landed, page, "back on the exact URL first asked for");

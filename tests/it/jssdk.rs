@@ -4,7 +4,7 @@
 //! gateways over a real Redis; a stale token fetched again once; failures that name the
 //! back-office setting to fix while /readyz stays ready.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! happened — whole, split, pipelined, with a body, over TLS — and a parked connection is
 //! still closed by the idle timeout and by shutdown.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

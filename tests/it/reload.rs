@@ -3,7 +3,7 @@
 //! with the key named and the old one keeps serving — in process and through the real
 //! binary's SIGHUP and file watch.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::process::spawn_gateway;
 use support::upstream::Upstream;
-use support::wechat::{WECHAT_UA, browser, follow, world};
+use support::wechat::{Login, WECHAT_UA, log_in, until_callback, world};
 use wxgate::config::{Config, Scope};
 use wxgate::identity::{Algorithm, KeySet, KeySource};
 
@@ -136,8 +136,11 @@ async fn a_bad_configuration_is_refused_by_key_and_the_old_one_keeps_serving() {
 #[tokio::test]
 async fn sessions_survive_a_reload_and_new_identity_keys_sign_at_once() {
     let w = world().await;
-    let b = browser(WECHAT_UA);
-    let (_, last) = follow(&b, &format!("{}/base/in", w.origin)).await;
+    let Login {
+        browser: b,
+        landing: last,
+        ..
+    } = log_in(&w.origin, "/base/in").await;
     assert_eq!(last.status(), 200);
 
     // The running configuration, rebuilt the way the harness built it, with a new route and
@@ -225,21 +228,11 @@ async fn a_reload_mid_login_forgets_neither_the_login_nor_used_states_nor_limits
     .await;
     // A login reaches WeChat, comes back, and its first load is exchanging the code when
     // the configuration reloads; the second load comes after the reload.
-    let start = bare()
-        .get(format!("{}/base/deal", w.origin))
-        .send()
-        .await
-        .unwrap();
-    let state = start.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let authorize = support::wechat::authorize_target(start).await;
-    let consent = bare().get(&authorize).send().await.unwrap();
-    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+    let support::wechat::Pending {
+        authorize,
+        callback,
+        state_cookie: state,
+    } = until_callback(&bare(), &w.origin, "/base/deal").await;
     let first = {
         let (callback, state) = (callback.clone(), state.clone());
         tokio::spawn(async move { bare().get(callback).header("cookie", state).send().await })
