@@ -15,8 +15,9 @@ use http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::body::{Body, full};
+use crate::failure::Failure;
 use crate::gate::ConnInfo;
-use crate::pages::{self, Failure};
+use crate::pages;
 use crate::server::Handler;
 
 /// What the demo appends to a browser's User-Agent so the gateway takes it for WeChat.

@@ -35,4 +35,4 @@ pub use return_url::{RedirectError, ReturnUrl};
 pub use scope::AuthScope;
 pub use shared::{LoginSetupError, Shared};
 pub use state::{Pending, PendingLogins, StateError, StateKey, is_well_formed_state};
-pub use visitor::{Browser, BrowserPolicy, Visitor, VisitorKind};
+pub use visitor::{Browser, BrowserPolicy, Visitor};

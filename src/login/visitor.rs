@@ -60,16 +60,6 @@ pub struct Visitor<'a> {
     user_agent: Option<&'a HeaderValue>,
 }
 
-/// A one-word summary of [`Visitor`] for logs and metrics; `Xhr` wins over the browser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VisitorKind {
-    WeChat,
-    WeCom,
-    MiniProgram,
-    Xhr,
-    OtherBrowser,
-}
-
 impl BrowserPolicy {
     pub fn from_config(browsers: &crate::config::BrowsersConfig) -> Self {
         BrowserPolicy {
@@ -107,18 +97,6 @@ impl<'a> Visitor<'a> {
     pub fn browser(&self) -> Browser {
         self.user_agent
             .map_or(Browser::Other, |ua| browser_from_user_agent(ua.as_bytes()))
-    }
-
-    pub fn kind(&self) -> VisitorKind {
-        if self.wants_json {
-            return VisitorKind::Xhr;
-        }
-        match self.browser() {
-            Browser::WeChat | Browser::WeChatDesktop => VisitorKind::WeChat,
-            Browser::WeCom => VisitorKind::WeCom,
-            Browser::MiniProgram => VisitorKind::MiniProgram,
-            Browser::Other => VisitorKind::OtherBrowser,
-        }
     }
 }
 
@@ -281,13 +259,6 @@ mod tests {
         browser: Browser,
         is_wechat_browser: bool,
         wants_json: bool,
-        kind: VisitorKind,
-    }
-
-    impl Classified {
-        fn kind(&self) -> VisitorKind {
-            self.kind
-        }
     }
 
     fn classify(policy: &BrowserPolicy, method: &Method, headers: &HeaderMap) -> Classified {
@@ -301,7 +272,6 @@ mod tests {
             browser: visitor.browser(),
             is_wechat_browser: policy.is_wechat(&visitor),
             wants_json: visitor.wants_json,
-            kind: visitor.kind(),
         }
     }
 
@@ -310,7 +280,6 @@ mod tests {
         let client = classify(&BrowserPolicy::default(), &Method::GET, &HeaderMap::new());
         assert_eq!(client.browser, Browser::Other);
         assert!(!client.is_wechat_browser);
-        assert_eq!(client.kind(), VisitorKind::OtherBrowser);
     }
 
     #[test]
@@ -441,37 +410,6 @@ mod tests {
         ] {
             let client = classify(&BrowserPolicy::default(), &method, &wechat);
             assert_eq!(client.wants_json, want, "{method}");
-        }
-    }
-
-    #[test]
-    fn kind_puts_script_calls_first() {
-        let settings = BrowserPolicy::default();
-        let cases: &[(&str, Headers, VisitorKind)] = &[
-            (IOS_WECHAT, &[], VisitorKind::WeChat),
-            (WECHAT_MAC, &[], VisitorKind::WeChat),
-            (WECOM_IOS, &[], VisitorKind::WeCom),
-            (ANDROID_MINIPROGRAM_WEBVIEW, &[], VisitorKind::MiniProgram),
-            (DESKTOP_CHROME, &[], VisitorKind::OtherBrowser),
-            (
-                IOS_WECHAT,
-                &[("x-requested-with", "XMLHttpRequest")],
-                VisitorKind::Xhr,
-            ),
-            (
-                DESKTOP_CHROME,
-                &[("accept", "application/json")],
-                VisitorKind::Xhr,
-            ),
-        ];
-        for (ua, extra, want) in cases {
-            let mut map = headers(extra);
-            map.insert(USER_AGENT, HeaderValue::from_str(ua).unwrap());
-            assert_eq!(
-                classify(&settings, &Method::GET, &map).kind(),
-                *want,
-                "{ua} {extra:?}"
-            );
         }
     }
 

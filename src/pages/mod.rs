@@ -15,7 +15,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::{Body, full};
-pub use crate::failure::Failure;
+use crate::failure::Failure;
 use crate::login::flight;
 
 /// The words of a failure: a stable code for scripts, the title in Chinese and English, the

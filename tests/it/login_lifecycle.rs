@@ -617,3 +617,40 @@ async fn refusing_consent_shows_a_page_with_a_way_back_and_no_loop() {
     assert_eq!(w.up.count(), 0, "nothing reached the upstream");
     w.gw.shutdown().await;
 }
+
+/// Issue 18: a 快照页 visitor's script was refused with an HTML page it cannot read. The
+/// login's refusals follow the rule of every other answer: JSON for scripts.
+#[tokio::test]
+async fn a_snapshot_visitors_script_is_refused_in_json() {
+    let w = world_with(|mock, config| {
+        mock.faults.snapshot = true;
+        let up = config.routes[0].upstream.clone();
+        let addr = up.socket_addrs(|| None).unwrap()[0];
+        let mut strict = support::route("/full/", addr, Scope::SnsapiUserinfo);
+        strict.allow_snapshot = false;
+        config.routes.push(strict);
+    })
+    .await;
+    let Login {
+        browser: b,
+        hops,
+        landing,
+        ..
+    } = log_in(&w.origin, "/vip/x").await;
+    assert_eq!(landing.status(), 200, "{hops:?}");
+    let xhr = b
+        .get(format!("{}/full/api", w.origin))
+        .header("x-requested-with", "XMLHttpRequest")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xhr.status(), 403);
+    assert_eq!(xhr.headers()["content-type"], "application/json");
+    let body: serde_json::Value = xhr.json().await.unwrap();
+    assert_eq!(body["error"], "snapshot_refused", "{body}");
+    // The page load still gets the page that tells the visitor what to tap.
+    let page = b.get(format!("{}/full/x", w.origin)).send().await.unwrap();
+    assert_eq!(page.status(), 403);
+    assert!(page.text().await.unwrap().contains("使用完整服务"));
+    w.gw.shutdown().await;
+}

@@ -2042,3 +2042,103 @@ async fn t03_a_foreign_host_never_shapes_the_redirect_to_wechat() {
     }
     w.gw.shutdown().await;
 }
+
+/// Issue 18: the login's pages were built apart from the gateway's other answers and lacked
+/// `X-Content-Type-Options: nosniff`. Every answer the gateway makes itself — whichever part
+/// decided it — carries the same security headers.
+#[tokio::test]
+async fn every_answer_the_gateway_makes_itself_carries_the_same_security_headers() {
+    let w = world(|c, _, private| {
+        c.routes
+            .push(support::route("/qr/", private.addr, Scope::SnsapiBase));
+    })
+    .await;
+    const DESKTOP: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0";
+    let wechat = format!("User-Agent: {WECHAT_UA}\r\n");
+    let desktop = format!("User-Agent: {DESKTOP}\r\n");
+    let xhr = format!("{wechat}X-Requested-With: XMLHttpRequest\r\n");
+    let state = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let cases = [
+        (
+            "the hash hop page",
+            "GET /admin/x".to_owned(),
+            wechat.clone(),
+            200,
+        ),
+        ("a script's 401", "GET /admin/x".into(), xhr.clone(), 401),
+        ("the QR page", "GET /qr/x".into(), desktop.clone(), 200),
+        (
+            "the WeChat-only page",
+            "GET /admin/x".into(),
+            desktop.clone(),
+            403,
+        ),
+        (
+            "an expired login link",
+            format!("GET {FORGED_CALLBACK}"),
+            wechat.clone(),
+            400,
+        ),
+        (
+            "a callback not made with GET",
+            format!("POST {FORGED_CALLBACK}"),
+            format!("{wechat}Content-Length: 0\r\n"),
+            405,
+        ),
+        (
+            "a fragment report without its login",
+            format!("GET /_wxgate/fragment?state={state}&hash=x"),
+            wechat.clone(),
+            400,
+        ),
+        (
+            "me without a session",
+            "GET /_wxgate/me".into(),
+            xhr.clone(),
+            401,
+        ),
+        (
+            "a logout",
+            "GET /_wxgate/logout".into(),
+            wechat.clone(),
+            302,
+        ),
+        (
+            "the public keys",
+            "GET /_wxgate/jwks.json".into(),
+            xhr.clone(),
+            200,
+        ),
+        (
+            "no such endpoint",
+            "GET /_wxgate/nothing".into(),
+            wechat.clone(),
+            404,
+        ),
+        (
+            "a bad path",
+            "GET /a/%2e%2e/%2e%2e/x".into(),
+            wechat.clone(),
+            400,
+        ),
+    ];
+    for (what, request_line, headers, status) in cases {
+        let (head, answer) = raw(
+            &w,
+            &format!(
+                "{request_line} HTTP/1.1\r\nHost: {}\r\n{headers}Connection: close\r\n\r\n",
+                w.host
+            ),
+        )
+        .await;
+        assert_eq!(head.status, status, "{what}: {answer}");
+        assert_eq!(
+            head.get("x-content-type-options"),
+            Some("nosniff"),
+            "{what}"
+        );
+        assert_eq!(head.get("x-frame-options"), Some("DENY"), "{what}");
+        assert!(head.get("cache-control").is_some(), "{what}");
+    }
+    w.gw.shutdown().await;
+}
