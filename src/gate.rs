@@ -168,9 +168,10 @@ impl Gate {
                 && (is_identity_header(name, configured) || is_foreign_identity_header(name))
         });
         if endpoint {
+            let visitor = self.visitor(&request, peer, script, cleaned);
             return (
                 Target::Endpoint,
-                self.endpoint(&path, &request, peer, script).await,
+                self.endpoint(&path, &request, &visitor).await,
             );
         }
         let Some(route) = self.routes.route_for(Some(&host), path.as_str()) else {
@@ -183,8 +184,7 @@ impl Gate {
             let Some(login) = self.logins.as_ref().and_then(|l| l.for_route(route)) else {
                 return (Target::Route(route), Err(Failure::Unavailable));
             };
-            let ip = self.client_ip(peer, request.headers());
-            let visitor = Visitor::new(ip, request.method(), request.headers(), script);
+            let visitor = self.visitor(&request, peer, script, cleaned);
             match login.authenticate(&visitor, &request, route).await {
                 Decision::Grant(identity) => {
                     let headers = request.headers_mut();
@@ -241,8 +241,7 @@ impl Gate {
         &self,
         path: &NormalPath,
         request: &Request<ClientBody>,
-        peer: Peer,
-        script: bool,
+        visitor: &Visitor<'_>,
     ) -> Result<Response<Body>, Failure> {
         let path = path.as_str();
         if let Some(jssdk) = self.jssdk.as_ref().filter(|_| Jssdk::serves(path)) {
@@ -253,13 +252,11 @@ impl Gate {
             .as_ref()
             .and_then(|logins| logins.for_endpoint(path, request.uri().query()))
             .ok_or(Failure::NoRoute)?;
-        let ip = self.client_ip(peer, request.headers());
-        let visitor = Visitor::new(ip, request.method(), request.headers(), script);
         // Boxed: the login endpoints' futures (code exchange, profile, store) are large, and
         // unboxed they would size every proxied request's future, which is moved and copied
         // as a whole.
-        let answer = Box::pin(login.endpoint(path, &visitor, request)).await;
-        Ok(pages::answer(answer, script))
+        let answer = Box::pin(login.endpoint(path, visitor, request)).await;
+        Ok(pages::answer(answer, visitor.script))
     }
 
     fn check_limits(&self, request: &Request<ClientBody>) -> Result<(), Failure> {
@@ -320,6 +317,25 @@ impl Gate {
                 "This page may not open a connection here.",
             ))
         }
+    }
+
+    /// Who the login is asked about: the client's address, from what the gate has already
+    /// read of the request (whether it is a script, whether it asks for an upgrade).
+    fn visitor<'r>(
+        &self,
+        request: &'r Request<ClientBody>,
+        peer: Peer,
+        script: bool,
+        cleaned: proxy::Cleaned,
+    ) -> Visitor<'r> {
+        let ip = self.client_ip(peer, request.headers());
+        Visitor::new(
+            ip,
+            request.method(),
+            request.headers(),
+            script,
+            cleaned.upgrade(),
+        )
     }
 
     /// The client behind the connection: the peer, or when the peer is a trusted proxy the

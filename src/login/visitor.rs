@@ -82,12 +82,22 @@ impl BrowserPolicy {
 }
 
 impl<'a> Visitor<'a> {
-    /// `script`: [`is_script_call`] of these headers, which the gate has already read.
-    pub fn new(ip: IpAddr, method: &Method, headers: &'a HeaderMap, script: bool) -> Self {
+    /// `script`: [`is_script_call`] of these headers; `upgrade`: the request asks to switch
+    /// protocols (both read by the gate before, so not read again here).
+    pub fn new(
+        ip: IpAddr,
+        method: &Method,
+        headers: &'a HeaderMap,
+        script: bool,
+        upgrade: bool,
+    ) -> Self {
+        // A redirect to authorize and back would lose a POST body, and a protocol upgrade
+        // (WebSocket handshake) is never a page: neither can be brought back by a redirect.
+        let replayable = (method == Method::GET || method == Method::HEAD) && !upgrade;
         Visitor {
             ip,
             script,
-            wants_json: script || !is_replayable(method, headers),
+            wants_json: script || !replayable,
             user_agent: headers.get(USER_AGENT),
         }
     }
@@ -121,13 +131,6 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window.eq_ignore_ascii_case(needle))
-}
-
-/// Whether a redirect to authorize and back can bring this request back as it was: a POST
-/// body would be lost, and a protocol upgrade (WebSocket handshake) is never a page.
-fn is_replayable(method: &Method, headers: &HeaderMap) -> bool {
-    (method == Method::GET || method == Method::HEAD)
-        && !headers.contains_key(http::header::UPGRADE)
 }
 
 /// Whether the request comes from a page's script (XHR, fetch) or an API client rather than
@@ -267,6 +270,7 @@ mod tests {
             method,
             headers,
             is_script_call(headers),
+            headers.contains_key(http::header::UPGRADE),
         );
         Classified {
             browser: visitor.browser(),
