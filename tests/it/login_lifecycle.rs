@@ -179,16 +179,7 @@ async fn snapshot_visitors_get_a_marked_session_and_strict_routes_refuse_them() 
     // Both ways WeChat reveals a 快照页 visitor: the grant's is_snapshotuser, or userinfo
     // answering 48001.
     for denied_userinfo in [false, true] {
-        let w = world_with(|mock, config| {
-            mock.faults.snapshot = true;
-            mock.faults.snapshot_userinfo_denied = denied_userinfo;
-            let up = config.routes[0].upstream.clone();
-            let addr = up.socket_addrs(|| None).unwrap()[0];
-            let mut strict = support::route("/full/", addr, Scope::SnsapiUserinfo);
-            strict.allow_snapshot = false;
-            config.routes.push(strict);
-        })
-        .await;
+        let w = snapshot_world(denied_userinfo).await;
         let Login {
             browser: b,
             hops,
@@ -622,15 +613,7 @@ async fn refusing_consent_shows_a_page_with_a_way_back_and_no_loop() {
 /// login's refusals follow the rule of every other answer: JSON for scripts.
 #[tokio::test]
 async fn a_snapshot_visitors_script_is_refused_in_json() {
-    let w = world_with(|mock, config| {
-        mock.faults.snapshot = true;
-        let up = config.routes[0].upstream.clone();
-        let addr = up.socket_addrs(|| None).unwrap()[0];
-        let mut strict = support::route("/full/", addr, Scope::SnsapiUserinfo);
-        strict.allow_snapshot = false;
-        config.routes.push(strict);
-    })
-    .await;
+    let w = snapshot_world(false).await;
     let Login {
         browser: b,
         hops,
@@ -653,4 +636,20 @@ async fn a_snapshot_visitors_script_is_refused_in_json() {
     assert_eq!(page.status(), 403);
     assert!(page.text().await.unwrap().contains("使用完整服务"));
     w.gw.shutdown().await;
+}
+
+/// A world whose mock WeChat makes every visitor a 快照页 visitor (through the grant's
+/// is_snapshotuser, or with `denied_userinfo` through userinfo's 48001), with a strict
+/// `/full/` route that refuses them.
+async fn snapshot_world(denied_userinfo: bool) -> World {
+    world_with(|mock, config| {
+        mock.faults.snapshot = true;
+        mock.faults.snapshot_userinfo_denied = denied_userinfo;
+        let up = config.routes[0].upstream.clone();
+        let addr = up.socket_addrs(|| None).unwrap()[0];
+        let mut strict = support::route("/full/", addr, Scope::SnsapiUserinfo);
+        strict.allow_snapshot = false;
+        config.routes.push(strict);
+    })
+    .await
 }
